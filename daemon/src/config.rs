@@ -1,0 +1,536 @@
+//! The network configuration a runtime sends on stdin, parsed and validated into [`NetConf`].
+//! Every check that can refuse a request on its input alone lives here, so bad input is refused
+//! before any state is touched.
+
+use flatnet_proto::cni::{self, Code};
+use ipnetwork::Ipv4Network;
+use serde_json::{Map, Value};
+use std::net::Ipv4Addr;
+
+/// Bridge used when the config names none.
+pub const DEFAULT_BRIDGE: &str = "flatnet-br0";
+/// Subnet used when the config names none.
+pub const DEFAULT_SUBNET: &str = "10.87.1.0/24";
+
+/// A refused configuration: the CNI code to answer with and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{msg}")]
+pub struct ConfigError {
+    pub code: Code,
+    pub msg: String,
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError {
+        code: Code::InvalidConfig,
+        msg: msg.into(),
+    }
+}
+
+/// A validated flatnet network configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub bridge: String,
+    pub mtu: Option<u32>,
+    pub is_gateway: bool,
+    pub hairpin_mode: bool,
+    pub ipam: IpamConf,
+    /// `dns` passed through to the result as given.
+    pub dns: Value,
+    /// `prevResult` as given (CHECK and DEL).
+    pub prev_result: Option<Value>,
+    /// `runtimeConfig.ips` (the `ips` capability).
+    pub runtime_ip: Option<Ipv4Addr>,
+    /// `runtimeConfig.mac` (the `mac` capability).
+    pub runtime_mac: Option<[u8; 6]>,
+    /// `cni.dev/valid-attachments` (GC): container id + ifname pairs still in use.
+    pub valid_attachments: Option<Vec<(String, String)>>,
+}
+
+/// Host-local-style address management settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpamConf {
+    pub subnet: Ipv4Network,
+    pub range_start: Ipv4Addr,
+    pub range_end: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub routes: Vec<Route>,
+}
+
+/// A route installed in the container; `gw` defaults to the network's gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Network,
+    pub gw: Option<Ipv4Addr>,
+}
+
+impl IpamConf {
+    /// The gateway a route uses inside the container.
+    pub fn route_gateway(&self, route: &Route) -> Ipv4Addr {
+        route.gw.unwrap_or(self.gateway)
+    }
+
+    /// Whether `ip` may be handed out: inside the range and neither the gateway, the network
+    /// address nor the broadcast address.
+    pub fn assignable(&self, ip: Ipv4Addr) -> bool {
+        ip >= self.range_start
+            && ip <= self.range_end
+            && ip != self.gateway
+            && ip != self.subnet.network()
+            && ip != self.subnet.broadcast()
+    }
+}
+
+impl NetConf {
+    /// Parses the raw stdin of a CNI request.
+    pub fn parse(raw: &[u8]) -> Result<NetConf, ConfigError> {
+        if raw.len() > cni::MAX_CONFIG_BYTES {
+            return Err(ConfigError {
+                code: Code::Decode,
+                msg: format!(
+                    "network configuration is {} bytes, more than the {} flatnet accepts",
+                    raw.len(),
+                    cni::MAX_CONFIG_BYTES
+                ),
+            });
+        }
+        let value: Value = serde_json::from_slice(raw).map_err(|e| ConfigError {
+            code: Code::Decode,
+            msg: format!("network configuration is not valid JSON: {e}"),
+        })?;
+        let Value::Object(obj) = value else {
+            return Err(ConfigError {
+                code: Code::Decode,
+                msg: "network configuration must be a JSON object".into(),
+            });
+        };
+        Self::from_object(&obj)
+    }
+
+    fn from_object(obj: &Map<String, Value>) -> Result<NetConf, ConfigError> {
+        let cni_version = req_str(obj, "cniVersion")?;
+        if cni::result_format(&cni_version).is_none() {
+            return Err(ConfigError {
+                code: Code::IncompatibleVersion,
+                msg: cni::unsupported_version_msg(&cni_version),
+            });
+        }
+        let name = req_str(obj, "name")?;
+        validate_network_name(&name)?;
+        if let Some(t) = opt_str(obj, "type")? {
+            if t != "flatnet" {
+                return Err(invalid(format!(
+                    "type is {t:?}, but this is the flatnet plugin: set \"type\": \"flatnet\""
+                )));
+            }
+        }
+        let bridge = opt_str(obj, "bridge")?.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        cni::validate_ifname("bridge", &bridge).map_err(|e| invalid(e.0))?;
+        if bridge.starts_with("fn-") {
+            return Err(invalid(format!(
+                "bridge {bridge:?} uses the fn- prefix that flatnet reserves for its veth interfaces"
+            )));
+        }
+        let mtu = match obj.get("mtu") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+                _ => return Err(invalid(format!("mtu {v} must be an integer from 68 to 65535"))),
+            },
+        };
+        let is_gateway = opt_bool(obj, "isGateway")?.unwrap_or(true);
+        if opt_bool(obj, "ipMasq")?.unwrap_or(false) {
+            return Err(ConfigError {
+                code: Code::UnsupportedField,
+                msg: "ipMasq is not supported by flatnet yet: containers are reached on their flat \
+                      address; remove ipMasq or set it to false"
+                    .into(),
+            });
+        }
+        let hairpin_mode = opt_bool(obj, "hairpinMode")?.unwrap_or(false);
+        opt_str(obj, "socket")?;
+        let ipam = parse_ipam(obj.get("ipam"))?;
+        let dns = match obj.get("dns") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(v) => return Err(invalid(format!("dns must be an object, not {v}"))),
+        };
+        let prev_result = match obj.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(v) => return Err(invalid(format!("prevResult must be an object, not {v}"))),
+        };
+        let (runtime_ip, runtime_mac) = parse_runtime_config(obj.get("runtimeConfig"))?;
+        let valid_attachments = parse_valid_attachments(obj.get("cni.dev/valid-attachments"))?;
+        Ok(NetConf {
+            cni_version,
+            name,
+            bridge,
+            mtu,
+            is_gateway,
+            hairpin_mode,
+            ipam,
+            dns,
+            prev_result,
+            runtime_ip,
+            runtime_mac,
+            valid_attachments,
+        })
+    }
+}
+
+fn validate_network_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok {
+        return Err(invalid(format!(
+            "network name {name:?} is invalid: use letters, digits, '_', '.' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+fn req_str(obj: &Map<String, Value>, key: &str) -> Result<String, ConfigError> {
+    opt_str(obj, key)?.ok_or_else(|| invalid(format!("network configuration has no {key:?}")))
+}
+
+fn opt_str(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(invalid(format!("{key} must be a string, not {v}"))),
+    }
+}
+
+fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(invalid(format!("{key} must be true or false, not {v}"))),
+    }
+}
+
+fn opt_ip(obj: &Map<String, Value>, key: &str) -> Result<Option<Ipv4Addr>, ConfigError> {
+    opt_str(obj, key)?
+        .map(|s| {
+            s.parse::<Ipv4Addr>()
+                .map_err(|_| invalid(format!("ipam {key} {s:?} is not an IPv4 address")))
+        })
+        .transpose()
+}
+
+fn parse_cidr(what: &str, s: &str) -> Result<Ipv4Network, ConfigError> {
+    let net: Ipv4Network = s.parse().map_err(|_| {
+        invalid(format!(
+            "{what} {s:?} is not an IPv4 network like 10.87.1.0/24 (flatnet supports IPv4 only)"
+        ))
+    })?;
+    Ok(net)
+}
+
+fn parse_ipam(v: Option<&Value>) -> Result<IpamConf, ConfigError> {
+    let empty = Map::new();
+    let obj = match v {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(o)) => o,
+        Some(v) => return Err(invalid(format!("ipam must be an object, not {v}"))),
+    };
+    if let Some(t) = opt_str(obj, "type")? {
+        if t != "flatnet" {
+            return Err(invalid(format!(
+                "ipam type {t:?} is not supported: flatnet has its own address management; \
+                 remove ipam.type or set it to \"flatnet\""
+            )));
+        }
+    }
+    // `ranges` (host-local's newer form) may hold one range; it replaces the top-level keys.
+    let range_obj = match obj.get("ranges") {
+        None | Some(Value::Null) => obj,
+        Some(Value::Array(sets)) => {
+            if obj.contains_key("subnet") {
+                return Err(invalid("ipam has both subnet and ranges: use one of them"));
+            }
+            let ranges: Vec<&Value> = sets
+                .iter()
+                .map(|set| match set {
+                    Value::Array(r) => Ok(r.iter().collect::<Vec<_>>()),
+                    v => Err(invalid(format!("ipam ranges must be a list of lists, found {v}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            match ranges.as_slice() {
+                [Value::Object(r)] => r,
+                [_] => return Err(invalid("each ipam range must be an object")),
+                _ => {
+                    return Err(invalid(format!(
+                        "ipam ranges holds {} ranges; flatnet supports exactly one",
+                        ranges.len()
+                    )))
+                }
+            }
+        }
+        Some(v) => return Err(invalid(format!("ipam ranges must be a list, not {v}"))),
+    };
+
+    let subnet_str = opt_str(range_obj, "subnet")?.unwrap_or_else(|| DEFAULT_SUBNET.to_string());
+    let subnet = parse_cidr("ipam subnet", &subnet_str)?;
+    if subnet.ip() != subnet.network() {
+        return Err(invalid(format!(
+            "ipam subnet {subnet_str} has host bits set: did you mean {}/{}?",
+            subnet.network(),
+            subnet.prefix()
+        )));
+    }
+    if subnet.prefix() > 30 {
+        return Err(invalid(format!(
+            "ipam subnet {subnet_str} is too small: it needs room for a gateway and containers (/30 or larger)"
+        )));
+    }
+    let first = u32::from(subnet.network()) + 1;
+    let last = u32::from(subnet.broadcast()) - 1;
+    let inside = |ip: Ipv4Addr| (first..=last).contains(&u32::from(ip));
+
+    let gateway = opt_ip(range_obj, "gateway")?.unwrap_or(Ipv4Addr::from(first));
+    if !inside(gateway) {
+        return Err(invalid(format!(
+            "ipam gateway {gateway} is not a host address of subnet {subnet}"
+        )));
+    }
+    let range_start = opt_ip(range_obj, "rangeStart")?.unwrap_or(Ipv4Addr::from(first));
+    let range_end = opt_ip(range_obj, "rangeEnd")?.unwrap_or(Ipv4Addr::from(last));
+    for (key, ip) in [("rangeStart", range_start), ("rangeEnd", range_end)] {
+        if !inside(ip) {
+            return Err(invalid(format!(
+                "ipam {key} {ip} is not a host address of subnet {subnet}"
+            )));
+        }
+    }
+    if range_start > range_end {
+        return Err(invalid(format!(
+            "ipam rangeStart {range_start} comes after rangeEnd {range_end}"
+        )));
+    }
+    if range_start == range_end && range_start == gateway {
+        return Err(invalid(format!(
+            "ipam range {range_start}-{range_end} holds only the gateway: no address is left for containers"
+        )));
+    }
+
+    let routes = match obj.get("routes") {
+        None | Some(Value::Null) => vec![Route {
+            dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("prefix 0 is valid"),
+            gw: None,
+        }],
+        Some(Value::Array(items)) => items.iter().map(parse_route).collect::<Result<_, _>>()?,
+        Some(v) => return Err(invalid(format!("ipam routes must be a list, not {v}"))),
+    };
+    Ok(IpamConf {
+        subnet,
+        range_start,
+        range_end,
+        gateway,
+        routes,
+    })
+}
+
+fn parse_route(v: &Value) -> Result<Route, ConfigError> {
+    let Value::Object(o) = v else {
+        return Err(invalid(format!("each ipam route must be an object, not {v}")));
+    };
+    let dst_str = req_str(o, "dst").map_err(|_| invalid(format!("ipam route {v} has no dst")))?;
+    let dst = parse_cidr("ipam route dst", &dst_str)?;
+    if dst.ip() != dst.network() {
+        return Err(invalid(format!(
+            "ipam route dst {dst_str} has host bits set: did you mean {}/{}?",
+            dst.network(),
+            dst.prefix()
+        )));
+    }
+    let gw = opt_str(o, "gw")?
+        .map(|s| {
+            s.parse::<Ipv4Addr>()
+                .map_err(|_| invalid(format!("ipam route gw {s:?} is not an IPv4 address")))
+        })
+        .transpose()?;
+    Ok(Route { dst, gw })
+}
+
+type RuntimeConfig = (Option<Ipv4Addr>, Option<[u8; 6]>);
+
+fn parse_runtime_config(v: Option<&Value>) -> Result<RuntimeConfig, ConfigError> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok((None, None)),
+        Some(Value::Object(o)) => o,
+        Some(v) => return Err(invalid(format!("runtimeConfig must be an object, not {v}"))),
+    };
+    let ip = match obj.get("ips") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(ips)) => match ips.as_slice() {
+            [] => None,
+            [Value::String(s)] => {
+                let addr = s.split('/').next().unwrap_or(s);
+                Some(addr.parse::<Ipv4Addr>().map_err(|_| {
+                    invalid(format!("runtimeConfig ips {s:?} is not an IPv4 address"))
+                })?)
+            }
+            _ => {
+                return Err(invalid(
+                    "runtimeConfig ips must hold one IPv4 address: flatnet gives a container one address per network",
+                ))
+            }
+        },
+        Some(v) => return Err(invalid(format!("runtimeConfig ips must be a list, not {v}"))),
+    };
+    let mac = opt_str(obj, "mac")?
+        .map(|s| cni::parse_mac(&s).map_err(|e| invalid(format!("runtimeConfig mac: {e}"))))
+        .transpose()?;
+    Ok((ip, mac))
+}
+
+fn parse_valid_attachments(v: Option<&Value>) -> Result<Option<Vec<(String, String)>>, ConfigError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(v) => {
+            return Err(invalid(format!(
+                "cni.dev/valid-attachments must be a list, not {v}"
+            )))
+        }
+    };
+    items
+        .iter()
+        .map(|item| {
+            let Value::Object(o) = item else {
+                return Err(invalid(format!("valid attachment {item} must be an object")));
+            };
+            Ok((req_str(o, "containerID")?, req_str(o, "ifname")?))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<NetConf, ConfigError> {
+        NetConf::parse(v.to_string().as_bytes())
+    }
+
+    fn base() -> Value {
+        json!({"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet"})
+    }
+
+    fn with(extra: Value) -> Value {
+        let mut v = base();
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        v
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(base()).unwrap();
+        assert_eq!(c.bridge, "flatnet-br0");
+        assert!(c.is_gateway);
+        assert_eq!(c.ipam.subnet.to_string(), "10.87.1.0/24");
+        assert_eq!(c.ipam.gateway, Ipv4Addr::new(10, 87, 1, 1));
+        assert_eq!(c.ipam.range_start, Ipv4Addr::new(10, 87, 1, 1));
+        assert_eq!(c.ipam.range_end, Ipv4Addr::new(10, 87, 1, 254));
+        assert_eq!(c.ipam.routes.len(), 1);
+        assert_eq!(c.ipam.routes[0].dst.prefix(), 0);
+        assert!(!c.ipam.assignable(Ipv4Addr::new(10, 87, 1, 1)));
+        assert!(c.ipam.assignable(Ipv4Addr::new(10, 87, 1, 2)));
+        assert!(!c.ipam.assignable(Ipv4Addr::new(10, 87, 1, 255)));
+    }
+
+    #[test]
+    fn podman_fixture_shape() {
+        // Podman adds capabilities, and the fixture's plugin had ipam type host-local, which
+        // flatnet refuses with a message that says what to do.
+        let raw = r#"{"bridge":"flatnet-br0","capabilities":{"ips":true},"cniVersion":"1.0.0","ipam":{"routes":[{"dst":"0.0.0.0/0"}],"subnet":"10.87.1.0/24"},"isGateway":true,"name":"flatnet","type":"flatnet"}"#;
+        let c = NetConf::parse(raw.as_bytes()).unwrap();
+        assert_eq!(c.ipam.subnet.to_string(), "10.87.1.0/24");
+        let e = parse(with(json!({"ipam": {"type": "host-local"}}))).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(e.msg.contains("remove ipam.type"), "{}", e.msg);
+    }
+
+    #[test]
+    fn ranges_form() {
+        let c = parse(with(json!({"ipam": {"ranges": [[{"subnet": "10.88.0.0/16",
+            "rangeStart": "10.88.1.10", "rangeEnd": "10.88.1.20", "gateway": "10.88.0.1"}]]}})))
+        .unwrap();
+        assert_eq!(c.ipam.subnet.to_string(), "10.88.0.0/16");
+        assert_eq!(c.ipam.range_start, Ipv4Addr::new(10, 88, 1, 10));
+        assert_eq!(c.ipam.gateway, Ipv4Addr::new(10, 88, 0, 1));
+    }
+
+    #[test]
+    fn runtime_config_and_gc_list() {
+        let c = parse(with(json!({
+            "runtimeConfig": {"ips": ["10.87.1.50/24"], "mac": "02:11:22:33:44:55"},
+            "cni.dev/valid-attachments": [{"containerID": "abc", "ifname": "eth0"}]
+        })))
+        .unwrap();
+        assert_eq!(c.runtime_ip, Some(Ipv4Addr::new(10, 87, 1, 50)));
+        assert_eq!(c.runtime_mac, Some([2, 0x11, 0x22, 0x33, 0x44, 0x55]));
+        assert_eq!(
+            c.valid_attachments,
+            Some(vec![("abc".to_string(), "eth0".to_string())])
+        );
+    }
+
+    #[test]
+    fn refusals_have_the_right_code() {
+        let cases: Vec<(Value, Code)> = vec![
+            (json!({"cniVersion": "0.2.0", "name": "n"}), Code::IncompatibleVersion),
+            (json!({"name": "n"}), Code::InvalidConfig),
+            (json!({"cniVersion": 1, "name": "n"}), Code::InvalidConfig),
+            (json!({"cniVersion": "1.0.0"}), Code::InvalidConfig),
+            (with(json!({"name": "bad name"})), Code::InvalidConfig),
+            (with(json!({"type": "bridge"})), Code::InvalidConfig),
+            (with(json!({"bridge": "this-name-is-way-too-long"})), Code::InvalidConfig),
+            (with(json!({"bridge": "fn-12345678"})), Code::InvalidConfig),
+            (with(json!({"mtu": 20})), Code::InvalidConfig),
+            (with(json!({"mtu": "1500"})), Code::InvalidConfig),
+            (with(json!({"isGateway": "yes"})), Code::InvalidConfig),
+            (with(json!({"ipMasq": true})), Code::UnsupportedField),
+            (with(json!({"socket": 5})), Code::InvalidConfig),
+            (with(json!({"ipam": {"subnet": "10.87.1.0/33"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"subnet": "10.87.1.5/24"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"subnet": "fd00::/64"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"subnet": "10.87.1.0/31"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"gateway": "10.87.2.1"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"gateway": "10.87.1.255"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"rangeStart": "10.87.1.0"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"rangeEnd": "10.87.9.9"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"rangeStart": "10.87.1.9", "rangeEnd": "10.87.1.8"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"rangeStart": "10.87.1.1", "rangeEnd": "10.87.1.1"}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"routes": [{"gw": "10.87.1.1"}]}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"routes": [{"dst": "10.0.0.1/8"}]}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"routes": {}}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"subnet": "10.87.1.0/24", "ranges": [[{"subnet": "10.87.1.0/24"}]]}})), Code::InvalidConfig),
+            (with(json!({"ipam": {"ranges": [[{"subnet": "10.87.1.0/24"}, {"subnet": "10.87.2.0/24"}]]}})), Code::InvalidConfig),
+            (with(json!({"runtimeConfig": {"ips": ["10.87.1.5", "10.87.1.6"]}})), Code::InvalidConfig),
+            (with(json!({"runtimeConfig": {"mac": "nope"}})), Code::InvalidConfig),
+            (with(json!({"prevResult": []})), Code::InvalidConfig),
+            (with(json!({"cni.dev/valid-attachments": [{"ifname": "eth0"}]})), Code::InvalidConfig),
+        ];
+        for (v, code) in cases {
+            let e = parse(v.clone()).expect_err(&v.to_string());
+            assert_eq!(e.code, code, "{v}: {}", e.msg);
+        }
+        assert_eq!(NetConf::parse(b"{").unwrap_err().code, Code::Decode);
+        assert_eq!(NetConf::parse(b"[]").unwrap_err().code, Code::Decode);
+    }
+}

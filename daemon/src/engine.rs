@@ -1,0 +1,788 @@
+//! Where a CNI request turns into kernel work and an address: ADD, DEL, CHECK, GC and STATUS over a
+//! [`Netlink`] and a [`Store`]. State changes are serialised per network; a failed ADD undoes what it
+//! did. Errors carry the CNI code the runtime will see ([`Error::code`]).
+
+use crate::config::{ConfigError, NetConf};
+use crate::ipam::{self, AllocKey, Allocation, IpamError, Store, StoreError};
+use crate::netlink::{
+    random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, NetlinkError, Netns, NetnsError,
+    VethSpec,
+};
+use crate::result::{CniResult, Interface, IpConfig, RouteOut};
+use flatnet_proto::cni::{self, Code};
+use ipnetwork::Ipv4Network;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// The CNI commands the daemon serves (VERSION is the shim's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Gc,
+    Status,
+}
+
+impl Command {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Gc => "GC",
+            Command::Status => "STATUS",
+        }
+    }
+}
+
+/// One CNI invocation as the shim forwarded it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub command: Command,
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+    pub args: String,
+    pub config: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Environment(String),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("{0}")]
+    AlreadyAttached(String),
+    #[error("{0}")]
+    UnknownContainer(String),
+    #[error("{0}")]
+    CheckFailed(String),
+    #[error("{0}")]
+    IncompatibleVersion(String),
+    #[error("{0}")]
+    NotAvailable(String),
+    #[error("{error}; undoing the partial attachment also failed: {undo}")]
+    RollbackFailed { error: Box<Error>, undo: String },
+}
+
+impl Error {
+    /// The CNI code the runtime sees for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Config(e) => e.code,
+            Error::Environment(_) | Error::Netns(_) => Code::InvalidEnvironment,
+            Error::Ipam(IpamError::OutsideRange { .. }) => Code::InvalidEnvironment,
+            Error::Ipam(IpamError::Exhausted { .. } | IpamError::Taken { .. }) => Code::AddressUnavailable,
+            Error::Ipam(IpamError::Store(e)) | Error::Store(e) => match e {
+                StoreError::AddressHeld { .. } => Code::AddressUnavailable,
+                StoreError::Db(_) => Code::Io,
+                StoreError::Corrupt(_) => Code::Internal,
+            },
+            Error::Netlink(_) => Code::Kernel,
+            Error::AlreadyAttached(_) => Code::AlreadyAttached,
+            Error::UnknownContainer(_) => Code::UnknownContainer,
+            Error::CheckFailed(_) => Code::CheckFailed,
+            Error::IncompatibleVersion(_) => Code::IncompatibleVersion,
+            Error::NotAvailable(_) => Code::PluginNotAvailable,
+            Error::RollbackFailed { error, .. } => error.code(),
+        }
+    }
+}
+
+/// The host veth name for a container interface: `fn-` and 8 hex digits of a stable hash, so DEL finds
+/// it even when nothing was recorded.
+pub fn veth_name(container_id: &str, ifname: &str) -> String {
+    // FNV-1a, 64 bit, folded to 32: stable across versions and builds, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("fn-{:08x}", (h ^ (h >> 32)) as u32)
+}
+
+/// The kernel's id of the current boot.
+pub fn current_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone)]
+struct BridgeCache {
+    state: LinkState,
+    gateway: Option<Ipv4Network>,
+}
+
+/// The daemon's domain: attaches, detaches and checks containers.
+pub struct Engine<N, S> {
+    nl: N,
+    store: S,
+    boot_id: String,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    bridges: std::sync::Mutex<HashMap<String, BridgeCache>>,
+}
+
+impl<N: Netlink, S: Store> Engine<N, S> {
+    pub fn new(nl: N, store: S, boot_id: String) -> Self {
+        Engine {
+            nl,
+            store,
+            boot_id,
+            locks: Default::default(),
+            bridges: Default::default(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Runs one request. `Ok` holds the result JSON to print (empty for DEL, GC and STATUS).
+    pub async fn exec(&self, req: &Request) -> Result<String, Error> {
+        let conf = NetConf::parse(&req.config)?;
+        let min = cni::min_version_for(req.command.as_str());
+        if !cni::version_at_least(&conf.cni_version, min) {
+            return Err(Error::IncompatibleVersion(format!(
+                "{} needs cniVersion {min} or later; the configuration says {}",
+                req.command.as_str(),
+                conf.cni_version
+            )));
+        }
+        match req.command {
+            Command::Add => self.add(&conf, req).await,
+            Command::Del => self.del(&conf, req).await.map(|()| String::new()),
+            Command::Check => self.check(&conf, req).await.map(|()| String::new()),
+            Command::Gc => self.gc(&conf).await.map(|()| String::new()),
+            Command::Status => self.status(&conf).map(|()| String::new()),
+        }
+    }
+
+    async fn lock(&self, network: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            // Held only to look up or insert the per-network lock, never across an await.
+            let mut locks = self.locks.lock().expect("lock table poisoned");
+            locks.entry(network.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    fn key(conf: &NetConf, req: &Request) -> Result<AllocKey, Error> {
+        cni::validate_container_id(&req.container_id).map_err(|e| Error::Environment(e.0))?;
+        cni::validate_ifname("CNI_IFNAME", &req.ifname).map_err(|e| Error::Environment(e.0))?;
+        Ok(AllocKey {
+            network: conf.name.clone(),
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+        })
+    }
+
+    async fn add(&self, conf: &NetConf, req: &Request) -> Result<String, Error> {
+        let key = Self::key(conf, req)?;
+        let args = cni::parse_cni_args(&req.args).map_err(|e| Error::Environment(e.0))?;
+        if req.netns.is_empty() {
+            return Err(Error::Environment("CNI_NETNS is empty: ADD needs the container's network namespace".into()));
+        }
+        let netns = Netns::open(&req.netns)?;
+        let requested = args.ip.or(conf.runtime_ip);
+        let _guard = self.lock(&conf.name).await;
+
+        if let Some(existing) = self.store.get(&key)? {
+            let same = existing.netns == req.netns && requested.is_none_or(|ip| ip == existing.address);
+            if !same {
+                return Err(Error::AlreadyAttached(format!(
+                    "container {} already has {} on network {} (address {}, namespace {}): delete it first",
+                    key.container_id, key.ifname, key.network, existing.address, existing.netns
+                )));
+            }
+            if self.nl.link(&existing.host_veth).await?.is_some() {
+                return Ok(existing.result.render(&conf.cni_version));
+            }
+            // The record outlived its interface (the link was removed behind our back): attach anew.
+            self.store.remove(&key)?;
+        }
+
+        let ip = ipam::choose(&self.store, &conf.name, &conf.ipam, requested)?;
+        let host_veth = veth_name(&req.container_id, &req.ifname);
+        let mac = args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac);
+        let attached = self.attach(conf, &netns, &req.ifname, &host_veth, ip, mac).await;
+        let outcome = match attached {
+            Ok(result) => {
+                let alloc = Allocation {
+                    network: conf.name.clone(),
+                    container_id: req.container_id.clone(),
+                    ifname: req.ifname.clone(),
+                    address: ip,
+                    prefix: conf.ipam.subnet.prefix(),
+                    container_name: args.pod_name.clone(),
+                    host_veth: host_veth.clone(),
+                    netns: req.netns.clone(),
+                    created_unix: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or_default(),
+                    boot_id: self.boot_id.clone(),
+                    result,
+                };
+                match self.store.insert(&alloc) {
+                    Ok(()) => match self.store.flush().await {
+                        Ok(()) => return Ok(alloc.result.render(&conf.cni_version)),
+                        Err(e) => {
+                            let _ = self.store.remove(&key);
+                            Error::from(e)
+                        }
+                    },
+                    Err(e) => Error::from(e),
+                }
+            }
+            Err(e) => e,
+        };
+        // Undo: the veth pair (deleting the host end removes the peer too). Nothing was recorded.
+        match self.nl.delete_link(&host_veth).await {
+            Ok(_) => Err(outcome),
+            Err(undo) => Err(Error::RollbackFailed {
+                error: Box::new(outcome),
+                undo: undo.to_string(),
+            }),
+        }
+    }
+
+    /// The kernel side of ADD: bridge, veth pair, container address and routes.
+    async fn attach(
+        &self,
+        conf: &NetConf,
+        netns: &Netns,
+        ifname: &str,
+        host_veth: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<CniResult, Error> {
+        let host_mac = random_mac();
+        let mut bridge = self.bridge(conf, false).await?;
+        let mut spec = VethSpec {
+            host: host_veth.to_string(),
+            host_mac,
+            bridge_index: bridge.index,
+            mtu: conf.mtu,
+            hairpin: conf.hairpin_mode,
+            netns,
+            ifname: ifname.to_string(),
+            container_mac: mac,
+        };
+        if let Err(first) = self.nl.create_veth(&spec).await {
+            // The bridge may have been removed since it was cached, or a link of ours may be left
+            // from a crash. Find out which, fix it, and try once more.
+            let stale_bridge = self.nl.link(&conf.bridge).await?.is_none_or(|l| l.index != bridge.index);
+            let leftover = first.errno() == Some(nix::libc::EEXIST) && self.nl.link(host_veth).await?.is_some();
+            if stale_bridge {
+                bridge = self.bridge(conf, true).await?;
+                spec.bridge_index = bridge.index;
+            } else if leftover {
+                if self.store.list(None)?.iter().any(|a| a.host_veth == host_veth) {
+                    return Err(Error::AlreadyAttached(format!(
+                        "host interface {host_veth} belongs to another container (name hash collision); \
+                         use another interface name"
+                    )));
+                }
+                self.nl.delete_link(host_veth).await?;
+            } else if first.errno() == Some(nix::libc::EEXIST) {
+                return Err(Error::Netlink(NetlinkError::Conflict(format!(
+                    "an interface named {ifname} already exists in {}: choose another CNI_IFNAME",
+                    netns.path
+                ))));
+            } else {
+                return Err(first.into());
+            }
+            self.nl.create_veth(&spec).await?;
+        }
+        let prefix = conf.ipam.subnet.prefix();
+        let address = Ipv4Network::new(ip, prefix).expect("prefix comes from a valid subnet");
+        let routes = conf
+            .ipam
+            .routes
+            .iter()
+            .map(|r| (r.dst, conf.ipam.route_gateway(r)))
+            .collect();
+        let container = self
+            .nl
+            .configure_container(
+                netns,
+                &ContainerSpec {
+                    ifname: ifname.to_string(),
+                    address,
+                    routes,
+                },
+            )
+            .await?;
+        Ok(CniResult {
+            interfaces: vec![
+                Interface {
+                    name: conf.bridge.clone(),
+                    mac: cni::format_mac(&bridge.mac),
+                    sandbox: None,
+                },
+                Interface {
+                    name: host_veth.to_string(),
+                    mac: cni::format_mac(&host_mac),
+                    sandbox: None,
+                },
+                Interface {
+                    name: ifname.to_string(),
+                    mac: cni::format_mac(&container.mac),
+                    sandbox: Some(netns.path.clone()),
+                },
+            ],
+            ips: vec![IpConfig {
+                address: address.to_string(),
+                gateway: Some(conf.ipam.gateway.to_string()),
+                interface: Some(2),
+            }],
+            routes: conf
+                .ipam
+                .routes
+                .iter()
+                .map(|r| RouteOut {
+                    dst: r.dst.to_string(),
+                    gw: r.gw.map(|g| g.to_string()),
+                })
+                .collect(),
+            dns: conf.dns.clone(),
+        })
+    }
+
+    /// The network's bridge, from the cache unless `refresh` or the gateway changed.
+    async fn bridge(&self, conf: &NetConf, refresh: bool) -> Result<LinkState, Error> {
+        let gateway = conf.is_gateway.then(|| {
+            Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix()).expect("prefix comes from a valid subnet")
+        });
+        if !refresh {
+            let cache = self.bridges.lock().expect("bridge cache poisoned");
+            if let Some(c) = cache.get(&conf.bridge).filter(|c| c.gateway == gateway) {
+                return Ok(c.state.clone());
+            }
+        }
+        let state = self
+            .nl
+            .ensure_bridge(&BridgeSpec {
+                name: conf.bridge.clone(),
+                mtu: conf.mtu,
+                gateway,
+            })
+            .await?;
+        if conf.is_gateway {
+            enable_forwarding();
+        }
+        self.bridges
+            .lock()
+            .expect("bridge cache poisoned")
+            .insert(conf.bridge.clone(), BridgeCache { state: state.clone(), gateway });
+        Ok(state)
+    }
+
+    async fn del(&self, conf: &NetConf, req: &Request) -> Result<(), Error> {
+        let key = Self::key(conf, req)?;
+        let _guard = self.lock(&conf.name).await;
+        let existing = self.store.get(&key)?;
+        let host_veth = match &existing {
+            Some(a) => a.host_veth.clone(),
+            None => {
+                let name = veth_name(&req.container_id, &req.ifname);
+                // Never take down another container's interface on a DEL for one we do not know.
+                if self.store.list(None)?.iter().any(|a| a.host_veth == name) {
+                    return Ok(());
+                }
+                name
+            }
+        };
+        // The address is released only once its interface is gone, so it can never be live twice.
+        self.nl.delete_link(&host_veth).await?;
+        if existing.is_some() {
+            self.store.remove(&key)?;
+            self.store.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn check(&self, conf: &NetConf, req: &Request) -> Result<(), Error> {
+        let key = Self::key(conf, req)?;
+        let prev = conf.prev_result.as_ref().ok_or_else(|| {
+            Error::Config(ConfigError {
+                code: Code::InvalidConfig,
+                msg: "CHECK needs prevResult in the network configuration".into(),
+            })
+        })?;
+        let prev = CniResult::from_prev_result(prev).map_err(|msg| {
+            Error::Config(ConfigError {
+                code: Code::Decode,
+                msg,
+            })
+        })?;
+        let netns = Netns::open(&req.netns)?;
+        let _guard = self.lock(&conf.name).await;
+        let alloc = self.store.get(&key)?.ok_or_else(|| {
+            Error::UnknownContainer(format!(
+                "container {} has no {} on network {}",
+                key.container_id, key.ifname, key.network
+            ))
+        })?;
+        let failed = |msg: String| Err(Error::CheckFailed(msg));
+        let address = Ipv4Network::new(alloc.address, alloc.prefix).expect("stored prefix is valid");
+        let prev_ip = prev.ips.iter().find(|i| {
+            i.interface
+                .and_then(|n| prev.interfaces.get(n))
+                .is_none_or(|intf| intf.name == req.ifname)
+        });
+        match prev_ip {
+            Some(i) if i.address == address.to_string() => {}
+            Some(i) => return failed(format!("prevResult says {} but flatnet assigned {address}", i.address)),
+            None => return failed(format!("prevResult has no address for {}", req.ifname)),
+        }
+
+        let Some(bridge) = self.nl.link(&conf.bridge).await? else {
+            return failed(format!("bridge {} does not exist", conf.bridge));
+        };
+        if !bridge.up {
+            return failed(format!("bridge {} is down", conf.bridge));
+        }
+        if conf.is_gateway {
+            let gw = Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix()).expect("valid prefix");
+            if !self.nl.addresses(bridge.index).await?.contains(&gw) {
+                return failed(format!("bridge {} does not hold the gateway address {gw}", conf.bridge));
+            }
+        }
+        match self.nl.link(&alloc.host_veth).await? {
+            None => return failed(format!("host interface {} does not exist", alloc.host_veth)),
+            Some(l) if l.master != Some(bridge.index) => {
+                return failed(format!("host interface {} is not on bridge {}", alloc.host_veth, conf.bridge))
+            }
+            Some(_) => {}
+        }
+        let Some(view) = self.nl.inspect_container(&netns, &req.ifname).await? else {
+            return failed(format!("interface {} does not exist in {}", req.ifname, req.netns));
+        };
+        if !view.link.up {
+            return failed(format!("interface {} in {} is down", req.ifname, req.netns));
+        }
+        if let Some(intf) = prev.interfaces.iter().find(|i| i.name == req.ifname && !i.mac.is_empty()) {
+            if !intf.mac.eq_ignore_ascii_case(&cni::format_mac(&view.link.mac)) {
+                return failed(format!(
+                    "interface {} has MAC {} but prevResult says {}",
+                    req.ifname,
+                    cni::format_mac(&view.link.mac),
+                    intf.mac
+                ));
+            }
+        }
+        if !view.addrs.contains(&address) {
+            return failed(format!("interface {} in {} does not hold {address}", req.ifname, req.netns));
+        }
+        for route in &conf.ipam.routes {
+            let gw = conf.ipam.route_gateway(route);
+            if !view.routes.contains(&(route.dst, Some(gw))) {
+                return failed(format!("route {} via {gw} is missing in {}", route.dst, req.netns));
+            }
+        }
+        Ok(())
+    }
+
+    async fn gc(&self, conf: &NetConf) -> Result<(), Error> {
+        let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+            Error::Config(ConfigError {
+                code: Code::InvalidConfig,
+                msg: "GC needs cni.dev/valid-attachments in the network configuration".into(),
+            })
+        })?;
+        let _guard = self.lock(&conf.name).await;
+        let mut failures = Vec::new();
+        let mut released = 0;
+        for alloc in self.store.list(Some(&conf.name))? {
+            if valid.iter().any(|(c, i)| *c == alloc.container_id && *i == alloc.ifname) {
+                continue;
+            }
+            match self.nl.delete_link(&alloc.host_veth).await {
+                Ok(_) => {
+                    self.store.remove(&alloc.key())?;
+                    released += 1;
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if released > 0 {
+            self.store.flush().await?;
+            tracing::info!(network = %conf.name, released, "GC released stale attachments");
+        }
+        if !failures.is_empty() {
+            return Err(Error::Netlink(NetlinkError::Conflict(format!(
+                "GC could not remove {} interface(s): {}",
+                failures.len(),
+                failures.join("; ")
+            ))));
+        }
+        Ok(())
+    }
+
+    fn status(&self, conf: &NetConf) -> Result<(), Error> {
+        match ipam::choose(&self.store, &conf.name, &conf.ipam, None) {
+            Ok(_) => Ok(()),
+            Err(IpamError::Exhausted { network, start, end }) => Err(Error::NotAvailable(format!(
+                "network {network} has no free address left in {start}-{end}"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The gateway role needs IPv4 forwarding in the daemon's namespace, as the reference bridge plugin
+/// enables it. Failure is logged, not fatal: container-to-container and host-to-container traffic
+/// does not need it.
+fn enable_forwarding() {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Err(e) = std::fs::write(PATH, "1") {
+        tracing::warn!(error = %e, "could not enable IPv4 forwarding");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::MemStore;
+    use crate::netlink::ContainerView;
+    use serde_json::{json, Value};
+    use std::sync::Mutex;
+
+    /// Records what was asked and keeps links in memory; `fail_on` makes one operation fail.
+    #[derive(Default)]
+    struct FakeNetlink {
+        ops: Mutex<Vec<String>>,
+        links: Mutex<HashMap<String, LinkState>>,
+        fail_on: Mutex<Option<&'static str>>,
+    }
+
+    impl FakeNetlink {
+        fn record(&self, op: &'static str, detail: String) -> Result<(), NetlinkError> {
+            self.ops.lock().unwrap().push(format!("{op} {detail}"));
+            if *self.fail_on.lock().unwrap() == Some(op) {
+                return Err(NetlinkError::Conflict(format!("injected failure in {op}")));
+            }
+            Ok(())
+        }
+        fn ops(&self) -> Vec<String> {
+            self.ops.lock().unwrap().clone()
+        }
+        fn has_link(&self, name: &str) -> bool {
+            self.links.lock().unwrap().contains_key(name)
+        }
+        fn add_link(&self, name: &str, master: Option<u32>) -> LinkState {
+            let mut links = self.links.lock().unwrap();
+            let state = LinkState {
+                index: links.len() as u32 + 10,
+                mac: vec![2, 0, 0, 0, 0, links.len() as u8],
+                master,
+                up: true,
+                kind: None,
+            };
+            links.insert(name.to_string(), state.clone());
+            state
+        }
+    }
+
+    impl Netlink for FakeNetlink {
+        async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<LinkState, NetlinkError> {
+            self.record("ensure_bridge", spec.name.clone())?;
+            if let Some(l) = self.links.lock().unwrap().get(&spec.name) {
+                return Ok(l.clone());
+            }
+            Ok(self.add_link(&spec.name, None))
+        }
+        async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+            self.record("create_veth", spec.host.clone())?;
+            self.add_link(&spec.host, Some(spec.bridge_index));
+            Ok(())
+        }
+        async fn configure_container(&self, _: &Netns, spec: &ContainerSpec) -> Result<LinkState, NetlinkError> {
+            self.record("configure_container", spec.address.to_string())?;
+            Ok(LinkState { index: 2, mac: vec![2, 1, 1, 1, 1, 1], master: None, up: true, kind: None })
+        }
+        async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+            self.record("delete_link", name.to_string())?;
+            Ok(self.links.lock().unwrap().remove(name).is_some())
+        }
+        async fn link(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+            Ok(self.links.lock().unwrap().get(name).cloned())
+        }
+        async fn addresses(&self, _: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
+            Ok(vec!["10.87.1.1/24".parse().unwrap()])
+        }
+        async fn inspect_container(&self, _: &Netns, _: &str) -> Result<Option<ContainerView>, NetlinkError> {
+            Ok(None)
+        }
+    }
+
+    fn engine() -> Engine<FakeNetlink, MemStore> {
+        Engine::new(FakeNetlink::default(), MemStore::default(), "boot".into())
+    }
+
+    fn req(command: Command, container: &str, conf: Value) -> Request {
+        Request {
+            command,
+            container_id: container.into(),
+            // A real network namespace that needs no privilege to open.
+            netns: "/proc/self/ns/net".into(),
+            ifname: "eth0".into(),
+            args: format!("IgnoreUnknown=1;K8S_POD_NAME={container}"),
+            config: conf.to_string().into_bytes(),
+        }
+    }
+
+    fn conf() -> Value {
+        json!({"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet",
+               "ipam": {"subnet": "10.87.1.0/24", "rangeStart": "10.87.1.10", "rangeEnd": "10.87.1.11"}})
+    }
+
+    #[tokio::test]
+    async fn add_records_and_del_releases() {
+        let e = engine();
+        let out: Value = serde_json::from_str(&e.exec(&req(Command::Add, "c1", conf())).await.unwrap()).unwrap();
+        assert_eq!(out["ips"][0]["address"], "10.87.1.10/24");
+        assert_eq!(out["interfaces"][1]["name"], veth_name("c1", "eth0"));
+        let stored = e.store().list(None).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].container_name.as_deref(), Some("c1"));
+        assert_eq!(stored[0].boot_id, "boot");
+
+        e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
+        assert!(e.store().list(None).unwrap().is_empty());
+        assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
+        // DEL again, and DEL of a container never added: both fine.
+        e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
+        e.exec(&req(Command::Del, "never", conf())).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn repeated_add_returns_the_same_address() {
+        let e = engine();
+        let a = e.exec(&req(Command::Add, "c1", conf())).await.unwrap();
+        let b = e.exec(&req(Command::Add, "c1", conf())).await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(e.store().list(None).unwrap().len(), 1);
+        let creates = e.nl.ops().iter().filter(|o| o.starts_with("create_veth")).count();
+        assert_eq!(creates, 1);
+    }
+
+    #[tokio::test]
+    async fn failure_half_way_rolls_back() {
+        let e = engine();
+        *e.nl.fail_on.lock().unwrap() = Some("configure_container");
+        let err = e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
+        assert_eq!(err.code(), Code::Kernel);
+        assert!(e.store().list(None).unwrap().is_empty());
+        assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
+        assert!(e.nl.ops().contains(&format!("delete_link {}", veth_name("c1", "eth0"))));
+    }
+
+    #[tokio::test]
+    async fn exhaustion_and_taken_are_code_100_and_change_nothing() {
+        let e = engine();
+        e.exec(&req(Command::Add, "c1", conf())).await.unwrap();
+        e.exec(&req(Command::Add, "c2", conf())).await.unwrap();
+        let ops_before = e.nl.ops().len();
+        let err = e.exec(&req(Command::Add, "c3", conf())).await.unwrap_err();
+        assert_eq!(err.code(), Code::AddressUnavailable);
+        let mut taken = req(Command::Add, "c4", conf());
+        taken.args = "IP=10.87.1.10".into();
+        assert_eq!(e.exec(&taken).await.unwrap_err().code(), Code::AddressUnavailable);
+        assert_eq!(e.nl.ops().len(), ops_before, "no kernel work for a refused ADD");
+        assert_eq!(e.store().list(None).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_before_any_work() {
+        let e = engine();
+        let cases: Vec<(Request, Code)> = vec![
+            ({ let mut r = req(Command::Add, "c1", conf()); r.args = "IP=10.87.9.9".into(); r }, Code::InvalidEnvironment),
+            ({ let mut r = req(Command::Add, "c1", conf()); r.args = "MAC=nope".into(); r }, Code::InvalidEnvironment),
+            ({ let mut r = req(Command::Add, "c1", conf()); r.netns = "/etc/hostname".into(); r }, Code::InvalidEnvironment),
+            ({ let mut r = req(Command::Add, "c1", conf()); r.netns = "/nonexistent".into(); r }, Code::InvalidEnvironment),
+            ({ let mut r = req(Command::Add, "c1", conf()); r.ifname = "a/b".into(); r }, Code::InvalidEnvironment),
+            ({ let mut r = req(Command::Add, "c1", conf()); r.container_id = "".into(); r }, Code::InvalidEnvironment),
+            ({ let mut r = req(Command::Add, "c1", conf()); r.config = b"{".to_vec(); r }, Code::Decode),
+            (req(Command::Check, "c1", json!({"cniVersion": "0.3.1", "name": "n"})), Code::IncompatibleVersion),
+            (req(Command::Gc, "c1", json!({"cniVersion": "1.0.0", "name": "n"})), Code::IncompatibleVersion),
+            (req(Command::Check, "c1", conf()), Code::InvalidConfig),
+        ];
+        for (r, code) in cases {
+            let err = e.exec(&r).await.unwrap_err();
+            assert_eq!(err.code(), code, "{err}");
+        }
+        assert!(e.nl.ops().is_empty(), "{:?}", e.nl.ops());
+        assert!(e.store().list(None).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn gc_releases_what_is_not_valid() {
+        let e = engine();
+        e.exec(&req(Command::Add, "keep", conf())).await.unwrap();
+        e.exec(&req(Command::Add, "drop", conf())).await.unwrap();
+        let mut gc = conf();
+        gc["cniVersion"] = json!("1.1.0");
+        gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+        e.exec(&req(Command::Gc, "", gc)).await.unwrap();
+        let left = e.store().list(None).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].container_id, "keep");
+        assert!(!e.nl.has_link(&veth_name("drop", "eth0")));
+    }
+
+    #[tokio::test]
+    async fn status_reports_exhaustion() {
+        let e = engine();
+        let mut status = conf();
+        status["cniVersion"] = json!("1.1.0");
+        e.exec(&req(Command::Status, "", status.clone())).await.unwrap();
+        e.exec(&req(Command::Add, "c1", conf())).await.unwrap();
+        e.exec(&req(Command::Add, "c2", conf())).await.unwrap();
+        let err = e.exec(&req(Command::Status, "", status)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PluginNotAvailable);
+    }
+
+    #[tokio::test]
+    async fn parallel_adds_never_share_an_address() {
+        let e = Arc::new(engine());
+        let wide = json!({"cniVersion": "1.0.0", "name": "flatnet", "ipam": {"subnet": "10.87.0.0/16"}});
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let e = e.clone();
+                let r = req(Command::Add, &format!("c{i}"), wide.clone());
+                tokio::spawn(async move { e.exec(&r).await.unwrap() })
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for t in tasks {
+            let v: Value = serde_json::from_str(&t.await.unwrap()).unwrap();
+            assert!(seen.insert(v["ips"][0]["address"].as_str().unwrap().to_string()));
+        }
+    }
+
+    #[test]
+    fn veth_names_are_stable_and_short() {
+        let n = veth_name("f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1", "eth0");
+        assert_eq!(n.len(), 11);
+        assert!(n.starts_with("fn-"));
+        assert_eq!(n, veth_name("f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1", "eth0"));
+        assert_ne!(n, veth_name("f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1", "eth1"));
+    }
+}

@@ -1,0 +1,493 @@
+//! Address management: which address a container gets, and the durable record of who holds what.
+//! The choice ([`pick`]) is pure; [`Store`] is the record, with sled ([`SledStore`]) as the real one.
+
+use crate::config::IpamConf;
+use crate::result::CniResult;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// Identifies one attachment: network + container + interface.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocKey {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl AllocKey {
+    fn encode(&self) -> Vec<u8> {
+        [
+            self.network.as_bytes(),
+            b"\0",
+            self.container_id.as_bytes(),
+            b"\0",
+            self.ifname.as_bytes(),
+        ]
+        .concat()
+    }
+}
+
+/// One address held by one container interface, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    /// The container's name (CNI_ARGS `K8S_POD_NAME`), when the runtime gave one.
+    pub container_name: Option<String>,
+    pub host_veth: String,
+    pub netns: String,
+    /// Seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// The kernel boot this attachment was made in (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: String,
+    /// The result handed to the runtime, so a repeated ADD can answer the same.
+    pub result: CniResult,
+}
+
+impl Allocation {
+    pub fn key(&self) -> AllocKey {
+        AllocKey {
+            network: self.network.clone(),
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("state database holds a record that cannot be read ({0}); was it written by another version?")]
+    Corrupt(String),
+    #[error("address {ip} is already held by container {owner}")]
+    AddressHeld { ip: Ipv4Addr, owner: String },
+}
+
+/// The durable record of allocations. Callers serialise changes per network; implementations still
+/// refuse to record one address for two owners.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError>;
+    fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError>;
+    /// The address most recently handed out on `network` (where round robin continues).
+    fn last_handed_out(&self, network: &str) -> Result<Option<Ipv4Addr>, StoreError>;
+    /// Records `alloc` and makes its address the last handed out.
+    fn insert(&self, alloc: &Allocation) -> Result<(), StoreError>;
+    fn remove(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError>;
+    /// Every allocation, or those of one network.
+    fn list(&self, network: Option<&str>) -> Result<Vec<Allocation>, StoreError>;
+    /// Makes every change so far survive a crash of the daemon.
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Why no address could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("no free address left in {start}-{end} of network {network}: delete containers you no longer need or widen the range")]
+    Exhausted {
+        network: String,
+        start: Ipv4Addr,
+        end: Ipv4Addr,
+    },
+    #[error("address {ip} is already in use by container {owner} on network {network}")]
+    Taken {
+        ip: Ipv4Addr,
+        owner: String,
+        network: String,
+    },
+    #[error("requested address {ip} is outside the range {start}-{end} that network {network} hands out{reserved}")]
+    OutsideRange {
+        ip: Ipv4Addr,
+        start: Ipv4Addr,
+        end: Ipv4Addr,
+        network: String,
+        reserved: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Chooses the next free address after `last` (round robin, like host-local), so an address that was
+/// just released is not handed out again at once. Never returns the gateway, the network or the
+/// broadcast address.
+pub fn pick<E>(
+    ipam: &IpamConf,
+    last: Option<Ipv4Addr>,
+    mut taken: impl FnMut(Ipv4Addr) -> Result<bool, E>,
+) -> Result<Option<Ipv4Addr>, E> {
+    let start = u32::from(ipam.range_start);
+    let end = u32::from(ipam.range_end);
+    let size = end - start + 1;
+    let first = match last.map(u32::from) {
+        Some(l) if (start..end).contains(&l) => l + 1,
+        _ => start,
+    };
+    for i in 0..size {
+        let candidate = Ipv4Addr::from(start + (first - start + i) % size);
+        if ipam.assignable(candidate) && !taken(candidate)? {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
+}
+
+/// Chooses the address for a new attachment: the requested one when it is free and in range,
+/// otherwise the next free one.
+pub fn choose<S: Store>(
+    store: &S,
+    network: &str,
+    ipam: &IpamConf,
+    requested: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr, IpamError> {
+    if let Some(ip) = requested {
+        if !ipam.assignable(ip) {
+            let reserved = if ip == ipam.gateway {
+                " (it is the gateway)"
+            } else if ip == ipam.subnet.network() || ip == ipam.subnet.broadcast() {
+                " (it is the network or broadcast address)"
+            } else {
+                ""
+            };
+            return Err(IpamError::OutsideRange {
+                ip,
+                start: ipam.range_start,
+                end: ipam.range_end,
+                network: network.to_string(),
+                reserved,
+            });
+        }
+        if store.is_taken(network, ip)? {
+            let owner = store
+                .list(Some(network))?
+                .into_iter()
+                .find(|a| a.address == ip)
+                .map(|a| a.container_name.unwrap_or(a.container_id))
+                .unwrap_or_else(|| "unknown".into());
+            return Err(IpamError::Taken {
+                ip,
+                owner,
+                network: network.to_string(),
+            });
+        }
+        return Ok(ip);
+    }
+    let last = store.last_handed_out(network)?;
+    pick(ipam, last, |ip| store.is_taken(network, ip))?.ok_or_else(|| IpamError::Exhausted {
+        network: network.to_string(),
+        start: ipam.range_start,
+        end: ipam.range_end,
+    })
+}
+
+/// Allocations in sled: tree `allocations` (key → JSON record), tree `addresses`
+/// (network + address → key), tree `meta` (round-robin position per network).
+pub struct SledStore {
+    db: sled::Db,
+    allocs: sled::Tree,
+    addrs: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new().path(dir.join("db")).open()?;
+        Ok(SledStore {
+            allocs: db.open_tree("allocations")?,
+            addrs: db.open_tree("addresses")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+}
+
+fn addr_key(network: &str, ip: Ipv4Addr) -> Vec<u8> {
+    [network.as_bytes(), b"\0", &ip.octets()].concat()
+}
+
+fn last_key(network: &str) -> Vec<u8> {
+    [b"last\0".as_slice(), network.as_bytes()].concat()
+}
+
+fn decode(bytes: &[u8]) -> Result<Allocation, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
+        self.allocs.get(key.encode())?.map(|v| decode(&v)).transpose()
+    }
+
+    fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+        Ok(self.addrs.contains_key(addr_key(network, ip))?)
+    }
+
+    fn last_handed_out(&self, network: &str) -> Result<Option<Ipv4Addr>, StoreError> {
+        Ok(self.meta.get(last_key(network))?.and_then(|v| {
+            <[u8; 4]>::try_from(v.as_ref()).ok().map(Ipv4Addr::from)
+        }))
+    }
+
+    fn insert(&self, alloc: &Allocation) -> Result<(), StoreError> {
+        use sled::transaction::{ConflictableTransactionError as Abortable, TransactionError};
+        use sled::Transactional;
+        let key = alloc.key().encode();
+        let akey = addr_key(&alloc.network, alloc.address);
+        let value = serde_json::to_vec(alloc).expect("Allocation is plain data");
+        let res = (&self.allocs, &self.addrs, &self.meta).transaction(|(allocs, addrs, meta)| {
+            if let Some(owner) = addrs.get(&akey)? {
+                if owner.as_ref() != key.as_slice() {
+                    return Err(Abortable::Abort(String::from_utf8_lossy(&owner).replace('\0', "/")));
+                }
+            }
+            allocs.insert(key.as_slice(), value.as_slice())?;
+            addrs.insert(akey.as_slice(), key.as_slice())?;
+            meta.insert(last_key(&alloc.network), &alloc.address.octets())?;
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(owner)) => Err(StoreError::AddressHeld {
+                ip: alloc.address,
+                owner,
+            }),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    fn remove(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
+        use sled::transaction::ConflictableTransactionError as Abortable;
+        use sled::Transactional;
+        let k = key.encode();
+        let removed = (&self.allocs, &self.addrs).transaction(|(allocs, addrs)| {
+            let Some(v) = allocs.remove(k.as_slice())? else {
+                return Ok(None);
+            };
+            let alloc = decode(&v).map_err(Abortable::Abort)?;
+            let akey = addr_key(&alloc.network, alloc.address);
+            // Only drop the address index if it still points at this allocation.
+            if addrs.get(&akey)?.is_some_and(|owner| owner.as_ref() == k.as_slice()) {
+                addrs.remove(akey)?;
+            }
+            Ok(Some(alloc))
+        });
+        removed.map_err(|e| match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => e.into(),
+        })
+    }
+
+    fn list(&self, network: Option<&str>) -> Result<Vec<Allocation>, StoreError> {
+        let prefix = network.map(|n| [n.as_bytes(), b"\0"].concat()).unwrap_or_default();
+        self.allocs
+            .scan_prefix(prefix)
+            .map(|kv| decode(&kv?.1))
+            .collect()
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// An in-memory [`Store`] for tests of the logic above it.
+#[derive(Default)]
+pub struct MemStore {
+    inner: std::sync::Mutex<MemInner>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    allocs: std::collections::BTreeMap<AllocKey, Allocation>,
+    last: std::collections::HashMap<String, Ipv4Addr>,
+}
+
+impl MemStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
+        // A panic while holding this lock already failed the test that used it.
+        self.inner.lock().expect("MemStore lock poisoned")
+    }
+}
+
+impl Store for MemStore {
+    fn get(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
+        Ok(self.lock().allocs.get(key).cloned())
+    }
+
+    fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .allocs
+            .values()
+            .any(|a| a.network == network && a.address == ip))
+    }
+
+    fn last_handed_out(&self, network: &str) -> Result<Option<Ipv4Addr>, StoreError> {
+        Ok(self.lock().last.get(network).copied())
+    }
+
+    fn insert(&self, alloc: &Allocation) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let key = alloc.key();
+        if let Some(other) = inner
+            .allocs
+            .values()
+            .find(|a| a.network == alloc.network && a.address == alloc.address && a.key() != key)
+        {
+            return Err(StoreError::AddressHeld {
+                ip: alloc.address,
+                owner: other.container_id.clone(),
+            });
+        }
+        inner.last.insert(alloc.network.clone(), alloc.address);
+        inner.allocs.insert(key, alloc.clone());
+        Ok(())
+    }
+
+    fn remove(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
+        Ok(self.lock().allocs.remove(key))
+    }
+
+    fn list(&self, network: Option<&str>) -> Result<Vec<Allocation>, StoreError> {
+        Ok(self
+            .lock()
+            .allocs
+            .values()
+            .filter(|a| network.is_none_or(|n| a.network == n))
+            .cloned()
+            .collect())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::NetConf;
+    use std::collections::HashSet;
+
+    pub(crate) fn ipam(extra: &str) -> IpamConf {
+        let raw = format!(r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"subnet":"10.87.1.0/24"{extra}}}}}"#);
+        NetConf::parse(raw.as_bytes()).unwrap().ipam
+    }
+
+    pub(crate) fn alloc(container: &str, ip: Ipv4Addr) -> Allocation {
+        Allocation {
+            network: "n".into(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+            address: ip,
+            prefix: 24,
+            container_name: None,
+            host_veth: "fn-00000000".into(),
+            netns: "/run/netns/x".into(),
+            created_unix: 0,
+            boot_id: "b".into(),
+            result: CniResult {
+                interfaces: vec![],
+                ips: vec![],
+                routes: vec![],
+                dns: serde_json::json!({}),
+            },
+        }
+    }
+
+    #[test]
+    fn round_robin_skips_gateway_and_wraps() {
+        let c = ipam("");
+        let none = |_| Ok::<_, ()>(false);
+        assert_eq!(pick(&c, None, none), Ok(Some(Ipv4Addr::new(10, 87, 1, 2))));
+        assert_eq!(
+            pick(&c, Some(Ipv4Addr::new(10, 87, 1, 7)), none),
+            Ok(Some(Ipv4Addr::new(10, 87, 1, 8)))
+        );
+        assert_eq!(
+            pick(&c, Some(Ipv4Addr::new(10, 87, 1, 254)), none),
+            Ok(Some(Ipv4Addr::new(10, 87, 1, 2)))
+        );
+        // Everything taken: nothing to hand out.
+        assert_eq!(pick(&c, None, |_| Ok::<_, ()>(true)), Ok(None));
+    }
+
+    #[test]
+    fn whole_pool_then_exhausted_then_reuse_after_release() {
+        let c = ipam(r#","rangeStart":"10.87.1.1","rangeEnd":"10.87.1.6""#);
+        let store = MemStore::default();
+        let mut seen = HashSet::new();
+        for i in 0..5 {
+            let ip = choose(&store, "n", &c, None).unwrap();
+            assert_ne!(ip, c.gateway);
+            assert!(seen.insert(ip), "{ip} handed out twice");
+            store.insert(&alloc(&format!("c{i}"), ip)).unwrap();
+        }
+        assert!(matches!(choose(&store, "n", &c, None), Err(IpamError::Exhausted { .. })));
+        let freed = store.list(None).unwrap()[2].key();
+        let freed_ip = store.remove(&freed).unwrap().unwrap().address;
+        assert_eq!(choose(&store, "n", &c, None).unwrap(), freed_ip);
+    }
+
+    #[test]
+    fn freed_address_is_not_reused_at_once() {
+        let c = ipam("");
+        let store = MemStore::default();
+        let a = choose(&store, "n", &c, None).unwrap();
+        store.insert(&alloc("a", a)).unwrap();
+        store.remove(&alloc("a", a).key()).unwrap();
+        let b = choose(&store, "n", &c, None).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn requested_address_rules() {
+        let c = ipam(r#","rangeStart":"10.87.1.10","rangeEnd":"10.87.1.20""#);
+        let store = MemStore::default();
+        let ip = Ipv4Addr::new(10, 87, 1, 15);
+        assert_eq!(choose(&store, "n", &c, Some(ip)).unwrap(), ip);
+        store.insert(&alloc("a", ip)).unwrap();
+        assert!(matches!(choose(&store, "n", &c, Some(ip)), Err(IpamError::Taken { .. })));
+        for outside in [[10, 87, 1, 9], [10, 87, 1, 21], [10, 87, 2, 15]] {
+            assert!(matches!(
+                choose(&store, "n", &c, Some(Ipv4Addr::from(outside))),
+                Err(IpamError::OutsideRange { .. })
+            ));
+        }
+        let gw = ipam("");
+        assert!(matches!(
+            choose(&store, "n", &gw, Some(Ipv4Addr::new(10, 87, 1, 1))),
+            Err(IpamError::OutsideRange { .. })
+        ));
+    }
+
+    #[test]
+    fn sled_store_refuses_double_owner_and_survives_reopen() {
+        let dir = std::env::temp_dir().join(format!("flatnet-ipam-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ip = Ipv4Addr::new(10, 87, 1, 2);
+        {
+            let s = SledStore::open(&dir).unwrap();
+            s.insert(&alloc("a", ip)).unwrap();
+            assert!(matches!(s.insert(&alloc("b", ip)), Err(StoreError::AddressHeld { .. })));
+            assert!(s.is_taken("n", ip).unwrap());
+            assert_eq!(s.last_handed_out("n").unwrap(), Some(ip));
+            futures::executor::block_on(s.flush()).unwrap();
+        }
+        {
+            let s = SledStore::open(&dir).unwrap();
+            assert_eq!(s.get(&alloc("a", ip).key()).unwrap().unwrap().address, ip);
+            assert_eq!(s.list(Some("n")).unwrap().len(), 1);
+            assert_eq!(s.list(Some("other")).unwrap().len(), 0);
+            assert!(s.remove(&alloc("a", ip).key()).unwrap().is_some());
+            assert!(!s.is_taken("n", ip).unwrap());
+            assert!(s.remove(&alloc("a", ip).key()).unwrap().is_none());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

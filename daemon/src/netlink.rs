@@ -1,0 +1,502 @@
+//! All kernel networking work, behind one small trait ([`Netlink`]) so the attach logic can be tested
+//! with a recording fake. [`RtNetlink`] is the real implementation: one long-lived rtnetlink socket
+//! in the daemon's namespace, and a short-lived socket opened inside a container's namespace (on a
+//! plain thread) for the container side.
+
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use futures::TryStreamExt;
+use std::fs::File;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+/// An opened network namespace (CNI_NETNS), checked to be one.
+#[derive(Debug)]
+pub struct Netns {
+    pub path: String,
+    file: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a network namespace (expected a path like /run/netns/NAME or /proc/PID/ns/net)")]
+    NotANamespace { path: String },
+}
+
+impl Netns {
+    pub fn open(path: &str) -> Result<Netns, NetnsError> {
+        let file = File::open(path).map_err(|source| NetnsError::Open {
+            path: path.to_string(),
+            source,
+        })?;
+        let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| NetnsError::Open {
+            path: path.to_string(),
+            source: e.into(),
+        })?;
+        if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+            return Err(NetnsError::NotANamespace {
+                path: path.to_string(),
+            });
+        }
+        Ok(Netns {
+            path: path.to_string(),
+            file,
+        })
+    }
+}
+
+/// A refused or failed netlink operation, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("{op}: {source}")]
+    Kernel {
+        op: String,
+        errno: Option<i32>,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl NetlinkError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Kernel { errno, .. } => *errno,
+            NetlinkError::Io { source, .. } => source.raw_os_error(),
+            NetlinkError::Conflict(_) => None,
+        }
+    }
+}
+
+fn kernel(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let op = op.into();
+    move |source| NetlinkError::Kernel {
+        errno: errno_of(&source),
+        op,
+        source,
+    }
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get().abs()),
+        _ => None,
+    }
+}
+
+/// What is known about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub mac: Vec<u8>,
+    pub master: Option<u32>,
+    pub up: bool,
+    pub kind: Option<String>,
+}
+
+/// The bridge a network uses.
+#[derive(Debug, Clone)]
+pub struct BridgeSpec {
+    pub name: String,
+    pub mtu: Option<u32>,
+    /// The gateway address (with the subnet's prefix) the bridge holds when `isGateway`.
+    pub gateway: Option<Ipv4Network>,
+}
+
+/// A veth pair: `host` on the bridge, the peer created directly inside `netns` as `ifname`.
+#[derive(Debug)]
+pub struct VethSpec<'a> {
+    pub host: String,
+    pub host_mac: [u8; 6],
+    pub bridge_index: u32,
+    pub mtu: Option<u32>,
+    pub hairpin: bool,
+    pub netns: &'a Netns,
+    pub ifname: String,
+    pub container_mac: [u8; 6],
+}
+
+/// Address and routes of the container interface.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub ifname: String,
+    pub address: Ipv4Network,
+    /// Destination and gateway.
+    pub routes: Vec<(Ipv4Network, Ipv4Addr)>,
+}
+
+/// What the kernel shows inside a container namespace for one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerView {
+    pub link: LinkState,
+    pub addrs: Vec<Ipv4Network>,
+    /// Destination and gateway of the main-table routes through the interface.
+    pub routes: Vec<(Ipv4Network, Option<Ipv4Addr>)>,
+}
+
+/// The kernel operations Flatnet needs.
+pub trait Netlink: Send + Sync + 'static {
+    /// Makes sure the bridge exists, is up, and holds the gateway address.
+    fn ensure_bridge(&self, spec: &BridgeSpec) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
+    /// Creates the veth pair; the host end is up and on the bridge, the peer is up in the namespace.
+    fn create_veth(&self, spec: &VethSpec<'_>) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Addresses the container interface, brings `lo` up and installs the routes.
+    fn configure_container(
+        &self,
+        netns: &Netns,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
+    /// Deletes a link in the daemon's namespace; `Ok(false)` when it was already gone.
+    fn delete_link(&self, name: &str) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
+    /// A link in the daemon's namespace, if it exists.
+    fn link(&self, name: &str) -> impl Future<Output = Result<Option<LinkState>, NetlinkError>> + Send;
+    /// IPv4 addresses on a link in the daemon's namespace.
+    fn addresses(&self, index: u32) -> impl Future<Output = Result<Vec<Ipv4Network>, NetlinkError>> + Send;
+    /// The interface `ifname` inside `netns`, if it exists.
+    fn inspect_container(
+        &self,
+        netns: &Netns,
+        ifname: &str,
+    ) -> impl Future<Output = Result<Option<ContainerView>, NetlinkError>> + Send;
+}
+
+/// The real [`Netlink`], on rtnetlink.
+pub struct RtNetlink {
+    handle: rtnetlink::Handle,
+}
+
+impl RtNetlink {
+    /// Opens the netlink socket of the daemon's own namespace. Must run inside a tokio runtime.
+    pub fn new() -> std::io::Result<RtNetlink> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(RtNetlink { handle })
+    }
+}
+
+/// Opens a netlink socket inside `netns`. The namespace is entered on a throwaway plain thread, never
+/// on a tokio worker; the socket stays bound to the namespace it was created in.
+async fn ns_handle(netns: &Netns) -> Result<rtnetlink::Handle, NetlinkError> {
+    let io_err = |source| NetlinkError::Io {
+        op: format!("entering network namespace {}", netns.path),
+        source,
+    };
+    let fd = netns.file.try_clone().map_err(io_err)?;
+    let rt = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _runtime = rt.enter();
+        let opened = nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)
+            .and_then(|()| rtnetlink::new_connection());
+        let _ = tx.send(opened);
+    });
+    let opened = rx.await.map_err(|_| {
+        io_err(std::io::Error::other("namespace thread ended without an answer"))
+    })?;
+    let (conn, handle, _) = opened.map_err(io_err)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn link_state(msg: &LinkMessage) -> LinkState {
+    let mut state = LinkState {
+        index: msg.header.index,
+        mac: Vec::new(),
+        master: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        kind: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::Address(mac) => state.mac = mac.clone(),
+            LinkAttribute::Controller(m) => state.master = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        state.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
+async fn get_link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(Some(link_state(&msg))),
+        Ok(None) => Ok(None),
+        Err(e) if errno_of(&e) == Some(nix::libc::ENODEV) => Ok(None),
+        Err(e) => Err(kernel(format!("looking up link {name}"))(e)),
+    }
+}
+
+async fn get_addresses(handle: &rtnetlink::Handle, index: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
+    let msgs: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(kernel(format!("listing addresses of link {index}")))?;
+    let mut out = Vec::new();
+    for msg in msgs.iter().filter(|m| m.header.index == index) {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                if let Ok(net) = Ipv4Network::new(*ip, msg.header.prefix_len) {
+                    out.push(net);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn get_routes(
+    handle: &rtnetlink::Handle,
+    index: u32,
+) -> Result<Vec<(Ipv4Network, Option<Ipv4Addr>)>, NetlinkError> {
+    let msgs: Vec<_> = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(kernel("listing routes"))?;
+    let mut out = Vec::new();
+    for msg in msgs.iter().filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN) {
+        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut gw = None;
+        let mut oif = None;
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(*a),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if oif == Some(index) {
+            if let Ok(net) = Ipv4Network::new(dst, msg.header.destination_prefix_length) {
+                out.push((net, gw));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `Ok(())` also when the kernel says the thing already exists.
+fn exists_ok(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    match r {
+        Err(e) if e.errno() == Some(nix::libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// A random locally administered unicast MAC, so a bridge or veth never takes a MAC that changes
+/// when ports come and go.
+pub fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into the buffer it is given.
+    let n = unsafe { nix::libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        // getrandom on 6 bytes does not fail once the kernel's pool is initialised; fall back to
+        // time-derived bytes rather than refusing to work.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .to_le_bytes();
+        mac.copy_from_slice(&t[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+impl Netlink for RtNetlink {
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<LinkState, NetlinkError> {
+        let name = spec.name.as_str();
+        let existing = get_link(&self.handle, name).await?;
+        let state = match existing {
+            Some(state) => {
+                if state.kind.as_deref() != Some("bridge") {
+                    return Err(NetlinkError::Conflict(format!(
+                        "link {name} exists but is a {} device, not a bridge: remove it or choose another bridge name",
+                        state.kind.as_deref().unwrap_or("plain")
+                    )));
+                }
+                if !state.up {
+                    self.handle
+                        .link()
+                        .change(LinkUnspec::new_with_index(state.index).up().build())
+                        .execute()
+                        .await
+                        .map_err(kernel(format!("bringing bridge {name} up")))?;
+                }
+                state
+            }
+            None => {
+                let mut builder = LinkBridge::new(name).address(random_mac().to_vec());
+                if let Some(mtu) = spec.mtu {
+                    builder = builder.mtu(mtu);
+                }
+                exists_ok(
+                    self.handle
+                        .link()
+                        .add(builder.build())
+                        .execute()
+                        .await
+                        .map_err(kernel(format!("creating bridge {name}"))),
+                )?;
+                get_link(&self.handle, name).await?.ok_or_else(|| {
+                    NetlinkError::Conflict(format!("bridge {name} vanished right after it was created"))
+                })?
+            }
+        };
+        if let Some(gw) = spec.gateway {
+            exists_ok(
+                self.handle
+                    .address()
+                    .add(state.index, IpAddr::V4(gw.ip()), gw.prefix())
+                    .execute()
+                    .await
+                    .map_err(kernel(format!("adding gateway {gw} to bridge {name}"))),
+            )?;
+        }
+        Ok(state)
+    }
+
+    async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+        let mut peer = LinkUnspec::new_with_name(&spec.ifname)
+            .address(spec.container_mac.to_vec())
+            .setns_by_fd(spec.netns.file.as_raw_fd())
+            .up();
+        let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(spec.host.clone())
+            .address(spec.host_mac.to_vec())
+            .controller(spec.bridge_index)
+            .up();
+        if let Some(mtu) = spec.mtu {
+            peer = peer.mtu(mtu);
+            host = host.mtu(mtu);
+        }
+        let msg = host
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(kernel(format!(
+                "creating veth {} with peer {} in {}",
+                spec.host, spec.ifname, spec.netns.path
+            )))?;
+        if spec.hairpin {
+            let msg = LinkUnspec::new_with_name(&spec.host)
+                .set_port_kind(InfoPortKind::Bridge)
+                .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)]))
+                .build();
+            self.handle
+                .link()
+                .change(msg)
+                .execute()
+                .await
+                .map_err(kernel(format!("turning on hairpin mode on {}", spec.host)))?;
+        }
+        Ok(())
+    }
+
+    async fn configure_container(&self, netns: &Netns, spec: &ContainerSpec) -> Result<LinkState, NetlinkError> {
+        let handle = ns_handle(netns).await?;
+        let link = get_link(&handle, &spec.ifname).await?.ok_or_else(|| {
+            NetlinkError::Conflict(format!(
+                "interface {} is missing in {} right after it was created",
+                spec.ifname, netns.path
+            ))
+        })?;
+        let addr = handle
+            .address()
+            .add(link.index, IpAddr::V4(spec.address.ip()), spec.address.prefix())
+            .execute();
+        let lo = handle
+            .link()
+            .change(LinkUnspec::new_with_name("lo").up().build())
+            .execute();
+        let (addr, lo) = futures::join!(addr, lo);
+        addr.map_err(kernel(format!("adding {} to {}", spec.address, spec.ifname)))?;
+        lo.map_err(kernel(format!("bringing lo up in {}", netns.path)))?;
+        for (dst, gw) in &spec.routes {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix())
+                .gateway(*gw)
+                .output_interface(link.index)
+                .build();
+            exists_ok(
+                handle
+                    .route()
+                    .add(route)
+                    .execute()
+                    .await
+                    .map_err(kernel(format!("adding route {dst} via {gw} in {}", netns.path))),
+            )?;
+        }
+        Ok(link)
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        let res = self
+            .handle
+            .link()
+            .del_with_message(LinkUnspec::new_with_name(name).build())
+            .execute()
+            .await;
+        match res {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(errno_of(&e), Some(nix::libc::ENODEV) | Some(nix::libc::ENOENT)) => Ok(false),
+            Err(e) => Err(kernel(format!("deleting link {name}"))(e)),
+        }
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+        get_link(&self.handle, name).await
+    }
+
+    async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
+        get_addresses(&self.handle, index).await
+    }
+
+    async fn inspect_container(&self, netns: &Netns, ifname: &str) -> Result<Option<ContainerView>, NetlinkError> {
+        let handle = ns_handle(netns).await?;
+        let Some(link) = get_link(&handle, ifname).await? else {
+            return Ok(None);
+        };
+        let addrs = get_addresses(&handle, link.index).await?;
+        let routes = get_routes(&handle, link.index).await?;
+        Ok(Some(ContainerView { link, addrs, routes }))
+    }
+}
