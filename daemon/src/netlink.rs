@@ -158,9 +158,9 @@ pub struct ContainerView {
 pub trait Netlink: Send + Sync + 'static {
     /// Makes sure the bridge exists, is up, and holds the gateway address.
     fn ensure_bridge(&self, spec: &BridgeSpec) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
-    /// Creates the veth pair; the host end is up and on the bridge, the peer is up in the namespace.
+    /// Creates the veth pair: the host end up and on the bridge, the peer (still down) in the namespace.
     fn create_veth(&self, spec: &VethSpec<'_>) -> impl Future<Output = Result<(), NetlinkError>> + Send;
-    /// Addresses the container interface, brings `lo` up and installs the routes.
+    /// Brings the container interface and `lo` up, addresses it and installs the routes.
     fn configure_container(
         &self,
         netns: &Netns,
@@ -391,10 +391,11 @@ impl Netlink for RtNetlink {
     }
 
     async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+        // The peer is brought up from inside its namespace (configure_container): asking for IFF_UP
+        // while creating it in another namespace fails with ENOTCONN on current kernels.
         let mut peer = LinkUnspec::new_with_name(&spec.ifname)
             .address(spec.container_mac.to_vec())
-            .setns_by_fd(spec.netns.file.as_raw_fd())
-            .up();
+            .setns_by_fd(spec.netns.file.as_raw_fd());
         let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(spec.host.clone())
             .address(spec.host_mac.to_vec())
@@ -443,12 +444,17 @@ impl Netlink for RtNetlink {
             .address()
             .add(link.index, IpAddr::V4(spec.address.ip()), spec.address.prefix())
             .execute();
+        let up = handle
+            .link()
+            .change(LinkUnspec::new_with_index(link.index).up().build())
+            .execute();
         let lo = handle
             .link()
             .change(LinkUnspec::new_with_name("lo").up().build())
             .execute();
-        let (addr, lo) = futures::join!(addr, lo);
+        let (addr, up, lo) = futures::join!(addr, up, lo);
         addr.map_err(kernel(format!("adding {} to {}", spec.address, spec.ifname)))?;
+        up.map_err(kernel(format!("bringing {} up in {}", spec.ifname, netns.path)))?;
         lo.map_err(kernel(format!("bringing lo up in {}", netns.path)))?;
         for (dst, gw) in &spec.routes {
             let route = RouteMessageBuilder::<Ipv4Addr>::new()
