@@ -8,10 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fds = protox::compile(["flatnet.proto"], [&dir])?;
     // Kept for gRPC server reflection.
-    std::fs::write(
-        out.join("flatnet_descriptor.bin"),
-        prost_encode(&fds),
-    )?;
+    std::fs::write(out.join("flatnet_descriptor.bin"), prost_encode(&fds))?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -137,16 +137,21 @@ impl NetConf {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
                 Some(m) if (68..=65535).contains(&m) => Some(m as u32),
-                _ => return Err(invalid(format!("mtu {v} must be an integer from 68 to 65535"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "mtu {v} must be an integer from 68 to 65535"
+                    )))
+                }
             },
         };
         let is_gateway = opt_bool(obj, "isGateway")?.unwrap_or(true);
         if opt_bool(obj, "ipMasq")?.unwrap_or(false) {
             return Err(ConfigError {
                 code: Code::UnsupportedField,
-                msg: "ipMasq is not supported by flatnet yet: containers are reached on their flat \
+                msg:
+                    "ipMasq is not supported by flatnet yet: containers are reached on their flat \
                       address; remove ipMasq or set it to false"
-                    .into(),
+                        .into(),
             });
         }
         let hairpin_mode = opt_bool(obj, "hairpinMode")?.unwrap_or(false);
@@ -259,7 +264,9 @@ fn parse_ipam(v: Option<&Value>) -> Result<IpamConf, ConfigError> {
                 .iter()
                 .map(|set| match set {
                     Value::Array(r) => Ok(r.iter().collect::<Vec<_>>()),
-                    v => Err(invalid(format!("ipam ranges must be a list of lists, found {v}"))),
+                    v => Err(invalid(format!(
+                        "ipam ranges must be a list of lists, found {v}"
+                    ))),
                 })
                 .collect::<Result<Vec<_>, _>>()?
                 .into_iter()
@@ -342,7 +349,9 @@ fn parse_ipam(v: Option<&Value>) -> Result<IpamConf, ConfigError> {
 
 fn parse_route(v: &Value) -> Result<Route, ConfigError> {
     let Value::Object(o) = v else {
-        return Err(invalid(format!("each ipam route must be an object, not {v}")));
+        return Err(invalid(format!(
+            "each ipam route must be an object, not {v}"
+        )));
     };
     let dst_str = req_str(o, "dst").map_err(|_| invalid(format!("ipam route {v} has no dst")))?;
     let dst = parse_cidr("ipam route dst", &dst_str)?;
@@ -394,7 +403,9 @@ fn parse_runtime_config(v: Option<&Value>) -> Result<RuntimeConfig, ConfigError>
     Ok((ip, mac))
 }
 
-fn parse_valid_attachments(v: Option<&Value>) -> Result<Option<Vec<(String, String)>>, ConfigError> {
+fn parse_valid_attachments(
+    v: Option<&Value>,
+) -> Result<Option<Vec<(String, String)>>, ConfigError> {
     let items = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(items)) => items,
@@ -408,7 +419,9 @@ fn parse_valid_attachments(v: Option<&Value>) -> Result<Option<Vec<(String, Stri
         .iter()
         .map(|item| {
             let Value::Object(o) = item else {
-                return Err(invalid(format!("valid attachment {item} must be an object")));
+                return Err(invalid(format!(
+                    "valid attachment {item} must be an object"
+                )));
             };
             Ok((req_str(o, "containerID")?, req_str(o, "ifname")?))
         })
@@ -493,38 +506,99 @@ mod tests {
     #[test]
     fn refusals_have_the_right_code() {
         let cases: Vec<(Value, Code)> = vec![
-            (json!({"cniVersion": "0.2.0", "name": "n"}), Code::IncompatibleVersion),
+            (
+                json!({"cniVersion": "0.2.0", "name": "n"}),
+                Code::IncompatibleVersion,
+            ),
             (json!({"name": "n"}), Code::InvalidConfig),
             (json!({"cniVersion": 1, "name": "n"}), Code::InvalidConfig),
             (json!({"cniVersion": "1.0.0"}), Code::InvalidConfig),
             (with(json!({"name": "bad name"})), Code::InvalidConfig),
             (with(json!({"type": "bridge"})), Code::InvalidConfig),
-            (with(json!({"bridge": "this-name-is-way-too-long"})), Code::InvalidConfig),
+            (
+                with(json!({"bridge": "this-name-is-way-too-long"})),
+                Code::InvalidConfig,
+            ),
             (with(json!({"bridge": "fn-12345678"})), Code::InvalidConfig),
             (with(json!({"mtu": 20})), Code::InvalidConfig),
             (with(json!({"mtu": "1500"})), Code::InvalidConfig),
             (with(json!({"isGateway": "yes"})), Code::InvalidConfig),
             (with(json!({"ipMasq": true})), Code::UnsupportedField),
             (with(json!({"socket": 5})), Code::InvalidConfig),
-            (with(json!({"ipam": {"subnet": "10.87.1.0/33"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"subnet": "10.87.1.5/24"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"subnet": "fd00::/64"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"subnet": "10.87.1.0/31"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"gateway": "10.87.2.1"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"gateway": "10.87.1.255"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"rangeStart": "10.87.1.0"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"rangeEnd": "10.87.9.9"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"rangeStart": "10.87.1.9", "rangeEnd": "10.87.1.8"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"rangeStart": "10.87.1.1", "rangeEnd": "10.87.1.1"}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"routes": [{"gw": "10.87.1.1"}]}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"routes": [{"dst": "10.0.0.1/8"}]}})), Code::InvalidConfig),
+            (
+                with(json!({"ipam": {"subnet": "10.87.1.0/33"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"subnet": "10.87.1.5/24"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"subnet": "fd00::/64"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"subnet": "10.87.1.0/31"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"gateway": "10.87.2.1"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"gateway": "10.87.1.255"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"rangeStart": "10.87.1.0"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"rangeEnd": "10.87.9.9"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"rangeStart": "10.87.1.9", "rangeEnd": "10.87.1.8"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"rangeStart": "10.87.1.1", "rangeEnd": "10.87.1.1"}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"routes": [{"gw": "10.87.1.1"}]}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"ipam": {"routes": [{"dst": "10.0.0.1/8"}]}})),
+                Code::InvalidConfig,
+            ),
             (with(json!({"ipam": {"routes": {}}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"subnet": "10.87.1.0/24", "ranges": [[{"subnet": "10.87.1.0/24"}]]}})), Code::InvalidConfig),
-            (with(json!({"ipam": {"ranges": [[{"subnet": "10.87.1.0/24"}, {"subnet": "10.87.2.0/24"}]]}})), Code::InvalidConfig),
-            (with(json!({"runtimeConfig": {"ips": ["10.87.1.5", "10.87.1.6"]}})), Code::InvalidConfig),
-            (with(json!({"runtimeConfig": {"mac": "nope"}})), Code::InvalidConfig),
+            (
+                with(
+                    json!({"ipam": {"subnet": "10.87.1.0/24", "ranges": [[{"subnet": "10.87.1.0/24"}]]}}),
+                ),
+                Code::InvalidConfig,
+            ),
+            (
+                with(
+                    json!({"ipam": {"ranges": [[{"subnet": "10.87.1.0/24"}, {"subnet": "10.87.2.0/24"}]]}}),
+                ),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"runtimeConfig": {"ips": ["10.87.1.5", "10.87.1.6"]}})),
+                Code::InvalidConfig,
+            ),
+            (
+                with(json!({"runtimeConfig": {"mac": "nope"}})),
+                Code::InvalidConfig,
+            ),
             (with(json!({"prevResult": []})), Code::InvalidConfig),
-            (with(json!({"cni.dev/valid-attachments": [{"ifname": "eth0"}]})), Code::InvalidConfig),
+            (
+                with(json!({"cni.dev/valid-attachments": [{"ifname": "eth0"}]})),
+                Code::InvalidConfig,
+            ),
         ];
         for (v, code) in cases {
             let e = parse(v.clone()).expect_err(&v.to_string());

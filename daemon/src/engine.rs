@@ -83,7 +83,9 @@ impl Error {
             Error::Config(e) => e.code,
             Error::Environment(_) | Error::Netns(_) => Code::InvalidEnvironment,
             Error::Ipam(IpamError::OutsideRange { .. }) => Code::InvalidEnvironment,
-            Error::Ipam(IpamError::Exhausted { .. } | IpamError::Taken { .. }) => Code::AddressUnavailable,
+            Error::Ipam(IpamError::Exhausted { .. } | IpamError::Taken { .. }) => {
+                Code::AddressUnavailable
+            }
             Error::Ipam(IpamError::Store(e)) | Error::Store(e) => match e {
                 StoreError::AddressHeld { .. } => Code::AddressUnavailable,
                 StoreError::Db(_) => Code::Io,
@@ -192,14 +194,17 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let key = Self::key(conf, req)?;
         let args = cni::parse_cni_args(&req.args).map_err(|e| Error::Environment(e.0))?;
         if req.netns.is_empty() {
-            return Err(Error::Environment("CNI_NETNS is empty: ADD needs the container's network namespace".into()));
+            return Err(Error::Environment(
+                "CNI_NETNS is empty: ADD needs the container's network namespace".into(),
+            ));
         }
         let netns = Netns::open(&req.netns)?;
         let requested = args.ip.or(conf.runtime_ip);
         let _guard = self.lock(&conf.name).await;
 
         if let Some(existing) = self.store.get(&key)? {
-            let same = existing.netns == req.netns && requested.is_none_or(|ip| ip == existing.address);
+            let same =
+                existing.netns == req.netns && requested.is_none_or(|ip| ip == existing.address);
             if !same {
                 return Err(Error::AlreadyAttached(format!(
                     "container {} already has {} on network {} (address {}, namespace {}): delete it first",
@@ -216,7 +221,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let ip = ipam::choose(&self.store, &conf.name, &conf.ipam, requested)?;
         let host_veth = veth_name(&req.container_id, &req.ifname);
         let mac = args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac);
-        let attached = self.attach(conf, &netns, &req.ifname, &host_veth, ip, mac).await;
+        let attached = self
+            .attach(conf, &netns, &req.ifname, &host_veth, ip, mac)
+            .await;
         let outcome = match attached {
             Ok(result) => {
                 let alloc = Allocation {
@@ -283,13 +290,23 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if let Err(first) = self.nl.create_veth(&spec).await {
             // The bridge may have been removed since it was cached, or a link of ours may be left
             // from a crash. Find out which, fix it, and try once more.
-            let stale_bridge = self.nl.link(&conf.bridge).await?.is_none_or(|l| l.index != bridge.index);
-            let leftover = first.errno() == Some(nix::libc::EEXIST) && self.nl.link(host_veth).await?.is_some();
+            let stale_bridge = self
+                .nl
+                .link(&conf.bridge)
+                .await?
+                .is_none_or(|l| l.index != bridge.index);
+            let leftover = first.errno() == Some(nix::libc::EEXIST)
+                && self.nl.link(host_veth).await?.is_some();
             if stale_bridge {
                 bridge = self.bridge(conf, true).await?;
                 spec.bridge_index = bridge.index;
             } else if leftover {
-                if self.store.list(None)?.iter().any(|a| a.host_veth == host_veth) {
+                if self
+                    .store
+                    .list(None)?
+                    .iter()
+                    .any(|a| a.host_veth == host_veth)
+                {
                     return Err(Error::AlreadyAttached(format!(
                         "host interface {host_veth} belongs to another container (name hash collision); \
                          use another interface name"
@@ -364,7 +381,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     /// The network's bridge, from the cache unless `refresh` or the gateway changed.
     async fn bridge(&self, conf: &NetConf, refresh: bool) -> Result<LinkState, Error> {
         let gateway = conf.is_gateway.then(|| {
-            Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix()).expect("prefix comes from a valid subnet")
+            Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix())
+                .expect("prefix comes from a valid subnet")
         });
         if !refresh {
             let cache = self.bridges.lock().expect("bridge cache poisoned");
@@ -383,10 +401,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if conf.is_gateway {
             enable_forwarding();
         }
-        self.bridges
-            .lock()
-            .expect("bridge cache poisoned")
-            .insert(conf.bridge.clone(), BridgeCache { state: state.clone(), gateway });
+        self.bridges.lock().expect("bridge cache poisoned").insert(
+            conf.bridge.clone(),
+            BridgeCache {
+                state: state.clone(),
+                gateway,
+            },
+        );
         Ok(state)
     }
 
@@ -437,7 +458,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             ))
         })?;
         let failed = |msg: String| Err(Error::CheckFailed(msg));
-        let address = Ipv4Network::new(alloc.address, alloc.prefix).expect("stored prefix is valid");
+        let address =
+            Ipv4Network::new(alloc.address, alloc.prefix).expect("stored prefix is valid");
         let prev_ip = prev.ips.iter().find(|i| {
             i.interface
                 .and_then(|n| prev.interfaces.get(n))
@@ -445,7 +467,12 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         });
         match prev_ip {
             Some(i) if i.address == address.to_string() => {}
-            Some(i) => return failed(format!("prevResult says {} but flatnet assigned {address}", i.address)),
+            Some(i) => {
+                return failed(format!(
+                    "prevResult says {} but flatnet assigned {address}",
+                    i.address
+                ))
+            }
             None => return failed(format!("prevResult has no address for {}", req.ifname)),
         }
 
@@ -456,26 +483,43 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             return failed(format!("bridge {} is down", conf.bridge));
         }
         if conf.is_gateway {
-            let gw = Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix()).expect("valid prefix");
+            let gw = Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix())
+                .expect("valid prefix");
             if !self.nl.addresses(bridge.index).await?.contains(&gw) {
-                return failed(format!("bridge {} does not hold the gateway address {gw}", conf.bridge));
+                return failed(format!(
+                    "bridge {} does not hold the gateway address {gw}",
+                    conf.bridge
+                ));
             }
         }
         match self.nl.link(&alloc.host_veth).await? {
             None => return failed(format!("host interface {} does not exist", alloc.host_veth)),
             Some(l) if l.master != Some(bridge.index) => {
-                return failed(format!("host interface {} is not on bridge {}", alloc.host_veth, conf.bridge))
+                return failed(format!(
+                    "host interface {} is not on bridge {}",
+                    alloc.host_veth, conf.bridge
+                ))
             }
             Some(_) => {}
         }
         let Some(view) = self.nl.inspect_container(&netns, &req.ifname).await? else {
-            return failed(format!("interface {} does not exist in {}", req.ifname, req.netns));
+            return failed(format!(
+                "interface {} does not exist in {}",
+                req.ifname, req.netns
+            ));
         };
         if !view.link.up {
             return failed(format!("interface {} in {} is down", req.ifname, req.netns));
         }
-        if let Some(intf) = prev.interfaces.iter().find(|i| i.name == req.ifname && !i.mac.is_empty()) {
-            if !intf.mac.eq_ignore_ascii_case(&cni::format_mac(&view.link.mac)) {
+        if let Some(intf) = prev
+            .interfaces
+            .iter()
+            .find(|i| i.name == req.ifname && !i.mac.is_empty())
+        {
+            if !intf
+                .mac
+                .eq_ignore_ascii_case(&cni::format_mac(&view.link.mac))
+            {
                 return failed(format!(
                     "interface {} has MAC {} but prevResult says {}",
                     req.ifname,
@@ -485,12 +529,18 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
         }
         if !view.addrs.contains(&address) {
-            return failed(format!("interface {} in {} does not hold {address}", req.ifname, req.netns));
+            return failed(format!(
+                "interface {} in {} does not hold {address}",
+                req.ifname, req.netns
+            ));
         }
         for route in &conf.ipam.routes {
             let gw = conf.ipam.route_gateway(route);
             if !view.routes.contains(&(route.dst, Some(gw))) {
-                return failed(format!("route {} via {gw} is missing in {}", route.dst, req.netns));
+                return failed(format!(
+                    "route {} via {gw} is missing in {}",
+                    route.dst, req.netns
+                ));
             }
         }
         Ok(())
@@ -507,7 +557,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let mut failures = Vec::new();
         let mut released = 0;
         for alloc in self.store.list(Some(&conf.name))? {
-            if valid.iter().any(|(c, i)| *c == alloc.container_id && *i == alloc.ifname) {
+            if valid
+                .iter()
+                .any(|(c, i)| *c == alloc.container_id && *i == alloc.ifname)
+            {
                 continue;
             }
             match self.nl.delete_link(&alloc.host_veth).await {
@@ -535,7 +588,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     fn status(&self, conf: &NetConf) -> Result<(), Error> {
         match ipam::choose(&self.store, &conf.name, &conf.ipam, None) {
             Ok(_) => Ok(()),
-            Err(IpamError::Exhausted { network, start, end }) => Err(Error::NotAvailable(format!(
+            Err(IpamError::Exhausted {
+                network,
+                start,
+                end,
+            }) => Err(Error::NotAvailable(format!(
                 "network {network} has no free address left in {start}-{end}"
             ))),
             Err(e) => Err(e.into()),
@@ -613,9 +670,19 @@ mod tests {
             self.add_link(&spec.host, Some(spec.bridge_index));
             Ok(())
         }
-        async fn configure_container(&self, _: &Netns, spec: &ContainerSpec) -> Result<LinkState, NetlinkError> {
+        async fn configure_container(
+            &self,
+            _: &Netns,
+            spec: &ContainerSpec,
+        ) -> Result<LinkState, NetlinkError> {
             self.record("configure_container", spec.address.to_string())?;
-            Ok(LinkState { index: 2, mac: vec![2, 1, 1, 1, 1, 1], master: None, up: true, kind: None })
+            Ok(LinkState {
+                index: 2,
+                mac: vec![2, 1, 1, 1, 1, 1],
+                master: None,
+                up: true,
+                kind: None,
+            })
         }
         async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
             self.record("delete_link", name.to_string())?;
@@ -627,7 +694,11 @@ mod tests {
         async fn addresses(&self, _: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
             Ok(vec!["10.87.1.1/24".parse().unwrap()])
         }
-        async fn inspect_container(&self, _: &Netns, _: &str) -> Result<Option<ContainerView>, NetlinkError> {
+        async fn inspect_container(
+            &self,
+            _: &Netns,
+            _: &str,
+        ) -> Result<Option<ContainerView>, NetlinkError> {
             Ok(None)
         }
     }
@@ -656,7 +727,8 @@ mod tests {
     #[tokio::test]
     async fn add_records_and_del_releases() {
         let e = engine();
-        let out: Value = serde_json::from_str(&e.exec(&req(Command::Add, "c1", conf())).await.unwrap()).unwrap();
+        let out: Value =
+            serde_json::from_str(&e.exec(&req(Command::Add, "c1", conf())).await.unwrap()).unwrap();
         assert_eq!(out["ips"][0]["address"], "10.87.1.10/24");
         assert_eq!(out["interfaces"][1]["name"], veth_name("c1", "eth0"));
         let stored = e.store().list(None).unwrap();
@@ -679,7 +751,11 @@ mod tests {
         let b = e.exec(&req(Command::Add, "c1", conf())).await.unwrap();
         assert_eq!(a, b);
         assert_eq!(e.store().list(None).unwrap().len(), 1);
-        let creates = e.nl.ops().iter().filter(|o| o.starts_with("create_veth")).count();
+        let creates =
+            e.nl.ops()
+                .iter()
+                .filter(|o| o.starts_with("create_veth"))
+                .count();
         assert_eq!(creates, 1);
     }
 
@@ -691,7 +767,10 @@ mod tests {
         assert_eq!(err.code(), Code::Kernel);
         assert!(e.store().list(None).unwrap().is_empty());
         assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
-        assert!(e.nl.ops().contains(&format!("delete_link {}", veth_name("c1", "eth0"))));
+        assert!(e
+            .nl
+            .ops()
+            .contains(&format!("delete_link {}", veth_name("c1", "eth0"))));
     }
 
     #[tokio::test]
@@ -704,8 +783,15 @@ mod tests {
         assert_eq!(err.code(), Code::AddressUnavailable);
         let mut taken = req(Command::Add, "c4", conf());
         taken.args = "IP=10.87.1.10".into();
-        assert_eq!(e.exec(&taken).await.unwrap_err().code(), Code::AddressUnavailable);
-        assert_eq!(e.nl.ops().len(), ops_before, "no kernel work for a refused ADD");
+        assert_eq!(
+            e.exec(&taken).await.unwrap_err().code(),
+            Code::AddressUnavailable
+        );
+        assert_eq!(
+            e.nl.ops().len(),
+            ops_before,
+            "no kernel work for a refused ADD"
+        );
         assert_eq!(e.store().list(None).unwrap().len(), 2);
     }
 
@@ -713,15 +799,78 @@ mod tests {
     async fn bad_input_is_refused_before_any_work() {
         let e = engine();
         let cases: Vec<(Request, Code)> = vec![
-            ({ let mut r = req(Command::Add, "c1", conf()); r.args = "IP=10.87.9.9".into(); r }, Code::InvalidEnvironment),
-            ({ let mut r = req(Command::Add, "c1", conf()); r.args = "MAC=nope".into(); r }, Code::InvalidEnvironment),
-            ({ let mut r = req(Command::Add, "c1", conf()); r.netns = "/etc/hostname".into(); r }, Code::InvalidEnvironment),
-            ({ let mut r = req(Command::Add, "c1", conf()); r.netns = "/nonexistent".into(); r }, Code::InvalidEnvironment),
-            ({ let mut r = req(Command::Add, "c1", conf()); r.ifname = "a/b".into(); r }, Code::InvalidEnvironment),
-            ({ let mut r = req(Command::Add, "c1", conf()); r.container_id = "".into(); r }, Code::InvalidEnvironment),
-            ({ let mut r = req(Command::Add, "c1", conf()); r.config = b"{".to_vec(); r }, Code::Decode),
-            (req(Command::Check, "c1", json!({"cniVersion": "0.3.1", "name": "n"})), Code::IncompatibleVersion),
-            (req(Command::Gc, "c1", json!({"cniVersion": "1.0.0", "name": "n"})), Code::IncompatibleVersion),
+            (
+                {
+                    let mut r = req(Command::Add, "c1", conf());
+                    r.args = "IP=10.87.9.9".into();
+                    r
+                },
+                Code::InvalidEnvironment,
+            ),
+            (
+                {
+                    let mut r = req(Command::Add, "c1", conf());
+                    r.args = "MAC=nope".into();
+                    r
+                },
+                Code::InvalidEnvironment,
+            ),
+            (
+                {
+                    let mut r = req(Command::Add, "c1", conf());
+                    r.netns = "/etc/hostname".into();
+                    r
+                },
+                Code::InvalidEnvironment,
+            ),
+            (
+                {
+                    let mut r = req(Command::Add, "c1", conf());
+                    r.netns = "/nonexistent".into();
+                    r
+                },
+                Code::InvalidEnvironment,
+            ),
+            (
+                {
+                    let mut r = req(Command::Add, "c1", conf());
+                    r.ifname = "a/b".into();
+                    r
+                },
+                Code::InvalidEnvironment,
+            ),
+            (
+                {
+                    let mut r = req(Command::Add, "c1", conf());
+                    r.container_id = "".into();
+                    r
+                },
+                Code::InvalidEnvironment,
+            ),
+            (
+                {
+                    let mut r = req(Command::Add, "c1", conf());
+                    r.config = b"{".to_vec();
+                    r
+                },
+                Code::Decode,
+            ),
+            (
+                req(
+                    Command::Check,
+                    "c1",
+                    json!({"cniVersion": "0.3.1", "name": "n"}),
+                ),
+                Code::IncompatibleVersion,
+            ),
+            (
+                req(
+                    Command::Gc,
+                    "c1",
+                    json!({"cniVersion": "1.0.0", "name": "n"}),
+                ),
+                Code::IncompatibleVersion,
+            ),
             (req(Command::Check, "c1", conf()), Code::InvalidConfig),
         ];
         for (r, code) in cases {
@@ -752,7 +901,9 @@ mod tests {
         let e = engine();
         let mut status = conf();
         status["cniVersion"] = json!("1.1.0");
-        e.exec(&req(Command::Status, "", status.clone())).await.unwrap();
+        e.exec(&req(Command::Status, "", status.clone()))
+            .await
+            .unwrap();
         e.exec(&req(Command::Add, "c1", conf())).await.unwrap();
         e.exec(&req(Command::Add, "c2", conf())).await.unwrap();
         let err = e.exec(&req(Command::Status, "", status)).await.unwrap_err();
@@ -762,7 +913,8 @@ mod tests {
     #[tokio::test]
     async fn parallel_adds_never_share_an_address() {
         let e = Arc::new(engine());
-        let wide = json!({"cniVersion": "1.0.0", "name": "flatnet", "ipam": {"subnet": "10.87.0.0/16"}});
+        let wide =
+            json!({"cniVersion": "1.0.0", "name": "flatnet", "ipam": {"subnet": "10.87.0.0/16"}});
         let tasks: Vec<_> = (0..64)
             .map(|i| {
                 let e = e.clone();
@@ -779,10 +931,25 @@ mod tests {
 
     #[test]
     fn veth_names_are_stable_and_short() {
-        let n = veth_name("f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1", "eth0");
+        let n = veth_name(
+            "f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1",
+            "eth0",
+        );
         assert_eq!(n.len(), 11);
         assert!(n.starts_with("fn-"));
-        assert_eq!(n, veth_name("f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1", "eth0"));
-        assert_ne!(n, veth_name("f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1", "eth1"));
+        assert_eq!(
+            n,
+            veth_name(
+                "f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1",
+                "eth0"
+            )
+        );
+        assert_ne!(
+            n,
+            veth_name(
+                "f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1",
+                "eth1"
+            )
+        );
     }
 }

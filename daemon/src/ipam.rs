@@ -219,7 +219,10 @@ fn decode(bytes: &[u8]) -> Result<Allocation, StoreError> {
 
 impl Store for SledStore {
     fn get(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
-        self.allocs.get(key.encode())?.map(|v| decode(&v)).transpose()
+        self.allocs
+            .get(key.encode())?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
@@ -227,9 +230,10 @@ impl Store for SledStore {
     }
 
     fn last_handed_out(&self, network: &str) -> Result<Option<Ipv4Addr>, StoreError> {
-        Ok(self.meta.get(last_key(network))?.and_then(|v| {
-            <[u8; 4]>::try_from(v.as_ref()).ok().map(Ipv4Addr::from)
-        }))
+        Ok(self
+            .meta
+            .get(last_key(network))?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok().map(Ipv4Addr::from)))
     }
 
     fn insert(&self, alloc: &Allocation) -> Result<(), StoreError> {
@@ -241,7 +245,9 @@ impl Store for SledStore {
         let res = (&self.allocs, &self.addrs, &self.meta).transaction(|(allocs, addrs, meta)| {
             if let Some(owner) = addrs.get(&akey)? {
                 if owner.as_ref() != key.as_slice() {
-                    return Err(Abortable::Abort(String::from_utf8_lossy(&owner).replace('\0', "/")));
+                    return Err(Abortable::Abort(
+                        String::from_utf8_lossy(&owner).replace('\0', "/"),
+                    ));
                 }
             }
             allocs.insert(key.as_slice(), value.as_slice())?;
@@ -270,7 +276,10 @@ impl Store for SledStore {
             let alloc = decode(&v).map_err(Abortable::Abort)?;
             let akey = addr_key(&alloc.network, alloc.address);
             // Only drop the address index if it still points at this allocation.
-            if addrs.get(&akey)?.is_some_and(|owner| owner.as_ref() == k.as_slice()) {
+            if addrs
+                .get(&akey)?
+                .is_some_and(|owner| owner.as_ref() == k.as_slice())
+            {
                 addrs.remove(akey)?;
             }
             Ok(Some(alloc))
@@ -282,7 +291,9 @@ impl Store for SledStore {
     }
 
     fn list(&self, network: Option<&str>) -> Result<Vec<Allocation>, StoreError> {
-        let prefix = network.map(|n| [n.as_bytes(), b"\0"].concat()).unwrap_or_default();
+        let prefix = network
+            .map(|n| [n.as_bytes(), b"\0"].concat())
+            .unwrap_or_default();
         self.allocs
             .scan_prefix(prefix)
             .map(|kv| decode(&kv?.1))
@@ -375,7 +386,9 @@ pub(crate) mod tests {
     use std::collections::HashSet;
 
     pub(crate) fn ipam(extra: &str) -> IpamConf {
-        let raw = format!(r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"subnet":"10.87.1.0/24"{extra}}}}}"#);
+        let raw = format!(
+            r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"subnet":"10.87.1.0/24"{extra}}}}}"#
+        );
         NetConf::parse(raw.as_bytes()).unwrap().ipam
     }
 
@@ -428,7 +441,10 @@ pub(crate) mod tests {
             assert!(seen.insert(ip), "{ip} handed out twice");
             store.insert(&alloc(&format!("c{i}"), ip)).unwrap();
         }
-        assert!(matches!(choose(&store, "n", &c, None), Err(IpamError::Exhausted { .. })));
+        assert!(matches!(
+            choose(&store, "n", &c, None),
+            Err(IpamError::Exhausted { .. })
+        ));
         let freed = store.list(None).unwrap()[2].key();
         let freed_ip = store.remove(&freed).unwrap().unwrap().address;
         assert_eq!(choose(&store, "n", &c, None).unwrap(), freed_ip);
@@ -452,7 +468,10 @@ pub(crate) mod tests {
         let ip = Ipv4Addr::new(10, 87, 1, 15);
         assert_eq!(choose(&store, "n", &c, Some(ip)).unwrap(), ip);
         store.insert(&alloc("a", ip)).unwrap();
-        assert!(matches!(choose(&store, "n", &c, Some(ip)), Err(IpamError::Taken { .. })));
+        assert!(matches!(
+            choose(&store, "n", &c, Some(ip)),
+            Err(IpamError::Taken { .. })
+        ));
         for outside in [[10, 87, 1, 9], [10, 87, 1, 21], [10, 87, 2, 15]] {
             assert!(matches!(
                 choose(&store, "n", &c, Some(Ipv4Addr::from(outside))),
@@ -474,7 +493,10 @@ pub(crate) mod tests {
         {
             let s = SledStore::open(&dir).unwrap();
             s.insert(&alloc("a", ip)).unwrap();
-            assert!(matches!(s.insert(&alloc("b", ip)), Err(StoreError::AddressHeld { .. })));
+            assert!(matches!(
+                s.insert(&alloc("b", ip)),
+                Err(StoreError::AddressHeld { .. })
+            ));
             assert!(s.is_taken("n", ip).unwrap());
             assert_eq!(s.last_handed_out("n").unwrap(), Some(ip));
             futures::executor::block_on(s.flush()).unwrap();

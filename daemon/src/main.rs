@@ -81,8 +81,14 @@ fn init_logging(json: bool) {
 /// Returns whether we own the socket file (and so remove it on exit).
 fn listener(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
     use std::os::fd::FromRawFd;
-    let ours = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let fds = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
     if ours && fds >= 1 {
         // SAFETY: systemd passes the listening socket as fd 3 (SD_LISTEN_FDS_START) to this process
         // (LISTEN_PID is ours), and nothing else in this process has taken ownership of it.
@@ -104,7 +110,10 @@ fn listener(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
             tracing::info!(socket = %path.display(), "replacing stale socket");
             std::fs::remove_file(path)?;
         }
-        Ok(_) => bail!("{} exists and is not a socket; remove it or choose another --socket", path.display()),
+        Ok(_) => bail!(
+            "{} exists and is not a socket; remove it or choose another --socket",
+            path.display()
+        ),
         Err(_) => {}
     }
     // Bind with a umask that leaves the socket 0600 from its first moment.
@@ -118,7 +127,10 @@ fn listener(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop flatnetd with SIGKILL");
         return std::future::pending().await;
     };
@@ -129,10 +141,15 @@ async fn shutdown_signal() {
 }
 
 async fn run(opts: Options) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.state_dir).with_context(|| format!("creating {}", opts.state_dir.display()))?;
+    std::fs::create_dir_all(&opts.state_dir)
+        .with_context(|| format!("creating {}", opts.state_dir.display()))?;
     std::fs::set_permissions(&opts.state_dir, std::fs::Permissions::from_mode(0o700))?;
-    let store = SledStore::open(&opts.state_dir)
-        .with_context(|| format!("opening the address database in {}", opts.state_dir.display()))?;
+    let store = SledStore::open(&opts.state_dir).with_context(|| {
+        format!(
+            "opening the address database in {}",
+            opts.state_dir.display()
+        )
+    })?;
     let nl = RtNetlink::new().context("opening a netlink socket")?;
     let engine = Arc::new(Engine::new(nl, store, current_boot_id()));
     let (listener, owned) = listener(&opts.socket)?;
@@ -147,7 +164,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     if owned {
         let _ = std::fs::remove_file(&opts.socket);
     }
-    engine.store().flush().await.context("flushing the address database")?;
+    engine
+        .store()
+        .flush()
+        .await
+        .context("flushing the address database")?;
     served.context("serving gRPC")?;
     tracing::info!("stopped");
     Ok(())

@@ -3,6 +3,7 @@
 //! in the daemon's namespace, and a short-lived socket opened inside a container's namespace (on a
 //! plain thread) for the container side.
 
+use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
@@ -11,7 +12,6 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use futures::TryStreamExt;
 use std::fs::File;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -157,9 +157,15 @@ pub struct ContainerView {
 /// The kernel operations Flatnet needs.
 pub trait Netlink: Send + Sync + 'static {
     /// Makes sure the bridge exists, is up, and holds the gateway address.
-    fn ensure_bridge(&self, spec: &BridgeSpec) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
+    fn ensure_bridge(
+        &self,
+        spec: &BridgeSpec,
+    ) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
     /// Creates the veth pair: the host end up and on the bridge, the peer (still down) in the namespace.
-    fn create_veth(&self, spec: &VethSpec<'_>) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    fn create_veth(
+        &self,
+        spec: &VethSpec<'_>,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     /// Brings the container interface and `lo` up, addresses it and installs the routes.
     fn configure_container(
         &self,
@@ -169,9 +175,15 @@ pub trait Netlink: Send + Sync + 'static {
     /// Deletes a link in the daemon's namespace; `Ok(false)` when it was already gone.
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
     /// A link in the daemon's namespace, if it exists.
-    fn link(&self, name: &str) -> impl Future<Output = Result<Option<LinkState>, NetlinkError>> + Send;
+    fn link(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LinkState>, NetlinkError>> + Send;
     /// IPv4 addresses on a link in the daemon's namespace.
-    fn addresses(&self, index: u32) -> impl Future<Output = Result<Vec<Ipv4Network>, NetlinkError>> + Send;
+    fn addresses(
+        &self,
+        index: u32,
+    ) -> impl Future<Output = Result<Vec<Ipv4Network>, NetlinkError>> + Send;
     /// The interface `ifname` inside `netns`, if it exists.
     fn inspect_container(
         &self,
@@ -212,7 +224,9 @@ async fn ns_handle(netns: &Netns) -> Result<rtnetlink::Handle, NetlinkError> {
         let _ = tx.send(opened);
     });
     let opened = rx.await.map_err(|_| {
-        io_err(std::io::Error::other("namespace thread ended without an answer"))
+        io_err(std::io::Error::other(
+            "namespace thread ended without an answer",
+        ))
     })?;
     let (conn, handle, _) = opened.map_err(io_err)?;
     tokio::spawn(conn);
@@ -244,7 +258,10 @@ fn link_state(msg: &LinkMessage) -> LinkState {
     state
 }
 
-async fn get_link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+async fn get_link(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> Result<Option<LinkState>, NetlinkError> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(Some(msg)) => Ok(Some(link_state(&msg))),
@@ -254,7 +271,10 @@ async fn get_link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<LinkS
     }
 }
 
-async fn get_addresses(handle: &rtnetlink::Handle, index: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
+async fn get_addresses(
+    handle: &rtnetlink::Handle,
+    index: u32,
+) -> Result<Vec<Ipv4Network>, NetlinkError> {
     let msgs: Vec<_> = handle
         .address()
         .get()
@@ -288,7 +308,10 @@ async fn get_routes(
         .await
         .map_err(kernel("listing routes"))?;
     let mut out = Vec::new();
-    for msg in msgs.iter().filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN) {
+    for msg in msgs
+        .iter()
+        .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)
+    {
         let mut dst = Ipv4Addr::UNSPECIFIED;
         let mut gw = None;
         let mut oif = None;
@@ -373,7 +396,9 @@ impl Netlink for RtNetlink {
                         .map_err(kernel(format!("creating bridge {name}"))),
                 )?;
                 get_link(&self.handle, name).await?.ok_or_else(|| {
-                    NetlinkError::Conflict(format!("bridge {name} vanished right after it was created"))
+                    NetlinkError::Conflict(format!(
+                        "bridge {name} vanished right after it was created"
+                    ))
                 })?
             }
         };
@@ -420,7 +445,9 @@ impl Netlink for RtNetlink {
         if spec.hairpin {
             let msg = LinkUnspec::new_with_name(&spec.host)
                 .set_port_kind(InfoPortKind::Bridge)
-                .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)]))
+                .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    true,
+                )]))
                 .build();
             self.handle
                 .link()
@@ -432,7 +459,11 @@ impl Netlink for RtNetlink {
         Ok(())
     }
 
-    async fn configure_container(&self, netns: &Netns, spec: &ContainerSpec) -> Result<LinkState, NetlinkError> {
+    async fn configure_container(
+        &self,
+        netns: &Netns,
+        spec: &ContainerSpec,
+    ) -> Result<LinkState, NetlinkError> {
         let handle = ns_handle(netns).await?;
         let link = get_link(&handle, &spec.ifname).await?.ok_or_else(|| {
             NetlinkError::Conflict(format!(
@@ -442,7 +473,11 @@ impl Netlink for RtNetlink {
         })?;
         let addr = handle
             .address()
-            .add(link.index, IpAddr::V4(spec.address.ip()), spec.address.prefix())
+            .add(
+                link.index,
+                IpAddr::V4(spec.address.ip()),
+                spec.address.prefix(),
+            )
             .execute();
         let up = handle
             .link()
@@ -453,8 +488,14 @@ impl Netlink for RtNetlink {
             .change(LinkUnspec::new_with_name("lo").up().build())
             .execute();
         let (addr, up, lo) = futures::join!(addr, up, lo);
-        addr.map_err(kernel(format!("adding {} to {}", spec.address, spec.ifname)))?;
-        up.map_err(kernel(format!("bringing {} up in {}", spec.ifname, netns.path)))?;
+        addr.map_err(kernel(format!(
+            "adding {} to {}",
+            spec.address, spec.ifname
+        )))?;
+        up.map_err(kernel(format!(
+            "bringing {} up in {}",
+            spec.ifname, netns.path
+        )))?;
         lo.map_err(kernel(format!("bringing lo up in {}", netns.path)))?;
         for (dst, gw) in &spec.routes {
             let route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -468,7 +509,10 @@ impl Netlink for RtNetlink {
                     .add(route)
                     .execute()
                     .await
-                    .map_err(kernel(format!("adding route {dst} via {gw} in {}", netns.path))),
+                    .map_err(kernel(format!(
+                        "adding route {dst} via {gw} in {}",
+                        netns.path
+                    ))),
             )?;
         }
         Ok(link)
@@ -483,7 +527,14 @@ impl Netlink for RtNetlink {
             .await;
         match res {
             Ok(()) => Ok(true),
-            Err(e) if matches!(errno_of(&e), Some(nix::libc::ENODEV) | Some(nix::libc::ENOENT)) => Ok(false),
+            Err(e)
+                if matches!(
+                    errno_of(&e),
+                    Some(nix::libc::ENODEV) | Some(nix::libc::ENOENT)
+                ) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(kernel(format!("deleting link {name}"))(e)),
         }
     }
@@ -496,13 +547,21 @@ impl Netlink for RtNetlink {
         get_addresses(&self.handle, index).await
     }
 
-    async fn inspect_container(&self, netns: &Netns, ifname: &str) -> Result<Option<ContainerView>, NetlinkError> {
+    async fn inspect_container(
+        &self,
+        netns: &Netns,
+        ifname: &str,
+    ) -> Result<Option<ContainerView>, NetlinkError> {
         let handle = ns_handle(netns).await?;
         let Some(link) = get_link(&handle, ifname).await? else {
             return Ok(None);
         };
         let addrs = get_addresses(&handle, link.index).await?;
         let routes = get_routes(&handle, link.index).await?;
-        Ok(Some(ContainerView { link, addrs, routes }))
+        Ok(Some(ContainerView {
+            link,
+            addrs,
+            routes,
+        }))
     }
 }

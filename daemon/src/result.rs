@@ -65,7 +65,8 @@ impl CniResult {
 
     /// Reads a `prevResult` of any supported version (extra keys such as `version` are ignored).
     pub fn from_prev_result(v: &Value) -> Result<CniResult, String> {
-        serde_json::from_value(v.clone()).map_err(|e| format!("prevResult is not a CNI result: {e}"))
+        serde_json::from_value(v.clone())
+            .map_err(|e| format!("prevResult is not a CNI result: {e}"))
     }
 }
 
@@ -76,8 +77,16 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "flatnet-br0".into(), mac: "02:00:00:00:00:01".into(), sandbox: None },
-                Interface { name: "fn-0011aabb".into(), mac: "02:00:00:00:00:02".into(), sandbox: None },
+                Interface {
+                    name: "flatnet-br0".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    sandbox: None,
+                },
+                Interface {
+                    name: "fn-0011aabb".into(),
+                    mac: "02:00:00:00:00:02".into(),
+                    sandbox: None,
+                },
                 Interface {
                     name: "eth0".into(),
                     mac: "02:11:22:33:44:55".into(),
@@ -89,7 +98,10 @@ mod tests {
                 gateway: Some("10.87.1.1".into()),
                 interface: Some(2),
             }],
-            routes: vec![RouteOut { dst: "0.0.0.0/0".into(), gw: None }],
+            routes: vec![RouteOut {
+                dst: "0.0.0.0/0".into(),
+                gw: None,
+            }],
             dns: json!({}),
         }
     }

@@ -48,7 +48,10 @@ struct NameOnly {
 
 #[tonic::async_trait]
 impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
-    async fn exec(&self, request: tonic::Request<CniRequest>) -> Result<tonic::Response<CniReply>, tonic::Status> {
+    async fn exec(
+        &self,
+        request: tonic::Request<CniRequest>,
+    ) -> Result<tonic::Response<CniReply>, tonic::Status> {
         let request_id = request
             .metadata()
             .get(flatnet_proto::REQUEST_ID_HEADER)
@@ -57,10 +60,17 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
             .to_string();
         let req = request.into_inner();
         let Some(cmd) = command(req.command) else {
-            tracing::warn!(request_id, command = req.command, "request without a known CNI command");
+            tracing::warn!(
+                request_id,
+                command = req.command,
+                "request without a known CNI command"
+            );
             return Ok(tonic::Response::new(error_reply(
                 Code::InvalidEnvironment,
-                format!("unknown CNI command {}: expected ADD, DEL, CHECK, GC or STATUS", req.command),
+                format!(
+                    "unknown CNI command {}: expected ADD, DEL, CHECK, GC or STATUS",
+                    req.command
+                ),
             )));
         };
         let network = serde_json::from_slice::<NameOnly>(&req.config)

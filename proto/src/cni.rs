@@ -186,7 +186,9 @@ pub fn validate_container_id(id: &str) -> Result<(), Invalid> {
 
 /// An interface name the kernel accepts: 1–15 bytes, not `.` or `..`, no `/`, `:` or white space.
 pub fn validate_ifname(what: &str, name: &str) -> Result<(), Invalid> {
-    let bad_char = name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
+    let bad_char = name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
     if name.is_empty() || name.len() > 15 || name == "." || name == ".." || bad_char {
         return Err(Invalid(format!(
             "{what} {name:?} is not a valid interface name: use 1 to 15 characters without '/', ':' or spaces"
@@ -226,7 +228,9 @@ pub fn parse_cni_args(raw: &str) -> Result<CniArgs, Invalid> {
             )));
         };
         if key.is_empty() {
-            return Err(Invalid(format!("CNI_ARGS element {pair:?} has an empty key")));
+            return Err(Invalid(format!(
+                "CNI_ARGS element {pair:?} has an empty key"
+            )));
         }
         match key {
             "IgnoreUnknown" => {
@@ -248,7 +252,10 @@ pub fn parse_cni_args(raw: &str) -> Result<CniArgs, Invalid> {
                 })?;
                 args.ip = Some(ip);
             }
-            "MAC" => args.mac = Some(parse_mac(value).map_err(|e| Invalid(format!("CNI_ARGS MAC: {e}")))?),
+            "MAC" => {
+                args.mac =
+                    Some(parse_mac(value).map_err(|e| Invalid(format!("CNI_ARGS MAC: {e}")))?)
+            }
             "K8S_POD_NAME" => args.pod_name = Some(value.to_string()),
             k if KNOWN_IGNORED_KEYS.contains(&k) => {}
             k => unknown.push(k.to_string()),
@@ -300,8 +307,10 @@ mod tests {
 
     #[test]
     fn podman_args_parse() {
-        let a = parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=dumpc1;MAC=02:11:22:33:44:55;IP=10.254.7.50")
-            .unwrap();
+        let a = parse_cni_args(
+            "IgnoreUnknown=1;K8S_POD_NAME=dumpc1;MAC=02:11:22:33:44:55;IP=10.254.7.50",
+        )
+        .unwrap();
         assert_eq!(a.ip, Some(Ipv4Addr::new(10, 254, 7, 50)));
         assert_eq!(a.mac, Some([2, 0x11, 0x22, 0x33, 0x44, 0x55]));
         assert_eq!(a.pod_name.as_deref(), Some("dumpc1"));
