@@ -31,7 +31,7 @@ const SHIM_TIMEOUT: Duration = Duration::from_secs(60);
 // Preconditions
 // ---------------------------------------------------------------------------------------------
 
-/// `true` when the tests can run: root, `ip`, and `busybox` with `httpd` and `wget`.
+/// `true` when the tests can run: root, `ip`, and `busybox` with `httpd`, `wget`, `timeout`, `kill`.
 ///
 /// Otherwise: under `CI=true` this panics (CI runs as root, so a missing precondition is a broken
 /// CI image, never a reason to pass); elsewhere it prints a loud SKIPPED line and returns `false`.
@@ -48,7 +48,7 @@ pub fn require_root() -> bool {
         _ => return unmet("needs `busybox` in PATH (for httpd and wget)"),
     };
     let applets: HashSet<&str> = applets.lines().collect();
-    for needed in ["httpd", "wget", "kill"] {
+    for needed in ["httpd", "wget", "timeout", "kill"] {
         if !applets.contains(needed) {
             return unmet(&format!("needs busybox with the `{needed}` applet"));
         }
