@@ -2,6 +2,7 @@
 //! rules both sides must agree on (error codes, supported versions, CNI_ARGS).
 
 pub mod cni;
+pub mod uds;
 
 /// Generated from `proto/flatnet.proto`.
 pub mod v1 {

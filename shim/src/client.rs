@@ -10,10 +10,7 @@ use flatnet_proto::v1::cni_client::CniClient;
 use flatnet_proto::v1::cni_reply::Outcome;
 use flatnet_proto::v1::{CniReply, CniRequest};
 use flatnet_proto::REQUEST_ID_HEADER;
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::request::{command_name, Request};
 
@@ -42,7 +39,7 @@ pub fn exec(req: &Request, request_id: &str) -> Result<String, CniError> {
 }
 
 async fn call(req: &Request, request_id: &str) -> Result<String, CniError> {
-    let channel = connect(&req.socket)
+    let channel = flatnet_proto::uds::connect(&req.socket, CONNECT_TIMEOUT)
         .await
         .map_err(|e| unreachable(req, &e))?;
     let mut grpc = tonic::Request::new(CniRequest {
@@ -66,20 +63,6 @@ async fn call(req: &Request, request_id: &str) -> Result<String, CniError> {
         .await
         .map_err(|status| from_status(req, &status))?;
     from_reply(req, reply.into_inner())
-}
-
-/// Connects eagerly, so that "no daemon" shows up here and not as a failed call.
-async fn connect(socket: &str) -> Result<Channel, tonic::transport::Error> {
-    let path = socket.to_string();
-    // The URI is only a placeholder for HTTP/2 (`:authority: localhost`); the connector below
-    // ignores it and always dials the Unix socket.
-    Endpoint::from_static("http://localhost")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
 }
 
 /// Code 11 for a daemon that cannot be reached: names the socket and how to start the daemon.
