@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod inspect;
 pub mod ipam;
 pub mod netlink;
 pub mod result;

@@ -3,10 +3,12 @@
 
 use anyhow::{bail, Context};
 use flatnet_daemon::engine::{current_boot_id, Engine};
+use flatnet_daemon::inspect::InspectService;
 use flatnet_daemon::ipam::{SledStore, Store};
 use flatnet_daemon::netlink::RtNetlink;
 use flatnet_daemon::server::CniService;
 use flatnet_proto::v1::cni_server::CniServer;
+use flatnet_proto::v1::inspect_server::InspectServer;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -159,6 +161,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let served = tonic::transport::Server::builder()
         .add_service(CniServer::new(CniService::new(engine.clone())))
+        .add_service(InspectServer::new(InspectService::new(engine.clone())))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;
     if owned {

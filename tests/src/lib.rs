@@ -5,6 +5,8 @@
 //! Network safety: every address a test uses lives inside namespaces created here, and every
 //! namespace, process and temp dir is removed by exact name on drop, also when the test panics.
 
+pub mod ctl;
+
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::fs;
