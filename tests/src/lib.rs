@@ -6,6 +6,7 @@
 //! namespace, process and temp dir is removed by exact name on drop, also when the test panics.
 
 pub mod ctl;
+pub mod podman;
 
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -182,6 +183,47 @@ fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs `cmd` with stdin, stdout and stderr piped, feeds it `stdin` and returns its output. A
+/// command still running after `timeout` is SIGKILLed by pid and reported as `Err`, with whatever
+/// output it produced, so a hung tool fails its test instead of hanging the run.
+pub fn output_within(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> Result<Output, String> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let pid = child.id();
+    let mut input = child.stdin.take().expect("stdin was configured as piped");
+    // A command that exits without reading stdin gives EPIPE here; its output tells why.
+    let _ = input.write_all(stdin);
+    drop(input);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.map_err(|e| format!("waiting for {cmd:?} failed: {e}")),
+        Err(_) => {
+            let _ = Command::new("busybox")
+                .args(["kill", "-KILL", &pid.to_string()])
+                .status();
+            // Bounded too: a grandchild may still hold the pipes open.
+            let partial = match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(Ok(out)) => format!(
+                    "\nstdout: {}\nstderr: {}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                _ => " (no output could be collected)".to_string(),
+            };
+            Err(format!(
+                "{cmd:?} did not finish within {timeout:?}; killed pid {pid}{partial}"
+            ))
+        }
+    }
 }
 
 /// Sends SIGTERM through busybox's `kill` (a required tool), by exact pid.
@@ -922,6 +964,20 @@ mod tests {
     fn poll_reports_timeout_and_success() {
         assert!(poll(Duration::from_millis(10), || true));
         assert!(!poll(Duration::from_millis(60), || false));
+    }
+
+    #[test]
+    fn output_within_kills_what_hangs() {
+        let start = Instant::now();
+        let mut hung = Command::new("sh");
+        hung.args(["-c", "echo started; exec sleep 30"]);
+        let err = output_within(&mut hung, b"", Duration::from_millis(300)).unwrap_err();
+        assert!(err.contains("started"), "partial output missing: {err}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{err}");
+
+        let mut cat = Command::new("cat");
+        let out = output_within(&mut cat, b"stdin reaches it", Duration::from_secs(10)).unwrap();
+        assert_eq!(out.stdout, b"stdin reaches it");
     }
 
     #[test]
