@@ -6,6 +6,7 @@
 //! namespace, process and temp dir is removed by exact name on drop, also when the test panics.
 
 pub mod ctl;
+pub mod reliability;
 pub mod podman;
 
 use serde_json::{json, Value};

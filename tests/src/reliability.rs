@@ -1,0 +1,164 @@
+//! Helpers for the reliability tests (bad input, stress, crash safety): killing and reviving the
+//! daemon of a [`Host`], running the shim with an arbitrary environment and arbitrary stdin bytes,
+//! and a small seeded random number generator.
+
+use crate::{binary, CniOutput, Host, CNI_PATH, PATH, SHIM_TIMEOUT};
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+impl Host {
+    /// SIGKILLs flatnetd, as a crash or an OOM kill would: no signal handler runs, nothing is
+    /// flushed or cleaned up. Reaps it; the stale socket file stays. A daemon that is not running
+    /// is left alone.
+    pub fn sigkill_daemon(&self) {
+        let mut slot = self
+            .daemon
+            .lock()
+            .expect("daemon mutex is not poisoned by a panic while held");
+        if let Some(mut child) = slot.take() {
+            // `ip netns exec` execs flatnetd, so this pid is the daemon's own.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts flatnetd again on the same socket and state dir after [`Host::sigkill_daemon`] or
+    /// [`Host::stop_daemon`]; returns once it accepts connections.
+    pub fn start_daemon_again(&self) {
+        self.start_daemon();
+    }
+}
+
+/// The environment of one shim call: `(name, value)`; a `None` value leaves the variable unset.
+pub type ShimEnv = Vec<(String, Option<OsString>)>;
+
+/// Runs the real shim with a cleared environment holding only `PATH` and the set variables of
+/// `env`, and `stdin` written to it byte for byte. Panics if it hangs; a shim that exits before
+/// reading all of stdin is fine (its output says why).
+pub fn run_shim(what: &str, env: &ShimEnv, stdin: &[u8]) -> CniOutput {
+    let mut cmd = Command::new(binary("flatnet"));
+    cmd.env_clear()
+        .env("PATH", PATH)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        if let Some(value) = value {
+            cmd.env(name, value);
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the flatnet shim: {e}"));
+    let pid = child.id();
+    let mut input = child.stdin.take().expect("stdin was configured as piped");
+    let stdin = stdin.to_vec();
+    // A writer thread: a shim that stops reading (oversized stdin) must not block the wait below.
+    let writer = std::thread::spawn(move || {
+        // EPIPE when the shim stopped reading; its output tells why.
+        let _ = input.write_all(&stdin);
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(SHIM_TIMEOUT) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("waiting for the shim failed: {e}")),
+        Err(_) => {
+            let _ = Command::new("busybox")
+                .args(["kill", "-KILL", &pid.to_string()])
+                .status();
+            panic!("shim hung for {SHIM_TIMEOUT:?}: {what}");
+        }
+    };
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = if stdout.trim().is_empty() {
+        None
+    } else {
+        Some(serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("shim stdout is not JSON ({e}); only protocol JSON may go there\n{what}\nstdout: {stdout}\nstderr: {stderr}")
+        }))
+    };
+    CniOutput {
+        what: what.to_string(),
+        status: out.status.code().unwrap_or(-1),
+        stdout,
+        json,
+        stderr,
+    }
+}
+
+/// The environment Podman gives an ADD of `eth0`, for `container_id` in `netns`.
+pub fn podman_add_env(container_id: &str, netns: &str, label: &str) -> ShimEnv {
+    [
+        ("CNI_COMMAND", "ADD".to_string()),
+        ("CNI_CONTAINERID", container_id.to_string()),
+        ("CNI_NETNS", netns.to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", CNI_PATH.to_string()),
+        ("CNI_ARGS", crate::podman_args(label)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), Some(OsString::from(v))))
+    .collect()
+}
+
+/// `env` with `changes` applied: a variable is replaced (or unset, with `None`) or added.
+pub fn with_env(env: &ShimEnv, changes: &ShimEnv) -> ShimEnv {
+    let mut env = env.clone();
+    for (name, value) in changes {
+        match env.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value.clone(),
+            None => env.push((name.clone(), value.clone())),
+        }
+    }
+    env
+}
+
+/// SplitMix64: a tiny, seedable generator, so a run's random choices can be repeated from the
+/// seed it prints.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// A seed from `$var` when set (to repeat a run), else from the clock; printed either way.
+    pub fn from_env_or_clock(var: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0x5eed)
+            });
+        eprintln!("random seed {seed} (repeat with {var}={seed})");
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi` (`hi > lo`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    /// `true` with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.range(0, 100) < percent
+    }
+}
