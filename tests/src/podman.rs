@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The image every test container runs: busybox-static and its applets, nothing else.
-pub const IMAGE: &str = "localhost/flatnet-busybox:test";
+/// The repository of the image every test container runs: busybox-static and its applets,
+/// nothing else. The tag is a hash of that content (see [`ensure_image`]).
+pub const IMAGE_REPO: &str = "localhost/flatnet-busybox";
 /// The CNI network (conflist `name`) the tests attach containers to.
 pub const NETWORK: &str = "flatnet";
 /// The subnet of that network and its gateway (the bridge address in the host namespace).
@@ -86,6 +87,8 @@ pub struct PodmanHost {
     label: String,
     /// The test's containers.conf (`CONTAINERS_CONF`).
     conf: PathBuf,
+    /// The test image (`IMAGE_REPO:<content hash>`).
+    image: &'static str,
     next_nginx: AtomicUsize,
 }
 
@@ -139,13 +142,14 @@ impl PodmanHost {
         )
         .expect("the host temp dir is writable");
 
-        let podman = PodmanHost {
+        let mut podman = PodmanHost {
             host,
             label,
             conf,
+            image: "",
             next_nginx: AtomicUsize::new(0),
         };
-        ensure_image(&podman);
+        podman.image = ensure_image(&podman);
         podman
     }
 
@@ -215,7 +219,7 @@ impl PodmanHost {
             args.extend(["--network".to_string(), NETWORK.to_string()]);
         }
         args.extend(options.iter().map(|s| s.to_string()));
-        args.push(IMAGE.to_string());
+        args.push(self.image.to_string());
         args.extend(command.iter().map(|s| s.to_string()));
         args
     }
@@ -569,21 +573,34 @@ fn toml_string(path: &Path) -> String {
     format!("\"{s}\"")
 }
 
-/// Imports [`IMAGE`] once per test binary (idempotent in Podman, too).
-fn ensure_image(podman: &PodmanHost) {
-    static IMPORTED: OnceLock<()> = OnceLock::new();
-    IMPORTED.get_or_init(|| import_image(podman));
+/// The test image, imported at most once per test binary and only when Podman lacks it.
+/// `podman import` makes a new image ID every time, so importing on every run would leave one
+/// dangling image per run; a tag derived from the content lets runs share one image.
+fn ensure_image(podman: &PodmanHost) -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let busybox = which("busybox").expect("require_root checked that busybox is in PATH");
+        let binary =
+            fs::read(&busybox).unwrap_or_else(|e| panic!("cannot read {}: {e}", busybox.display()));
+        let applets = APPLETS.join(",");
+        let tag = fnv1a(&[binary.as_slice(), applets.as_bytes()]);
+        let image = format!("{IMAGE_REPO}:{tag:016x}");
+        let exists = podman.podman(&["image", "exists", &image]);
+        if !exists.status.success() {
+            import_image(podman, &busybox, &image);
+        }
+        image
+    })
 }
 
 /// Builds a rootfs of busybox-static and its applets in the host's temp dir and imports it.
-fn import_image(podman: &PodmanHost) {
+fn import_image(podman: &PodmanHost, busybox: &Path, image: &str) {
     let dir = podman.host.dir().join("image");
     let rootfs = dir.join("rootfs");
     for sub in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
         fs::create_dir_all(rootfs.join(sub)).expect("the host temp dir is writable");
     }
-    let busybox = which("busybox").expect("require_root checked that busybox is in PATH");
-    fs::copy(&busybox, rootfs.join("bin/busybox"))
+    fs::copy(busybox, rootfs.join("bin/busybox"))
         .unwrap_or_else(|e| panic!("cannot copy {}: {e}", busybox.display()));
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
@@ -601,8 +618,20 @@ fn import_image(podman: &PodmanHost) {
     podman.podman_ok(&[
         "import",
         tar.to_str().expect("temp dir paths are UTF-8"),
-        IMAGE,
+        image,
     ]);
+}
+
+/// 64-bit FNV-1a over `parts` (each followed by a 0 byte): stable across builds, unlike std's.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.iter().chain([0u8].iter()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// The first `name` in PATH.
