@@ -1,4 +1,5 @@
-//! Address management: which address a container gets, and the durable record of who holds what.
+//! Address management: which address a container gets, and the durable record of who holds what
+//! (and of each network's parameters, so the daemon can rebuild a bridge without a request).
 //! The choice ([`pick`]) is pure; [`Store`] is the record, with sled ([`SledStore`]) as the real one.
 
 use crate::config::IpamConf;
@@ -59,6 +60,21 @@ impl Allocation {
     }
 }
 
+/// The parameters of a network as the last ADD that used it gave them: what reconcile needs to
+/// recreate the bridge and its gateway address and to put host veths back on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub name: String,
+    pub bridge: String,
+    /// The subnet's network address and prefix length.
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub is_gateway: bool,
+    pub mtu: Option<u32>,
+    pub hairpin: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state database: {0}")]
@@ -83,6 +99,14 @@ pub trait Store: Send + Sync + 'static {
     fn list(&self, network: Option<&str>) -> Result<Vec<Allocation>, StoreError>;
     /// Makes every change so far survive a crash of the daemon.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The remembered parameters of one network.
+    fn network(&self, name: &str) -> Result<Option<NetworkRecord>, StoreError>;
+    /// Every remembered network.
+    fn networks(&self) -> Result<Vec<NetworkRecord>, StoreError>;
+    /// Remembers a network's parameters; writes only when they changed (`Ok(true)`).
+    fn put_network(&self, record: &NetworkRecord) -> Result<bool, StoreError>;
+    /// Proves the store can still take a write and make it durable (STATUS asks this).
+    fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Why no address could be chosen.
@@ -185,12 +209,14 @@ pub fn choose<S: Store>(
 }
 
 /// Allocations in sled: tree `allocations` (key → JSON record), tree `addresses`
-/// (network + address → key), tree `meta` (round-robin position per network).
+/// (network + address → key), tree `meta` (round-robin position per network, the STATUS probe),
+/// tree `networks` (network name → JSON [`NetworkRecord`]).
 pub struct SledStore {
     db: sled::Db,
     allocs: sled::Tree,
     addrs: sled::Tree,
     meta: sled::Tree,
+    networks: sled::Tree,
 }
 
 impl SledStore {
@@ -200,6 +226,7 @@ impl SledStore {
             allocs: db.open_tree("allocations")?,
             addrs: db.open_tree("addresses")?,
             meta: db.open_tree("meta")?,
+            networks: db.open_tree("networks")?,
             db,
         })
     }
@@ -304,6 +331,47 @@ impl Store for SledStore {
         self.db.flush_async().await?;
         Ok(())
     }
+
+    fn network(&self, name: &str) -> Result<Option<NetworkRecord>, StoreError> {
+        self.networks
+            .get(name.as_bytes())?
+            .map(|v| decode_network(&v))
+            .transpose()
+    }
+
+    fn networks(&self) -> Result<Vec<NetworkRecord>, StoreError> {
+        self.networks
+            .iter()
+            .map(|kv| decode_network(&kv?.1))
+            .collect()
+    }
+
+    fn put_network(&self, record: &NetworkRecord) -> Result<bool, StoreError> {
+        let value = serde_json::to_vec(record).expect("NetworkRecord is plain data");
+        if self
+            .networks
+            .get(record.name.as_bytes())?
+            .is_some_and(|old| old.as_ref() == value.as_slice())
+        {
+            return Ok(false);
+        }
+        self.networks.insert(record.name.as_bytes(), value)?;
+        Ok(true)
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        self.meta.insert(b"probe", &now.to_be_bytes())?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn decode_network(bytes: &[u8]) -> Result<NetworkRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("network record: {e}")))
 }
 
 /// An in-memory [`Store`] for tests of the logic above it.
@@ -316,6 +384,7 @@ pub struct MemStore {
 struct MemInner {
     allocs: std::collections::BTreeMap<AllocKey, Allocation>,
     last: std::collections::HashMap<String, Ipv4Addr>,
+    networks: std::collections::BTreeMap<String, NetworkRecord>,
 }
 
 impl MemStore {
@@ -375,6 +444,27 @@ impl Store for MemStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn network(&self, name: &str) -> Result<Option<NetworkRecord>, StoreError> {
+        Ok(self.lock().networks.get(name).cloned())
+    }
+
+    fn networks(&self) -> Result<Vec<NetworkRecord>, StoreError> {
+        Ok(self.lock().networks.values().cloned().collect())
+    }
+
+    fn put_network(&self, record: &NetworkRecord) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.networks.get(&record.name) == Some(record) {
+            return Ok(false);
+        }
+        inner.networks.insert(record.name.clone(), record.clone());
+        Ok(true)
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -509,6 +599,28 @@ pub(crate) mod tests {
             assert!(s.remove(&alloc("a", ip).key()).unwrap().is_some());
             assert!(!s.is_taken("n", ip).unwrap());
             assert!(s.remove(&alloc("a", ip).key()).unwrap().is_none());
+            let net = NetworkRecord {
+                name: "n".into(),
+                bridge: "br-n".into(),
+                subnet: Ipv4Addr::new(10, 87, 1, 0),
+                prefix: 24,
+                gateway: Ipv4Addr::new(10, 87, 1, 1),
+                is_gateway: true,
+                mtu: None,
+                hairpin: false,
+            };
+            assert!(s.put_network(&net).unwrap());
+            assert!(
+                !s.put_network(&net).unwrap(),
+                "unchanged: not written again"
+            );
+            futures::executor::block_on(s.probe()).unwrap();
+        }
+        {
+            let s = SledStore::open(&dir).unwrap();
+            assert_eq!(s.network("n").unwrap().unwrap().bridge, "br-n");
+            assert_eq!(s.networks().unwrap().len(), 1);
+            assert!(s.network("other").unwrap().is_none());
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
