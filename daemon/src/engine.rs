@@ -1,6 +1,18 @@
 //! Where a CNI request turns into kernel work and an address: ADD, DEL, CHECK, GC and STATUS over a
 //! [`Netlink`] and a [`Store`]. State changes are serialised per network; a failed ADD undoes what it
-//! did. Errors carry the CNI code the runtime will see ([`Error::code`]).
+//! did. Errors carry the CNI code the runtime will see ([`Error::code`]). The work the daemon does
+//! without a request (reconcile at start, the periodic sweep, spooled DELs) is in [`reconcile`].
+//!
+//! Locking: every request holds the gate ([`Engine::gate`]) shared and then its network's lock;
+//! reconcile, the sweep and GC hold the gate exclusively, so they never see an ADD half way (its
+//! veth exists before its allocation is recorded). Each wait is bounded by the request's deadline
+//! and [`LOCK_WAIT`]; a request that cannot get its turn fails with code 11 ("try again").
+//!
+//! Crash safety: ADD records the allocation only after the kernel work succeeded and flushes before
+//! it replies; DEL removes the interface before it releases the address. So a SIGKILL at any point
+//! leaves either an `fn-*` link nobody owns (removed by reconcile before the next request is
+//! served) or an allocation whose veth exists (kept, released by a later DEL) or whose veth is gone
+//! (released by reconcile): never an address that is live in a container and free in the store.
 
 use crate::config::{ConfigError, NetConf};
 use crate::ipam::{self, AllocKey, Allocation, IpamError, Store, StoreError};
@@ -11,9 +23,21 @@ use crate::netlink::{
 use crate::result::{CniResult, Interface, IpConfig, RouteOut};
 use flatnet_proto::cni::{self, Code};
 use ipnetwork::Ipv4Network;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub mod reconcile;
+
+/// The longest a request waits for its turn (the gate, then its network's lock) before it is
+/// answered with code 11. An ADD holds a network for a few milliseconds, a DEL for about 20 ms, so
+/// this is only reached when something is stuck.
+pub const LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// Time kept back from a request's deadline, so the "busy" answer reaches the client before the
+/// client gives up by itself.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
 /// The CNI commands the daemon serves (VERSION is the shim's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +70,8 @@ pub struct Request {
     pub ifname: String,
     pub args: String,
     pub config: Vec<u8>,
+    /// When the caller stops waiting for the answer (from gRPC's `grpc-timeout`), if it said.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +98,12 @@ pub enum Error {
     IncompatibleVersion(String),
     #[error("{0}")]
     NotAvailable(String),
+    /// The daemon itself cannot serve (STATUS code 51).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request could not get its turn in time (code 11).
+    #[error("{0}")]
+    Busy(String),
     #[error("{error}; undoing the partial attachment also failed: {undo}")]
     RollbackFailed { error: Box<Error>, undo: String },
 }
@@ -97,6 +129,8 @@ impl Error {
             Error::CheckFailed(_) => Code::CheckFailed,
             Error::IncompatibleVersion(_) => Code::IncompatibleVersion,
             Error::NotAvailable(_) => Code::PluginNotAvailable,
+            Error::Unavailable(_) => Code::PluginNotAvailableLimited,
+            Error::Busy(_) => Code::TryAgainLater,
             Error::RollbackFailed { error, .. } => error.code(),
         }
     }
@@ -114,11 +148,81 @@ pub fn veth_name(container_id: &str, ifname: &str) -> String {
     format!("fn-{:08x}", (h ^ (h >> 32)) as u32)
 }
 
+/// Whether `name` has the shape of a host veth Flatnet makes: `fn-` and 8 lower-case hex digits.
+/// Only such links are ever removed as orphans (`fn-` is reserved: no bridge may use it).
+pub fn is_flatnet_veth(name: &str) -> bool {
+    name.len() == 11
+        && name.starts_with("fn-")
+        && name[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// The kernel's id of the current boot.
+///
+/// Testing aid: `FLATNET_BOOT_ID`, when set and not empty, replaces it, so a test can make
+/// allocations that look as if they were made in an earlier boot. Never set it in production:
+/// allocations from "another boot" are released at start.
 pub fn current_boot_id() -> String {
+    if let Some(fake) = std::env::var("FLATNET_BOOT_ID")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        return fake.trim().to_string();
+    }
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// How long a request may still wait for its turn: [`LOCK_WAIT`], or less when its deadline is
+/// nearer.
+fn wait_budget(deadline: Option<Instant>) -> Duration {
+    deadline
+        .map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .saturating_sub(DEADLINE_MARGIN)
+        })
+        .unwrap_or(LOCK_WAIT)
+        .min(LOCK_WAIT)
+}
+
+/// The parameters of `conf` that reconcile needs to rebuild the network's bridge.
+fn network_record(conf: &NetConf) -> ipam::NetworkRecord {
+    ipam::NetworkRecord {
+        name: conf.name.clone(),
+        bridge: conf.bridge.clone(),
+        subnet: conf.ipam.subnet.network(),
+        prefix: conf.ipam.subnet.prefix(),
+        gateway: conf.ipam.gateway,
+        is_gateway: conf.is_gateway,
+        mtu: conf.mtu,
+        hairpin: conf.hairpin_mode,
+    }
+}
+
+/// The bridge a network uses, with its gateway address when the bridge is the gateway.
+fn bridge_spec(
+    bridge: &str,
+    mtu: Option<u32>,
+    is_gateway: bool,
+    gateway: Ipv4Addr,
+    prefix: u8,
+) -> BridgeSpec {
+    BridgeSpec {
+        name: bridge.to_string(),
+        mtu,
+        gateway: is_gateway
+            .then(|| Ipv4Network::new(gateway, prefix).expect("prefix comes from a valid subnet")),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -132,8 +236,13 @@ pub struct Engine<N, S> {
     nl: N,
     store: S,
     boot_id: String,
+    /// Requests hold it shared; reconcile, the sweep and GC exclusively (see the module comment).
+    gate: tokio::sync::RwLock<()>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     bridges: std::sync::Mutex<HashMap<String, BridgeCache>>,
+    /// Allocations whose veth the last periodic sweep found missing but were still in their grace
+    /// (see [`reconcile`]). Only touched with the gate held exclusively.
+    suspects: std::sync::Mutex<HashSet<AllocKey>>,
 }
 
 impl<N: Netlink, S: Store> Engine<N, S> {
@@ -142,13 +251,20 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             nl,
             store,
             boot_id,
+            gate: Default::default(),
             locks: Default::default(),
             bridges: Default::default(),
+            suspects: Default::default(),
         }
     }
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The boot this daemon records in new allocations.
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
     }
 
     /// Runs one request. `Ok` holds the result JSON to print (empty for DEL, GC and STATUS).
@@ -162,22 +278,75 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 conf.cni_version
             )));
         }
+        if req.command == Command::Gc {
+            return self.gc(&conf, req.deadline).await.map(|()| String::new());
+        }
+        let budget = wait_budget(req.deadline);
+        let _gate = tokio::time::timeout(budget, self.gate.read())
+            .await
+            .map_err(|_| Self::busy("the daemon", "a reconcile pass", budget))?;
         match req.command {
             Command::Add => self.add(&conf, req).await,
             Command::Del => self.del(&conf, req).await.map(|()| String::new()),
             Command::Check => self.check(&conf, req).await.map(|()| String::new()),
-            Command::Gc => self.gc(&conf).await.map(|()| String::new()),
-            Command::Status => self.status(&conf).map(|()| String::new()),
+            Command::Status => self.status(&conf).await.map(|()| String::new()),
+            Command::Gc => unreachable!("GC returned above"),
         }
     }
 
-    async fn lock(&self, network: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    fn busy(what: &str, holder: &str, waited: Duration) -> Error {
+        Error::Busy(format!(
+            "{what} is busy: {holder} did not finish within {:.1} s; try again",
+            waited.as_secs_f64()
+        ))
+    }
+
+    /// The network's lock, waited for no longer than the request's budget.
+    async fn lock(
+        &self,
+        network: &str,
+        deadline: Option<Instant>,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, Error> {
         let lock = {
             // Held only to look up or insert the per-network lock, never across an await.
             let mut locks = self.locks.lock().expect("lock table poisoned");
             locks.entry(network.to_string()).or_default().clone()
         };
-        lock.lock_owned().await
+        let budget = wait_budget(deadline);
+        tokio::time::timeout(budget, lock.lock_owned())
+            .await
+            .map_err(|_| {
+                Self::busy(
+                    &format!("network {network}"),
+                    "another request on it",
+                    budget,
+                )
+            })
+    }
+
+    /// Refuses a new network whose subnet overlaps one that another network holds addresses in: the
+    /// two would hand out the same addresses, and the host could route to only one of them.
+    fn check_overlap(&self, conf: &NetConf) -> Result<(), Error> {
+        let ours = conf.ipam.subnet;
+        for other in self.store.networks()? {
+            if other.name == conf.name {
+                continue;
+            }
+            let Ok(theirs) = Ipv4Network::new(other.subnet, other.prefix) else {
+                continue;
+            };
+            let overlap = theirs.contains(ours.network()) || ours.contains(theirs.network());
+            if overlap && !self.store.list(Some(&other.name))?.is_empty() {
+                return Err(Error::Config(ConfigError {
+                    code: Code::InvalidConfig,
+                    msg: format!(
+                        "subnet {ours} of network {} overlaps subnet {theirs} of network {}, which holds addresses: give each network a subnet of its own",
+                        conf.name, other.name
+                    ),
+                }));
+            }
+        }
+        Ok(())
     }
 
     fn key(conf: &NetConf, req: &Request) -> Result<AllocKey, Error> {
@@ -200,7 +369,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         let netns = Netns::open(&req.netns)?;
         let requested = args.ip.or(conf.runtime_ip);
-        let _guard = self.lock(&conf.name).await;
+        let _guard = self.lock(&conf.name, req.deadline).await?;
 
         if let Some(existing) = self.store.get(&key)? {
             let same =
@@ -218,6 +387,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             self.store.remove(&key)?;
         }
 
+        self.check_overlap(conf)?;
         let ip = ipam::choose(&self.store, &conf.name, &conf.ipam, requested)?;
         let host_veth = veth_name(&req.container_id, &req.ifname);
         let mac = args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac);
@@ -235,14 +405,17 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     container_name: args.pod_name.clone(),
                     host_veth: host_veth.clone(),
                     netns: req.netns.clone(),
-                    created_unix: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or_default(),
+                    created_unix: unix_now(),
                     boot_id: self.boot_id.clone(),
                     result,
                 };
-                match self.store.insert(&alloc) {
+                // The network's parameters go into the same flush, so reconcile can rebuild its
+                // bridge for every allocation it finds.
+                let recorded = self
+                    .store
+                    .put_network(&network_record(conf))
+                    .and_then(|_| self.store.insert(&alloc));
+                match recorded {
                     Ok(()) => match self.store.flush().await {
                         Ok(()) => return Ok(alloc.result.render(&conf.cni_version)),
                         Err(e) => {
@@ -380,32 +553,33 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 
     /// The network's bridge, from the cache unless `refresh` or the gateway changed.
     async fn bridge(&self, conf: &NetConf, refresh: bool) -> Result<LinkState, Error> {
-        let gateway = conf.is_gateway.then(|| {
-            Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix())
-                .expect("prefix comes from a valid subnet")
-        });
+        let spec = bridge_spec(
+            &conf.bridge,
+            conf.mtu,
+            conf.is_gateway,
+            conf.ipam.gateway,
+            conf.ipam.subnet.prefix(),
+        );
         if !refresh {
             let cache = self.bridges.lock().expect("bridge cache poisoned");
-            if let Some(c) = cache.get(&conf.bridge).filter(|c| c.gateway == gateway) {
+            if let Some(c) = cache.get(&spec.name).filter(|c| c.gateway == spec.gateway) {
                 return Ok(c.state.clone());
             }
         }
-        let state = self
-            .nl
-            .ensure_bridge(&BridgeSpec {
-                name: conf.bridge.clone(),
-                mtu: conf.mtu,
-                gateway,
-            })
-            .await?;
-        if conf.is_gateway {
+        self.ensure_bridge(spec).await
+    }
+
+    /// Makes sure the bridge exists, is up and holds its gateway address, and caches what it is.
+    async fn ensure_bridge(&self, spec: BridgeSpec) -> Result<LinkState, Error> {
+        let state = self.nl.ensure_bridge(&spec).await?;
+        if spec.gateway.is_some() {
             enable_forwarding();
         }
         self.bridges.lock().expect("bridge cache poisoned").insert(
-            conf.bridge.clone(),
+            spec.name,
             BridgeCache {
                 state: state.clone(),
-                gateway,
+                gateway: spec.gateway,
             },
         );
         Ok(state)
@@ -413,7 +587,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 
     async fn del(&self, conf: &NetConf, req: &Request) -> Result<(), Error> {
         let key = Self::key(conf, req)?;
-        let _guard = self.lock(&conf.name).await;
+        let _guard = self.lock(&conf.name, req.deadline).await?;
         let existing = self.store.get(&key)?;
         let host_veth = match &existing {
             Some(a) => a.host_veth.clone(),
@@ -450,7 +624,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             })
         })?;
         let netns = Netns::open(&req.netns)?;
-        let _guard = self.lock(&conf.name).await;
+        let _guard = self.lock(&conf.name, req.deadline).await?;
         let alloc = self.store.get(&key)?.ok_or_else(|| {
             Error::UnknownContainer(format!(
                 "container {} has no {} on network {}",
@@ -546,14 +720,22 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         Ok(())
     }
 
-    async fn gc(&self, conf: &NetConf) -> Result<(), Error> {
+    /// Releases the attachments of this network that `cni.dev/valid-attachments` does not name, and
+    /// removes `fn-*` links on this network's bridge that no allocation owns. Holds the gate
+    /// exclusively: an ADD half way on another network that shares the bridge has a veth that is
+    /// not recorded yet.
+    async fn gc(&self, conf: &NetConf, deadline: Option<Instant>) -> Result<(), Error> {
         let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
             Error::Config(ConfigError {
                 code: Code::InvalidConfig,
                 msg: "GC needs cni.dev/valid-attachments in the network configuration".into(),
             })
         })?;
-        let _guard = self.lock(&conf.name).await;
+        let budget = wait_budget(deadline);
+        let _gate = tokio::time::timeout(budget, self.gate.write())
+            .await
+            .map_err(|_| Self::busy("the daemon", "requests in flight", budget))?;
+        let _guard = self.lock(&conf.name, deadline).await?;
         let mut failures = Vec::new();
         let mut released = 0;
         for alloc in self.store.list(Some(&conf.name))? {
@@ -573,7 +755,29 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         if released > 0 {
             self.store.flush().await?;
-            tracing::info!(network = %conf.name, released, "GC released stale attachments");
+        }
+        let mut links_removed = 0;
+        if let Some(bridge) = self.nl.link(&conf.bridge).await? {
+            let owned: HashSet<String> = self
+                .store
+                .list(None)?
+                .into_iter()
+                .map(|a| a.host_veth)
+                .collect();
+            for (name, link) in self.nl.links().await? {
+                if is_flatnet_veth(&name)
+                    && link.master == Some(bridge.index)
+                    && !owned.contains(&name)
+                {
+                    match self.nl.delete_link(&name).await {
+                        Ok(_) => links_removed += 1,
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        if released > 0 || links_removed > 0 {
+            tracing::info!(network = %conf.name, released, links_removed, "GC released stale attachments");
         }
         if !failures.is_empty() {
             return Err(Error::Netlink(NetlinkError::Conflict(format!(
@@ -585,7 +789,19 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         Ok(())
     }
 
-    fn status(&self, conf: &NetConf) -> Result<(), Error> {
+    /// STATUS: 51 when the daemon cannot serve at all (its database cannot take a durable write,
+    /// or the kernel does not answer), 50 when this network has no address left for an ADD.
+    async fn status(&self, conf: &NetConf) -> Result<(), Error> {
+        if let Err(e) = self.store.probe().await {
+            return Err(Error::Unavailable(format!(
+                "flatnetd cannot serve requests: its state database cannot make a write durable ({e})"
+            )));
+        }
+        if let Err(e) = self.nl.link(&conf.bridge).await {
+            return Err(Error::Unavailable(format!(
+                "flatnetd cannot serve requests: the kernel does not answer netlink requests ({e})"
+            )));
+        }
         match ipam::choose(&self.store, &conf.name, &conf.ipam, None) {
             Ok(_) => Ok(()),
             Err(IpamError::Exhausted {
@@ -594,6 +810,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 end,
             }) => Err(Error::NotAvailable(format!(
                 "network {network} has no free address left in {start}-{end}"
+            ))),
+            Err(IpamError::Store(e)) => Err(Error::Unavailable(format!(
+                "flatnetd cannot serve requests: its state database cannot be read ({e})"
             ))),
             Err(e) => Err(e.into()),
         }
@@ -614,7 +833,7 @@ fn enable_forwarding() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ipam::MemStore;
     use crate::netlink::ContainerView;
@@ -623,10 +842,10 @@ mod tests {
 
     /// Records what was asked and keeps links in memory; `fail_on` makes one operation fail.
     #[derive(Default)]
-    struct FakeNetlink {
-        ops: Mutex<Vec<String>>,
-        links: Mutex<HashMap<String, LinkState>>,
-        fail_on: Mutex<Option<&'static str>>,
+    pub(crate) struct FakeNetlink {
+        pub(crate) ops: Mutex<Vec<String>>,
+        pub(crate) links: Mutex<HashMap<String, LinkState>>,
+        pub(crate) fail_on: Mutex<Option<&'static str>>,
     }
 
     impl FakeNetlink {
@@ -637,16 +856,23 @@ mod tests {
             }
             Ok(())
         }
-        fn ops(&self) -> Vec<String> {
+        pub(crate) fn ops(&self) -> Vec<String> {
             self.ops.lock().unwrap().clone()
         }
-        fn has_link(&self, name: &str) -> bool {
+        pub(crate) fn has_link(&self, name: &str) -> bool {
             self.links.lock().unwrap().contains_key(name)
         }
-        fn add_link(&self, name: &str, master: Option<u32>) -> LinkState {
+        pub(crate) fn remove_link(&self, name: &str) {
+            self.links.lock().unwrap().remove(name);
+        }
+        pub(crate) fn master_of(&self, name: &str) -> Option<u32> {
+            self.links.lock().unwrap().get(name).and_then(|l| l.master)
+        }
+        pub(crate) fn add_link(&self, name: &str, master: Option<u32>) -> LinkState {
             let mut links = self.links.lock().unwrap();
+            let index = links.values().map(|l| l.index).max().unwrap_or(9) + 1;
             let state = LinkState {
-                index: links.len() as u32 + 10,
+                index,
                 mac: vec![2, 0, 0, 0, 0, links.len() as u8],
                 master,
                 up: true,
@@ -658,6 +884,23 @@ mod tests {
     }
 
     impl Netlink for FakeNetlink {
+        async fn links(&self) -> Result<Vec<(String, LinkState)>, NetlinkError> {
+            self.record("links", String::new())?;
+            Ok(self
+                .links
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(n, l)| (n.clone(), l.clone()))
+                .collect())
+        }
+        async fn enslave(&self, name: &str, bridge: u32, _: bool) -> Result<(), NetlinkError> {
+            self.record("enslave", format!("{name} {bridge}"))?;
+            if let Some(l) = self.links.lock().unwrap().get_mut(name) {
+                l.master = Some(bridge);
+            }
+            Ok(())
+        }
         async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<LinkState, NetlinkError> {
             self.record("ensure_bridge", spec.name.clone())?;
             if let Some(l) = self.links.lock().unwrap().get(&spec.name) {
@@ -703,11 +946,11 @@ mod tests {
         }
     }
 
-    fn engine() -> Engine<FakeNetlink, MemStore> {
+    pub(crate) fn engine() -> Engine<FakeNetlink, MemStore> {
         Engine::new(FakeNetlink::default(), MemStore::default(), "boot".into())
     }
 
-    fn req(command: Command, container: &str, conf: Value) -> Request {
+    pub(crate) fn req(command: Command, container: &str, conf: Value) -> Request {
         Request {
             command,
             container_id: container.into(),
@@ -716,10 +959,11 @@ mod tests {
             ifname: "eth0".into(),
             args: format!("IgnoreUnknown=1;K8S_POD_NAME={container}"),
             config: conf.to_string().into_bytes(),
+            deadline: None,
         }
     }
 
-    fn conf() -> Value {
+    pub(crate) fn conf() -> Value {
         json!({"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet",
                "ipam": {"subnet": "10.87.1.0/24", "rangeStart": "10.87.1.10", "rangeEnd": "10.87.1.11"}})
     }
@@ -926,6 +1170,167 @@ mod tests {
         for t in tasks {
             let v: Value = serde_json::from_str(&t.await.unwrap()).unwrap();
             assert!(seen.insert(v["ips"][0]["address"].as_str().unwrap().to_string()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_network_answers_busy_within_the_deadline() {
+        let e = engine();
+        let _held = e.lock("flatnet", None).await.unwrap();
+        let mut add = req(Command::Add, "c1", conf());
+        add.deadline = Some(Instant::now() + Duration::from_millis(1500));
+        let started = Instant::now();
+        let err = e.exec(&add).await.unwrap_err();
+        assert_eq!(err.code(), Code::TryAgainLater, "{err}");
+        assert!(err.to_string().contains("try again"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(e.store().list(None).unwrap().is_empty());
+        // Another network is not held up.
+        let mut other = conf();
+        other["name"] = json!("other");
+        other["ipam"]["subnet"] = json!("10.88.0.0/24");
+        other["ipam"]["rangeStart"] = json!("10.88.0.10");
+        other["ipam"]["rangeEnd"] = json!("10.88.0.20");
+        e.exec(&req(Command::Add, "c2", other)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn add_remembers_the_network() {
+        let e = engine();
+        let mut c = conf();
+        c["bridge"] = json!("br-test");
+        c["mtu"] = json!(1400);
+        c["hairpinMode"] = json!(true);
+        e.exec(&req(Command::Add, "c1", c)).await.unwrap();
+        let rec = e.store().network("flatnet").unwrap().expect("remembered");
+        assert_eq!(
+            rec,
+            ipam::NetworkRecord {
+                name: "flatnet".into(),
+                bridge: "br-test".into(),
+                subnet: Ipv4Addr::new(10, 87, 1, 0),
+                prefix: 24,
+                gateway: Ipv4Addr::new(10, 87, 1, 1),
+                is_gateway: true,
+                mtu: Some(1400),
+                hairpin: true,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn overlapping_subnet_of_a_busy_network_is_refused() {
+        let e = engine();
+        e.exec(&req(Command::Add, "c1", conf())).await.unwrap();
+        let mut other = conf();
+        other["name"] = json!("other");
+        other["bridge"] = json!("br-other");
+        let err = e
+            .exec(&req(Command::Add, "c2", other.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidConfig, "{err}");
+        assert!(err.to_string().contains("overlaps"), "{err}");
+        // Once the first network holds nothing, the subnet is free to take.
+        e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
+        e.exec(&req(Command::Add, "c2", other)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn gc_removes_orphan_links_on_its_bridge_only() {
+        let e = engine();
+        e.exec(&req(Command::Add, "keep", conf())).await.unwrap();
+        let bridge = e.nl.links.lock().unwrap()["flatnet-br0"].index;
+        e.nl.add_link("fn-0badc0de", Some(bridge));
+        e.nl.add_link("fn-0000beef", None);
+        e.nl.add_link("fn-user", Some(bridge));
+        let mut gc = conf();
+        gc["cniVersion"] = json!("1.1.0");
+        gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+        e.exec(&req(Command::Gc, "", gc)).await.unwrap();
+        assert!(
+            !e.nl.has_link("fn-0badc0de"),
+            "orphan on the bridge survived GC"
+        );
+        assert!(
+            e.nl.has_link("fn-0000beef"),
+            "GC only looks at its own bridge"
+        );
+        assert!(e.nl.has_link("fn-user"), "not a name flatnet makes");
+        assert!(e.nl.has_link(&veth_name("keep", "eth0")));
+        assert_eq!(e.store().list(None).unwrap().len(), 1);
+    }
+
+    /// A store whose disk has failed: reads work, durable writes do not.
+    #[derive(Default)]
+    struct BrokenDisk(MemStore);
+
+    impl Store for BrokenDisk {
+        fn get(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
+            self.0.get(key)
+        }
+        fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+            self.0.is_taken(network, ip)
+        }
+        fn last_handed_out(&self, network: &str) -> Result<Option<Ipv4Addr>, StoreError> {
+            self.0.last_handed_out(network)
+        }
+        fn insert(&self, alloc: &Allocation) -> Result<(), StoreError> {
+            self.0.insert(alloc)
+        }
+        fn remove(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
+            self.0.remove(key)
+        }
+        fn list(&self, network: Option<&str>) -> Result<Vec<Allocation>, StoreError> {
+            self.0.list(network)
+        }
+        async fn flush(&self) -> Result<(), StoreError> {
+            Err(StoreError::Db(sled::Error::Io(std::io::Error::other(
+                "disk on fire",
+            ))))
+        }
+        fn network(&self, name: &str) -> Result<Option<ipam::NetworkRecord>, StoreError> {
+            self.0.network(name)
+        }
+        fn networks(&self) -> Result<Vec<ipam::NetworkRecord>, StoreError> {
+            self.0.networks()
+        }
+        fn put_network(&self, record: &ipam::NetworkRecord) -> Result<bool, StoreError> {
+            self.0.put_network(record)
+        }
+        async fn probe(&self) -> Result<(), StoreError> {
+            self.flush().await
+        }
+    }
+
+    #[tokio::test]
+    async fn status_is_51_when_the_database_fails() {
+        let e = Engine::new(FakeNetlink::default(), BrokenDisk::default(), "boot".into());
+        let mut status = conf();
+        status["cniVersion"] = json!("1.1.0");
+        let err = e.exec(&req(Command::Status, "", status)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PluginNotAvailableLimited, "{err}");
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        // And an ADD on that disk fails without leaving anything behind.
+        let err = e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
+        assert_eq!(err.code(), Code::Io, "{err}");
+        assert!(e.store().list(None).unwrap().is_empty());
+        assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
+    }
+
+    #[test]
+    fn flatnet_veth_names() {
+        assert!(is_flatnet_veth(&veth_name("c", "eth0")));
+        assert!(is_flatnet_veth("fn-deadbeef"));
+        for other in [
+            "fn-",
+            "fn-DEADBEEF",
+            "fn-deadbee",
+            "fn-deadbeef0",
+            "xn-deadbeef",
+            "fn-user",
+        ] {
+            assert!(!is_flatnet_veth(other), "{other}");
         }
     }
 

@@ -44,6 +44,10 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
         &self,
         request: tonic::Request<v1::ListAllocationsRequest>,
     ) -> Result<tonic::Response<v1::ListAllocationsResponse>, tonic::Status> {
+        if let Err(msg) = crate::server::authorize(&request) {
+            tracing::warn!("refused: {msg}");
+            return Err(tonic::Status::permission_denied(msg));
+        }
         let req = request.into_inner();
         let network = (!req.network.is_empty()).then_some(req.network.as_str());
         let mut list = self

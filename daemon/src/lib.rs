@@ -1,5 +1,7 @@
-//! flatnetd: the Flatnet host daemon. `engine` is where requests become kernel work and addresses;
-//! `config`, `result`, `ipam` and `netlink` are its parts; `server` is the gRPC edge.
+//! flatnetd: the Flatnet host daemon. `engine` is where requests become kernel work and addresses
+//! (`engine::reconcile` is the work done without a request); `config`, `result`, `ipam` and
+//! `netlink` are its parts; `spool` reads the DELs the shim recorded while the daemon was away;
+//! `server` and `inspect` are the gRPC edge.
 
 pub mod config;
 pub mod engine;
@@ -8,3 +10,4 @@ pub mod ipam;
 pub mod netlink;
 pub mod result;
 pub mod server;
+pub mod spool;

@@ -1,30 +1,48 @@
-//! `flatnetd [--socket PATH] [--state-dir DIR] [--log-format text|json]`: opens the state database
-//! and the netlink socket once, then serves CNI requests on a Unix socket until SIGTERM or SIGINT.
+//! `flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS] [--log-format text|json]`:
+//! opens the state database and the netlink socket once, binds the socket, reconciles the kernel
+//! with the database and applies spooled DELs, then serves CNI requests until SIGTERM or SIGINT,
+//! sweeping periodically.
+//!
+//! The socket is bound before reconciling, so a request that arrives during start-up waits in the
+//! listen queue instead of failing (the same as with systemd socket activation).
+//!
+//! Testing aid: `FLATNET_BOOT_ID` replaces the kernel's boot id (see `engine::current_boot_id`).
 
 use anyhow::{bail, Context};
+use flatnet_daemon::engine::reconcile::Pass;
 use flatnet_daemon::engine::{current_boot_id, Engine};
 use flatnet_daemon::inspect::InspectService;
 use flatnet_daemon::ipam::{SledStore, Store};
 use flatnet_daemon::netlink::RtNetlink;
-use flatnet_daemon::server::CniService;
+use flatnet_daemon::server::{CniService, REQUEST_TIMEOUT};
+use flatnet_daemon::spool::Spool;
 use flatnet_proto::v1::cni_server::CniServer;
 use flatnet_proto::v1::inspect_server::InspectServer;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-const USAGE: &str = "usage: flatnetd [--socket PATH] [--state-dir DIR] [--log-format text|json]
+const USAGE: &str = "usage: flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS] [--log-format text|json]
 
-  --socket PATH       Unix socket to serve on (default /run/flatnet/flatnetd.sock);
-                      ignored when systemd passes a socket (LISTEN_FDS)
-  --state-dir DIR     where the address database lives (default /var/lib/flatnet)
-  --log-format FMT    text (default) or json, written to stderr; filter with FLATNET_LOG=debug";
+  --socket PATH          Unix socket to serve on (default /run/flatnet/flatnetd.sock);
+                         ignored when systemd passes a socket (LISTEN_FDS), but its directory
+                         still holds the DEL spool (pending-del/)
+  --state-dir DIR        where the address database lives (default /var/lib/flatnet)
+  --sweep-interval SECS  how often to release addresses of containers that are gone and remove
+                         stray fn-* links (default 30; 0 turns the periodic sweep off)
+  --log-format FMT       text (default) or json, written to stderr; filter with FLATNET_LOG=debug";
+
+/// How often the periodic sweep runs unless `--sweep-interval` says otherwise.
+const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 struct Options {
     socket: PathBuf,
     state_dir: PathBuf,
     json_logs: bool,
+    /// `None`: no periodic sweep.
+    sweep_interval: Option<Duration>,
 }
 
 fn parse_options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
@@ -32,6 +50,7 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Optio
         socket: PathBuf::from(flatnet_proto::DEFAULT_SOCKET),
         state_dir: PathBuf::from("/var/lib/flatnet"),
         json_logs: false,
+        sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
     };
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -47,6 +66,13 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Optio
         match flag.as_str() {
             "--socket" => opts.socket = PathBuf::from(value("--socket")?),
             "--state-dir" => opts.state_dir = PathBuf::from(value("--state-dir")?),
+            "--sweep-interval" => {
+                let raw = value("--sweep-interval")?;
+                let secs: u64 = raw.parse().ok().filter(|s| *s <= 86_400).with_context(|| {
+                    format!("--sweep-interval must be whole seconds from 0 to 86400, not {raw:?}")
+                })?;
+                opts.sweep_interval = (secs > 0).then(|| Duration::from_secs(secs));
+            }
             "--log-format" => match value("--log-format")?.as_str() {
                 "text" => opts.json_logs = false,
                 "json" => opts.json_logs = true,
@@ -127,6 +153,24 @@ fn listener(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
     Ok((listener, true))
 }
 
+/// Runs a sweep every `interval` until `stop` turns true; a pass in progress is finished first.
+async fn sweeper(
+    engine: Arc<Engine<RtNetlink, SledStore>>,
+    spool: Arc<Spool>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = engine.sweep(Pass::Periodic, Some(&spool)).await {
+            tracing::warn!(error = %e, "periodic sweep skipped");
+        }
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -153,17 +197,77 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         )
     })?;
     let nl = RtNetlink::new().context("opening a netlink socket")?;
-    let engine = Arc::new(Engine::new(nl, store, current_boot_id()));
+    let boot_id = current_boot_id();
+    if boot_id.is_empty() {
+        tracing::warn!(
+            "cannot read the kernel's boot id; allocations cannot be told apart by boot"
+        );
+    }
+    let engine = Arc::new(Engine::new(nl, store, boot_id));
     let (listener, owned) = listener(&opts.socket)?;
+    let spool = Arc::new(Spool::for_socket(&opts.socket));
+
+    // Before serving: the kernel and the database agree again, and DELs that arrived while the
+    // daemon was away are applied. Requests wait in the listen queue meanwhile.
+    let started = std::time::Instant::now();
+    engine
+        .sweep(Pass::Startup, Some(&spool))
+        .await
+        .context("reconciling at start")?;
     tracing::info!(socket = %opts.socket.display(), state_dir = %opts.state_dir.display(),
+        spool = %spool.dir().display(), boot_id = %engine.boot_id(),
+        sweep_interval_s = opts.sweep_interval.map_or(0, |d| d.as_secs()),
+        startup_ms = started.elapsed().as_millis() as u64,
         allocations = engine.store().list(None).map(|l| l.len()).unwrap_or(0), "flatnetd ready");
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let sweeping = opts.sweep_interval.map(|interval| {
+        tokio::spawn(sweeper(
+            engine.clone(),
+            spool.clone(),
+            interval,
+            stop_rx.clone(),
+        ))
+    });
+
+    let max = flatnet_proto::MAX_MESSAGE_BYTES;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let mut stop = stop_rx.clone();
     let served = tonic::transport::Server::builder()
-        .add_service(CniServer::new(CniService::new(engine.clone())))
-        .add_service(InspectServer::new(InspectService::new(engine.clone())))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        // Bounds every handler; a client's shorter grpc-timeout wins.
+        .timeout(REQUEST_TIMEOUT)
+        // A client can hold at most this many calls open at once on one connection, and a header
+        // block cannot grow without end.
+        .max_concurrent_streams(64)
+        .http2_max_header_list_size(16 * 1024)
+        // Connections whose peer has gone silent are closed.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(
+            CniServer::new(CniService::new(engine.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            InspectServer::new(InspectService::new(engine.clone())).max_decoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
         .await;
+    if let Some(task) = sweeping {
+        if *stop_rx.borrow() {
+            // The sweeper saw the stop signal too; let a pass in progress finish.
+            let _ = task.await;
+        } else {
+            // Serving failed on its own: nothing will tell the sweeper to stop.
+            task.abort();
+        }
+    }
     if owned {
         let _ = std::fs::remove_file(&opts.socket);
     }

@@ -1,7 +1,8 @@
 //! All kernel networking work, behind one small trait ([`Netlink`]) so the attach logic can be tested
 //! with a recording fake. [`RtNetlink`] is the real implementation: one long-lived rtnetlink socket
 //! in the daemon's namespace, and a short-lived socket opened inside a container's namespace (on a
-//! plain thread) for the container side.
+//! plain thread) for the container side. Every kernel operation is bounded by [`KERNEL_TIMEOUT`], so a
+//! netlink request that never gets an answer fails its CNI request instead of holding it forever.
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
@@ -16,6 +17,12 @@ use std::fs::File;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
+
+/// The longest one kernel operation (including entering a namespace) may take. Each normally takes
+/// well under 50 ms; one that has not answered after this long is treated as failed.
+pub const KERNEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An opened network namespace (CNI_NETNS), checked to be one.
 #[derive(Debug)]
@@ -38,10 +45,16 @@ pub enum NetnsError {
 
 impl Netns {
     pub fn open(path: &str) -> Result<Netns, NetnsError> {
-        let file = File::open(path).map_err(|source| NetnsError::Open {
-            path: path.to_string(),
-            source,
-        })?;
+        // O_NONBLOCK: opening a FIFO (or a device) named as the namespace must not block the
+        // daemon; the fstatfs below refuses whatever is not a namespace anyway.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(path)
+            .map_err(|source| NetnsError::Open {
+                path: path.to_string(),
+                source,
+            })?;
         let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| NetnsError::Open {
             path: path.to_string(),
             source: e.into(),
@@ -156,6 +169,15 @@ pub struct ContainerView {
 
 /// The kernel operations Flatnet needs.
 pub trait Netlink: Send + Sync + 'static {
+    /// Every link in the daemon's namespace, with its name (one dump).
+    fn links(&self) -> impl Future<Output = Result<Vec<(String, LinkState)>, NetlinkError>> + Send;
+    /// Puts an existing link on a bridge (and turns on hairpin mode when asked).
+    fn enslave(
+        &self,
+        name: &str,
+        bridge_index: u32,
+        hairpin: bool,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     /// Makes sure the bridge exists, is up, and holds the gateway address.
     fn ensure_bridge(
         &self,
@@ -360,8 +382,9 @@ pub fn random_mac() -> [u8; 6] {
     mac
 }
 
-impl Netlink for RtNetlink {
-    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<LinkState, NetlinkError> {
+/// The operations themselves, unbounded; the [`Netlink`] impl below bounds each in time.
+impl RtNetlink {
+    async fn ensure_bridge_now(&self, spec: &BridgeSpec) -> Result<LinkState, NetlinkError> {
         let name = spec.name.as_str();
         let existing = get_link(&self.handle, name).await?;
         let state = match existing {
@@ -415,7 +438,7 @@ impl Netlink for RtNetlink {
         Ok(state)
     }
 
-    async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+    async fn create_veth_now(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
         // The peer is brought up from inside its namespace (configure_container): asking for IFF_UP
         // while creating it in another namespace fails with ENOTCONN on current kernels.
         let mut peer = LinkUnspec::new_with_name(&spec.ifname)
@@ -443,23 +466,12 @@ impl Netlink for RtNetlink {
                 spec.host, spec.ifname, spec.netns.path
             )))?;
         if spec.hairpin {
-            let msg = LinkUnspec::new_with_name(&spec.host)
-                .set_port_kind(InfoPortKind::Bridge)
-                .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                    true,
-                )]))
-                .build();
-            self.handle
-                .link()
-                .change(msg)
-                .execute()
-                .await
-                .map_err(kernel(format!("turning on hairpin mode on {}", spec.host)))?;
+            self.hairpin_now(&spec.host).await?;
         }
         Ok(())
     }
 
-    async fn configure_container(
+    async fn configure_container_now(
         &self,
         netns: &Netns,
         spec: &ContainerSpec,
@@ -518,7 +530,7 @@ impl Netlink for RtNetlink {
         Ok(link)
     }
 
-    async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+    async fn delete_link_now(&self, name: &str) -> Result<bool, NetlinkError> {
         let res = self
             .handle
             .link()
@@ -539,15 +551,15 @@ impl Netlink for RtNetlink {
         }
     }
 
-    async fn link(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+    async fn link_now(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
         get_link(&self.handle, name).await
     }
 
-    async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
+    async fn addresses_now(&self, index: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
         get_addresses(&self.handle, index).await
     }
 
-    async fn inspect_container(
+    async fn inspect_container_now(
         &self,
         netns: &Netns,
         ifname: &str,
@@ -563,5 +575,165 @@ impl Netlink for RtNetlink {
             addrs,
             routes,
         }))
+    }
+}
+
+/// Fails `op` with a timeout error when `fut` has not finished within [`KERNEL_TIMEOUT`].
+async fn bounded<T>(
+    op: impl FnOnce() -> String,
+    fut: impl Future<Output = Result<T, NetlinkError>>,
+) -> Result<T, NetlinkError> {
+    match tokio::time::timeout(KERNEL_TIMEOUT, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(NetlinkError::Io {
+            op: op(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the kernel did not answer within {} s",
+                    KERNEL_TIMEOUT.as_secs()
+                ),
+            ),
+        }),
+    }
+}
+
+fn link_name(msg: &LinkMessage) -> Option<String> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })
+}
+
+impl RtNetlink {
+    async fn links_now(&self) -> Result<Vec<(String, LinkState)>, NetlinkError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(kernel("listing links"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| Some((link_name(m)?, link_state(m))))
+            .collect())
+    }
+
+    async fn enslave_now(
+        &self,
+        name: &str,
+        bridge_index: u32,
+        hairpin: bool,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .change(
+                LinkUnspec::new_with_name(name)
+                    .controller(bridge_index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(kernel(format!("putting {name} on bridge {bridge_index}")))?;
+        if hairpin {
+            self.hairpin_now(name).await?;
+        }
+        Ok(())
+    }
+
+    async fn hairpin_now(&self, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_name(name)
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )]))
+            .build();
+        self.handle
+            .link()
+            .change(msg)
+            .execute()
+            .await
+            .map_err(kernel(format!("turning on hairpin mode on {name}")))
+    }
+}
+
+impl Netlink for RtNetlink {
+    async fn links(&self) -> Result<Vec<(String, LinkState)>, NetlinkError> {
+        bounded(|| "listing links".into(), self.links_now()).await
+    }
+
+    async fn enslave(
+        &self,
+        name: &str,
+        bridge_index: u32,
+        hairpin: bool,
+    ) -> Result<(), NetlinkError> {
+        bounded(
+            || format!("putting {name} on bridge {bridge_index}"),
+            self.enslave_now(name, bridge_index, hairpin),
+        )
+        .await
+    }
+
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<LinkState, NetlinkError> {
+        bounded(
+            || format!("setting up bridge {}", spec.name),
+            self.ensure_bridge_now(spec),
+        )
+        .await
+    }
+
+    async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+        bounded(
+            || format!("creating veth {}", spec.host),
+            self.create_veth_now(spec),
+        )
+        .await
+    }
+
+    async fn configure_container(
+        &self,
+        netns: &Netns,
+        spec: &ContainerSpec,
+    ) -> Result<LinkState, NetlinkError> {
+        bounded(
+            || format!("configuring {} in {}", spec.ifname, netns.path),
+            self.configure_container_now(netns, spec),
+        )
+        .await
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        bounded(
+            || format!("deleting link {name}"),
+            self.delete_link_now(name),
+        )
+        .await
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+        bounded(|| format!("looking up link {name}"), self.link_now(name)).await
+    }
+
+    async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
+        bounded(
+            || format!("listing addresses of link {index}"),
+            self.addresses_now(index),
+        )
+        .await
+    }
+
+    async fn inspect_container(
+        &self,
+        netns: &Netns,
+        ifname: &str,
+    ) -> Result<Option<ContainerView>, NetlinkError> {
+        bounded(
+            || format!("inspecting {ifname} in {}", netns.path),
+            self.inspect_container_now(netns, ifname),
+        )
+        .await
     }
 }

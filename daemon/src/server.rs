@@ -1,5 +1,9 @@
-//! The gRPC edge: converts `flatnet.v1` messages to engine requests and engine outcomes to CNI
-//! replies, and writes one log line per request. No CNI logic lives here.
+//! The gRPC edge: checks who is calling, converts `flatnet.v1` messages to engine requests and
+//! engine outcomes to CNI replies, and writes one log line per request. No CNI logic lives here.
+//!
+//! Each request runs as a task of its own: when the caller goes away or its deadline passes, the
+//! answer is dropped but the engine finishes (or undoes) what it started, so a request is never
+//! cut off between creating a veth and recording (or rolling back) its allocation.
 
 use crate::engine::{Command, Engine, Request};
 use crate::ipam::Store;
@@ -7,7 +11,64 @@ use crate::netlink::Netlink;
 use flatnet_proto::cni::Code;
 use flatnet_proto::v1::{self, cni_reply::Outcome, CniReply, CniRequest};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tonic::transport::server::UdsConnectInfo;
+
+/// The longest any request may take, whatever deadline the client sent (`grpc-timeout` may only
+/// make it shorter). The shim's own deadline is the same.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Who may talk to flatnetd: root, and the user flatnetd itself runs as. Everything the daemon does
+/// is privileged (it creates interfaces in any namespace and hands out addresses), and the socket's
+/// 0600 mode is the first gate; this is the second, which holds even if the mode is loosened.
+/// `Ok(uid)` of an accepted caller, `Err(message)` for a refused one.
+pub fn authorize<T>(request: &tonic::Request<T>) -> Result<u32, String> {
+    let cred = request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred);
+    let Some(cred) = cred else {
+        return Err(
+            "flatnetd accepts requests from root only, and cannot tell who the caller is (no peer credentials on the connection)"
+                .into(),
+        );
+    };
+    let uid = cred.uid();
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        Ok(uid)
+    } else {
+        Err(format!(
+            "flatnetd accepts requests from root only (caller uid {uid}): run the container runtime as root"
+        ))
+    }
+}
+
+/// When the client stops waiting: its `grpc-timeout`, capped at [`REQUEST_TIMEOUT`].
+fn deadline(metadata: &tonic::metadata::MetadataMap, received: Instant) -> Instant {
+    let asked = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    received + asked.map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT))
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 pub struct CniService<N, S> {
     engine: Arc<Engine<N, S>>,
@@ -52,12 +113,18 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
         &self,
         request: tonic::Request<CniRequest>,
     ) -> Result<tonic::Response<CniReply>, tonic::Status> {
+        let started = Instant::now();
         let request_id = request
             .metadata()
             .get(flatnet_proto::REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_string();
+        if let Err(msg) = authorize(&request) {
+            tracing::warn!(request_id, "refused: {msg}");
+            return Ok(tonic::Response::new(error_reply(Code::Io, msg)));
+        }
+        let deadline = deadline(request.metadata(), started);
         let req = request.into_inner();
         let Some(cmd) = command(req.command) else {
             tracing::warn!(
@@ -77,7 +144,6 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
             .ok()
             .and_then(|n| n.name)
             .unwrap_or_default();
-        let started = Instant::now();
         let domain = Request {
             command: cmd,
             container_id: req.container_id,
@@ -85,8 +151,24 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
             ifname: req.ifname,
             args: req.args,
             config: req.config,
+            deadline: Some(deadline),
         };
-        let outcome = self.engine.exec(&domain).await;
+        let engine = self.engine.clone();
+        let (domain, outcome) = match tokio::spawn(async move {
+            let outcome = engine.exec(&domain).await;
+            (domain, outcome)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(request_id, verb = cmd.as_str(), error = %e, "request task failed");
+                return Ok(tonic::Response::new(error_reply(
+                    Code::Internal,
+                    format!("flatnetd failed internally on {}: {e}", cmd.as_str()),
+                )));
+            }
+        };
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         let reply = match outcome {
             Ok(result_json) => {
@@ -108,5 +190,37 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
             }
         };
         Ok(tonic::Response::new(reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("60S"), Some(Duration::from_secs(60)));
+        assert_eq!(
+            parse_grpc_timeout("59999m"),
+            Some(Duration::from_millis(59999))
+        );
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        for bad in ["", "S", "10", "10x", "123456789S", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+        let now = Instant::now();
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert_eq!(deadline(&md, now), now + REQUEST_TIMEOUT);
+        md.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(deadline(&md, now), now + Duration::from_secs(2));
+        md.insert("grpc-timeout", "5H".parse().unwrap());
+        assert_eq!(deadline(&md, now), now + REQUEST_TIMEOUT);
+    }
+
+    #[test]
+    fn callers_without_credentials_are_refused() {
+        let err = authorize(&tonic::Request::new(())).unwrap_err();
+        assert!(err.contains("root only"), "{err}");
     }
 }

@@ -1,0 +1,551 @@
+//! What flatnetd does without a request: reconcile at start, the same pass periodically while it
+//! runs (Podman never sends GC), and applying spooled DELs (see `flatnet_proto::spool`).
+//!
+//! One pass, with the gate held exclusively (no request is half way through):
+//! 1. One link dump of the daemon's namespace; no container namespace is entered, so a pass costs
+//!    the same with 1 or 1000 containers apart from the links it removes.
+//! 2. Allocations made in an earlier boot (`boot_id` differs) are released, and their host veth is
+//!    deleted if a link of that name exists and no allocation of this boot uses it.
+//! 3. Allocations whose host veth exists are kept: the peer in the container lives and dies with
+//!    it, so the veth is the container's interface as far as the host can see.
+//! 4. Allocations whose host veth is gone are released, after a grace in periodic passes: the
+//!    allocation must be at least [`GRACE`] old or have been found missing by the previous pass
+//!    too. The gate already guarantees that no ADD is between creating its veth and recording its
+//!    allocation, so the grace is a second line of defence for what the gate cannot see (a link
+//!    dump racing with something outside flatnetd that recreates the link, a clock that jumped);
+//!    it costs at most one sweep interval. The start-up pass needs no grace: nothing is served
+//!    yet, so nothing can be in flight.
+//! 5. The bridge and gateway address of every network that keeps allocations is recreated from
+//!    the remembered network parameters, and kept veths that lost their bridge are put back on it.
+//! 6. `fn-<8 hex>` links that no allocation owns are deleted (a crash between creating a veth and
+//!    recording its allocation leaves one; deleting it also removes the container end and with it
+//!    the address the container was about to use).
+//!
+//! Then every spooled DEL is applied; a file is deleted only after its DEL succeeded.
+
+use super::{
+    bridge_spec, is_flatnet_veth, unix_now, Command, Engine, Error, NetConf, Request, Store,
+};
+use crate::ipam::Allocation;
+use crate::netlink::{LinkState, Netlink};
+use crate::spool::Spool;
+use flatnet_proto::cni::Code;
+use flatnet_proto::spool::SpooledDel;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+/// How old an allocation must be before a periodic pass releases it at the first sight of its veth
+/// missing (a younger one waits for the next pass).
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// How long a periodic pass waits for requests in flight to finish before it skips its turn.
+pub const SWEEP_GATE_WAIT: Duration = Duration::from_secs(10);
+
+/// Which pass this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// At start, before serving: nothing can be in flight, no grace.
+    Startup,
+    /// While serving, every `--sweep-interval` seconds.
+    Periodic,
+}
+
+/// What a pass did, for the summary log line and for tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Allocations whose host veth exists.
+    pub kept: usize,
+    /// Allocations whose veth is missing but that are still in their grace.
+    pub waiting: usize,
+    /// Allocations released because they were made in an earlier boot.
+    pub released_earlier_boot: usize,
+    /// Allocations released because their host veth is gone.
+    pub released_gone: usize,
+    /// `fn-*` links deleted (orphans, and veths of earlier-boot allocations).
+    pub links_removed: usize,
+    /// Bridges made sure of.
+    pub bridges: usize,
+    /// Kept veths put back on their bridge.
+    pub reattached: usize,
+    /// Spooled DELs applied, discarded as stale, moved aside as malformed, or left for later.
+    pub spool_applied: usize,
+    pub spool_discarded: usize,
+    pub spool_rejected: usize,
+    pub spool_failed: usize,
+    /// What went wrong (the pass goes on after each).
+    pub failures: Vec<String>,
+}
+
+impl Summary {
+    pub fn released(&self) -> usize {
+        self.released_earlier_boot + self.released_gone
+    }
+
+    fn changed_anything(&self) -> bool {
+        self.released() > 0
+            || self.links_removed > 0
+            || self.reattached > 0
+            || self.spool_applied + self.spool_discarded + self.spool_rejected > 0
+    }
+}
+
+/// What became of one spooled DEL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolOutcome {
+    /// The DEL ran.
+    Applied,
+    /// The allocation it names is newer than the DEL (the container was started again): dropped.
+    Stale,
+}
+
+/// Codes that mean the spooled request itself is bad: retrying cannot help.
+fn is_permanent(code: Code) -> bool {
+    matches!(
+        code,
+        Code::IncompatibleVersion
+            | Code::UnsupportedField
+            | Code::UnknownContainer
+            | Code::InvalidEnvironment
+            | Code::Decode
+            | Code::InvalidConfig
+    )
+}
+
+impl<N: Netlink, S: Store> Engine<N, S> {
+    /// One reconcile pass (see the module comment), then the spooled DELs in `spool`. Logs one
+    /// summary line. Fails only when a periodic pass cannot get the gate in time.
+    pub async fn sweep(&self, pass: Pass, spool: Option<&Spool>) -> Result<Summary, Error> {
+        let _gate = match pass {
+            Pass::Startup => self.gate.write().await,
+            Pass::Periodic => tokio::time::timeout(SWEEP_GATE_WAIT, self.gate.write())
+                .await
+                .map_err(|_| Self::busy("the sweep", "requests in flight", SWEEP_GATE_WAIT))?,
+        };
+        let mut summary = Summary::default();
+        if let Err(e) = self.reconcile_locked(pass, &mut summary).await {
+            summary.failures.push(format!("reconcile: {e}"));
+        }
+        if let Some(spool) = spool {
+            self.apply_spool_locked(spool, &mut summary).await;
+        }
+        let s = &summary;
+        if pass == Pass::Startup || s.changed_anything() || !s.failures.is_empty() {
+            tracing::info!(
+                pass = ?pass,
+                kept = s.kept,
+                released = s.released(),
+                released_earlier_boot = s.released_earlier_boot,
+                released_gone = s.released_gone,
+                waiting = s.waiting,
+                links_removed = s.links_removed,
+                reattached = s.reattached,
+                spooled_dels_applied = s.spool_applied,
+                spooled_dels_stale = s.spool_discarded,
+                spooled_dels_rejected = s.spool_rejected,
+                spooled_dels_pending = s.spool_failed,
+                failures = ?s.failures,
+                "reconciled: kept {}, released {}, links removed {}",
+                s.kept,
+                s.released(),
+                s.links_removed
+            );
+        } else {
+            tracing::debug!(kept = s.kept, waiting = s.waiting, "sweep: nothing to do");
+        }
+        Ok(summary)
+    }
+
+    async fn reconcile_locked(&self, pass: Pass, s: &mut Summary) -> Result<(), Error> {
+        let mut links: HashMap<String, LinkState> = self.nl.links().await?.into_iter().collect();
+        let allocs = self.store.list(None)?;
+        let now = unix_now();
+        let previous = std::mem::take(&mut *self.suspects.lock().expect("suspects poisoned"));
+        let mut suspects = HashSet::new();
+        // Host veths an allocation of this boot still uses: never deleted on behalf of another.
+        let live: HashSet<&str> = allocs
+            .iter()
+            .filter(|a| a.boot_id == self.boot_id && links.contains_key(&a.host_veth))
+            .map(|a| a.host_veth.as_str())
+            .collect();
+        let mut owned: HashSet<String> = HashSet::new();
+        let mut kept: Vec<&Allocation> = Vec::new();
+        let mut released_any = false;
+
+        for a in &allocs {
+            let key = a.key();
+            if a.boot_id != self.boot_id {
+                if links.contains_key(&a.host_veth) && !live.contains(a.host_veth.as_str()) {
+                    if let Err(e) = self.nl.delete_link(&a.host_veth).await {
+                        s.failures.push(format!(
+                            "removing {} (allocation of an earlier boot): {e}",
+                            a.host_veth
+                        ));
+                        owned.insert(a.host_veth.clone());
+                        continue;
+                    }
+                    links.remove(&a.host_veth);
+                    s.links_removed += 1;
+                }
+                self.store.remove(&key)?;
+                released_any = true;
+                s.released_earlier_boot += 1;
+                tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
+                    address = %a.address, boot_id = %a.boot_id, "released an allocation of an earlier boot");
+                continue;
+            }
+            if links.contains_key(&a.host_veth) {
+                owned.insert(a.host_veth.clone());
+                kept.push(a);
+                continue;
+            }
+            let young = now < a.created_unix.saturating_add(GRACE.as_secs());
+            if pass == Pass::Periodic && young && !previous.contains(&key) {
+                owned.insert(a.host_veth.clone());
+                suspects.insert(key);
+                s.waiting += 1;
+                continue;
+            }
+            self.store.remove(&key)?;
+            released_any = true;
+            s.released_gone += 1;
+            tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
+                address = %a.address, host_veth = %a.host_veth, "released an allocation whose interface is gone");
+        }
+        *self.suspects.lock().expect("suspects poisoned") = suspects;
+        s.kept = kept.len();
+        if released_any {
+            self.store.flush().await?;
+        }
+
+        // Bridges of the networks that keep allocations, and kept veths that lost theirs.
+        let mut by_network: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
+        for a in &kept {
+            by_network.entry(a.network.as_str()).or_default().push(a);
+        }
+        for (network, members) in by_network {
+            let record = match self.store.network(network) {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    tracing::debug!(
+                        network,
+                        "no remembered parameters; the next ADD sets up its bridge"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    s.failures.push(format!("network {network}: {e}"));
+                    continue;
+                }
+            };
+            let spec = bridge_spec(
+                &record.bridge,
+                record.mtu,
+                record.is_gateway,
+                record.gateway,
+                record.prefix,
+            );
+            let bridge = match self.ensure_bridge(spec).await {
+                Ok(b) => b,
+                Err(e) => {
+                    s.failures.push(format!(
+                        "bridge {} of network {network}: {e}",
+                        record.bridge
+                    ));
+                    continue;
+                }
+            };
+            s.bridges += 1;
+            for a in members {
+                // Only a veth that is on no bridge at all (its bridge was deleted) is put back; one
+                // on another bridge was put there by someone on purpose.
+                if links.get(&a.host_veth).is_some_and(|l| l.master.is_none()) {
+                    match self
+                        .nl
+                        .enslave(&a.host_veth, bridge.index, record.hairpin)
+                        .await
+                    {
+                        Ok(()) => s.reattached += 1,
+                        Err(e) => s.failures.push(e.to_string()),
+                    }
+                }
+            }
+        }
+
+        // Orphans: fn-* links no allocation owns.
+        let orphans: Vec<String> = links
+            .keys()
+            .filter(|name| is_flatnet_veth(name) && !owned.contains(*name))
+            .cloned()
+            .collect();
+        for name in orphans {
+            match self.nl.delete_link(&name).await {
+                Ok(_) => {
+                    s.links_removed += 1;
+                    tracing::info!(link = %name, "removed an fn-* link that no allocation owns");
+                }
+                Err(e) => s.failures.push(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_spool_locked(&self, spool: &Spool, s: &mut Summary) {
+        let (pending, rejected) = spool.pending();
+        s.spool_rejected += rejected;
+        for p in pending {
+            match self.apply_spooled_del(&p.entry).await {
+                Ok(outcome) => {
+                    if outcome == SpoolOutcome::Applied {
+                        s.spool_applied += 1;
+                    } else {
+                        s.spool_discarded += 1;
+                    }
+                    tracing::info!(container_id = %p.entry.container_id, ifname = %p.entry.ifname,
+                        network = %p.entry.network, outcome = ?outcome, "spooled DEL dealt with");
+                    spool.done(&p);
+                }
+                Err(e) if is_permanent(e.code()) => {
+                    s.spool_rejected += 1;
+                    spool.reject(&p.path, &e.to_string());
+                }
+                Err(e) => {
+                    s.spool_failed += 1;
+                    s.failures.push(format!(
+                        "spooled DEL of {} (kept for the next sweep): {e}",
+                        p.entry.container_id
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Runs one spooled DEL unless the allocation it names is newer than it. The caller holds the
+    /// gate exclusively.
+    async fn apply_spooled_del(&self, entry: &SpooledDel) -> Result<SpoolOutcome, Error> {
+        let conf = NetConf::parse(entry.config.as_bytes())?;
+        if conf.name != entry.network {
+            return Err(Error::Environment(format!(
+                "spooled DEL is filed under network {:?} but its configuration is for {:?}",
+                entry.network, conf.name
+            )));
+        }
+        let req = Request {
+            command: Command::Del,
+            container_id: entry.container_id.clone(),
+            netns: entry.netns.clone(),
+            ifname: entry.ifname.clone(),
+            args: entry.args.clone(),
+            config: entry.config.clone().into_bytes(),
+            deadline: None,
+        };
+        let key = Self::key(&conf, &req)?;
+        if let Some(alloc) = self.store.get(&key)? {
+            let newer = alloc.created_unix.saturating_mul(1000) > entry.spooled_unix_ms;
+            let elsewhere =
+                !entry.netns.is_empty() && !alloc.netns.is_empty() && entry.netns != alloc.netns;
+            if newer || elsewhere {
+                return Ok(SpoolOutcome::Stale);
+            }
+        }
+        self.del(&conf, &req).await?;
+        Ok(SpoolOutcome::Applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tests::{engine, req};
+    use crate::engine::veth_name;
+    use crate::ipam::MemStore;
+    use serde_json::json;
+
+    /// The engine tests' network with room for a few more containers.
+    fn conf() -> serde_json::Value {
+        let mut c = crate::engine::tests::conf();
+        c["ipam"]["rangeEnd"] = json!("10.87.1.30");
+        c
+    }
+
+    /// Makes the allocation of `container` look as if it was made `secs` ago in boot `boot`.
+    fn age(
+        e: &Engine<crate::engine::tests::FakeNetlink, MemStore>,
+        container: &str,
+        secs: u64,
+        boot: &str,
+    ) {
+        let key = crate::ipam::AllocKey {
+            network: "flatnet".into(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        };
+        let mut a = e.store().remove(&key).unwrap().unwrap();
+        a.created_unix -= secs;
+        a.boot_id = boot.into();
+        e.store().insert(&a).unwrap();
+    }
+
+    fn held(e: &Engine<crate::engine::tests::FakeNetlink, MemStore>) -> Vec<String> {
+        let mut v: Vec<String> = e
+            .store()
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.container_id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn startup_pass_makes_kernel_and_store_agree() {
+        let e = engine();
+        for c in ["kept", "gone", "old"] {
+            e.exec(&req(Command::Add, c, conf())).await.unwrap();
+        }
+        age(&e, "old", 100, "an-earlier-boot");
+        // "gone": its container namespace went away, and with it the veth.
+        e.nl.remove_link(&veth_name("gone", "eth0"));
+        // A crash between creating a veth and recording it, and a link that is not ours.
+        e.nl.add_link("fn-deadbeef", None);
+        e.nl.add_link("eth9", None);
+        // The bridge was deleted: the kept veth is on no bridge any more.
+        e.nl.remove_link("flatnet-br0");
+        e.nl.links
+            .lock()
+            .unwrap()
+            .get_mut(&veth_name("kept", "eth0"))
+            .unwrap()
+            .master = None;
+
+        let s = e.sweep(Pass::Startup, None).await.unwrap();
+        assert_eq!(held(&e), vec!["kept"]);
+        assert_eq!(
+            (s.kept, s.released_earlier_boot, s.released_gone),
+            (1, 1, 1),
+            "{s:?}"
+        );
+        assert_eq!(s.links_removed, 2, "old's veth and fn-deadbeef: {s:?}");
+        assert!(s.failures.is_empty(), "{s:?}");
+        assert!(!e.nl.has_link(&veth_name("old", "eth0")));
+        assert!(!e.nl.has_link("fn-deadbeef"));
+        assert!(e.nl.has_link("eth9"), "only fn-<hex> links are flatnet's");
+        assert!(e.nl.has_link("flatnet-br0"), "bridge recreated");
+        let bridge = e.nl.links.lock().unwrap()["flatnet-br0"].index;
+        assert_eq!(e.nl.master_of(&veth_name("kept", "eth0")), Some(bridge));
+        assert_eq!(s.reattached, 1);
+        // The released addresses can be handed out again; nothing else changes on a second pass.
+        let again = e.sweep(Pass::Startup, None).await.unwrap();
+        assert_eq!(
+            (again.kept, again.released(), again.links_removed),
+            (1, 0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn periodic_pass_gives_young_allocations_a_grace() {
+        let e = engine();
+        e.exec(&req(Command::Add, "young", conf())).await.unwrap();
+        e.exec(&req(Command::Add, "grown", conf())).await.unwrap();
+        age(&e, "grown", GRACE.as_secs() + 1, "boot");
+        e.nl.remove_link(&veth_name("young", "eth0"));
+        e.nl.remove_link(&veth_name("grown", "eth0"));
+
+        let first = e.sweep(Pass::Periodic, None).await.unwrap();
+        assert_eq!((first.released_gone, first.waiting), (1, 1), "{first:?}");
+        assert_eq!(held(&e), vec!["young"]);
+        let second = e.sweep(Pass::Periodic, None).await.unwrap();
+        assert_eq!((second.released_gone, second.waiting), (1, 0), "{second:?}");
+        assert!(held(&e).is_empty());
+    }
+
+    #[tokio::test]
+    async fn sweep_waits_for_requests_and_requests_wait_for_it() {
+        let e = std::sync::Arc::new(engine());
+        let shared = e.gate.read().await;
+        let sweeping = {
+            let e = e.clone();
+            tokio::spawn(async move { e.sweep(Pass::Periodic, None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !sweeping.is_finished(),
+            "the sweep ran while a request was in flight"
+        );
+        drop(shared);
+        sweeping.await.unwrap().unwrap();
+    }
+
+    fn spool_dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "flatnet-reconcile-spool-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d.join(flatnet_proto::spool::DIR_NAME)
+    }
+
+    fn spooled(container: &str, config: serde_json::Value, at_ms: u64) -> SpooledDel {
+        SpooledDel {
+            format: flatnet_proto::spool::FORMAT,
+            network: config["name"].as_str().unwrap_or("").to_string(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+            netns: String::new(),
+            args: String::new(),
+            path: "/opt/cni/bin".into(),
+            config: config.to_string(),
+            spooled_unix_ms: at_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn spooled_dels_are_applied_once_and_bad_ones_set_aside() {
+        let e = engine();
+        e.exec(&req(Command::Add, "stopped", conf())).await.unwrap();
+        e.exec(&req(Command::Add, "restarted", conf()))
+            .await
+            .unwrap();
+        let dir = spool_dir("apply");
+        let spool = Spool::new(dir.clone());
+        let now_ms = unix_now() * 1000 + 999;
+        flatnet_proto::spool::write(&dir, &spooled("stopped", conf(), now_ms)).unwrap();
+        // Spooled before the current attachment was made: the container was started again since.
+        flatnet_proto::spool::write(&dir, &spooled("restarted", conf(), 1000)).unwrap();
+        // Valid file, invalid request: the config is not a network configuration.
+        let mut bad = spooled("broken", conf(), now_ms);
+        bad.config = "{\"cniVersion\":\"1.0.0\"}".into();
+        flatnet_proto::spool::write(&dir, &bad).unwrap();
+
+        let s = e.sweep(Pass::Startup, Some(&spool)).await.unwrap();
+        assert_eq!(
+            (
+                s.spool_applied,
+                s.spool_discarded,
+                s.spool_rejected,
+                s.spool_failed
+            ),
+            (1, 1, 1, 0),
+            "{s:?}"
+        );
+        assert_eq!(held(&e), vec!["restarted"]);
+        assert!(!e.nl.has_link(&veth_name("stopped", "eth0")));
+        assert!(e.nl.has_link(&veth_name("restarted", "eth0")));
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|d| d.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("rejected")]);
+
+        // A DEL the kernel refuses stays spooled for the next sweep.
+        flatnet_proto::spool::write(&dir, &spooled("restarted", conf(), now_ms + 5000)).unwrap();
+        *e.nl.fail_on.lock().unwrap() = Some("delete_link");
+        let s = e.sweep(Pass::Startup, Some(&spool)).await.unwrap();
+        assert_eq!(s.spool_failed, 1, "{s:?}");
+        *e.nl.fail_on.lock().unwrap() = None;
+        let s = e.sweep(Pass::Startup, Some(&spool)).await.unwrap();
+        assert_eq!(s.spool_applied, 1, "{s:?}");
+        assert!(held(&e).is_empty());
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+}
