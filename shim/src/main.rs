@@ -1,9 +1,11 @@
 //! `flatnet`, the CNI plugin binary: answers VERSION itself and forwards every other command to
 //! flatnetd as one gRPC call. stdout carries exactly one protocol JSON document (or nothing, for a
-//! successful DEL, GC or STATUS); short diagnostics go to stderr, and only on errors.
+//! successful DEL, GC or STATUS); short diagnostics go to stderr, and only on errors (and for a DEL
+//! that was spooled because flatnetd could not take it, see `spool`).
 
 mod client;
 mod request;
+mod spool;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -18,7 +20,11 @@ fn main() -> ExitCode {
     let env = cni_env();
     let outcome = match request::parse(&env, io::stdin().lock()) {
         Ok(Invocation::Version(json)) => Ok(json),
-        Ok(Invocation::Exec(req)) => client::exec(&req, &request_id),
+        Ok(Invocation::Exec(req)) => match client::exec(&req, &request_id) {
+            // DEL must succeed even when flatnetd cannot take it now: record it for later.
+            Err(err) if spool::applies(&req, &err) => spool::record(&req, err),
+            other => other,
+        },
         Err(err) => Err(err),
     };
     match outcome {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 
 use common::{add_stdin, assert_error, run, TempDir};
@@ -150,13 +151,48 @@ fn socket_without_listener_is_code_11() {
 }
 
 #[test]
-fn del_without_daemon_is_code_11_too() {
-    // DEL comes without a namespace when the container is already gone; it still goes to the daemon.
+fn del_without_daemon_is_spooled_and_succeeds() {
+    // DEL comes without a namespace when the container is already gone. With no daemon it is
+    // recorded next to the socket for flatnetd to apply later, and the runtime sees success.
     let dir = TempDir::new();
     let socket = dir.socket("flatnetd.sock");
+    let stdin = add_stdin(&socket);
     let run = run(
         &[("CNI_COMMAND", Some("DEL")), ("CNI_NETNS", Some(""))],
-        &add_stdin(&socket),
+        &stdin,
     );
-    assert_error(&run, 11, "1.0.0", &[&socket]);
+    assert_eq!(run.code, Some(0), "stderr {:?}", run.stderr);
+    assert!(run.stdout.is_empty(), "stdout {:?}", run.stdout);
+    assert!(
+        run.stderr.contains("recorded in"),
+        "stderr {:?}",
+        run.stderr
+    );
+
+    let spool = dir.path().join(flatnet_proto::spool::DIR_NAME);
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&spool), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&spool)
+        .expect("spool dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(mode(&files[0]), 0o600);
+    let entry = flatnet_proto::spool::parse(&std::fs::read(&files[0]).expect("read"))
+        .expect("a well-formed spool file");
+    assert_eq!(entry.network, "dumpnet");
+    assert_eq!(entry.netns, "");
+    assert_eq!(entry.ifname, "eth0");
+    assert_eq!(entry.config.as_bytes(), &stdin[..]);
+    assert!(files[0].ends_with(entry.file_name()));
+
+    // ADD without a daemon is still code 11, and is not spooled.
+    let add = run_add(&stdin);
+    assert_error(&add, 11, "1.0.0", &[&socket]);
+    assert_eq!(std::fs::read_dir(&spool).expect("spool dir").count(), 1);
+}
+
+fn run_add(stdin: &[u8]) -> common::Run {
+    common::run(&[], stdin)
 }
