@@ -32,8 +32,8 @@ const WORKERS: usize = 8;
 const RANGE_START: Ipv4Addr = Ipv4Addr::new(10, 87, 1, 10);
 const RANGE_END: Ipv4Addr = Ipv4Addr::new(10, 87, 1, 69);
 const RANGE_SIZE: usize = 60;
-/// At most this many containers are lost during the churn.
-const MAX_LOST: usize = 12;
+/// At most this many containers are lost while attached, and this many after a failed ADD.
+const MAX_LOST_EACH: usize = 6;
 
 /// What the runtime believes about one container.
 #[derive(Debug, Clone)]
@@ -115,7 +115,11 @@ struct Churn<'a> {
     stats: Stats,
     violations: Mutex<Vec<String>>,
     lost: Mutex<Vec<Lost>>,
-    lost_count: AtomicUsize,
+    /// Containers lost while attached, and after a failed ADD.
+    lost_attached: AtomicUsize,
+    lost_failed: AtomicUsize,
+    /// Numbers the containers that replace lost ones.
+    replacements: AtomicUsize,
 }
 
 /// Sets the flag when dropped, so the workers stop even if the kill loop panics.
@@ -156,7 +160,10 @@ impl Churn<'_> {
     fn step(&self, slot: &mut Slot, rng: &mut Rng) {
         let (host, conf) = (self.host, &self.conf);
         let belief = slot.belief.clone();
-        if matches!(belief, Belief::Attached(_)) && rng.chance(3) && self.lose(slot, "attached") {
+        if matches!(belief, Belief::Attached(_))
+            && rng.chance(3)
+            && self.lose(slot, &self.lost_attached, "attached")
+        {
             return;
         }
         let e0 = self.epoch.load(Ordering::SeqCst);
@@ -246,18 +253,18 @@ impl Churn<'_> {
         // An ADD that was in flight when the daemon died may have left half an attachment: lose
         // such containers often, the others now and then.
         let in_flight_at_kill = e0 % 2 == 0 && e1 != e0;
-        if verb == "ADD" && rng.chance(if in_flight_at_kill { 50 } else { 5 }) {
-            self.lose(slot, "after a failed ADD");
+        if verb == "ADD" && rng.chance(if in_flight_at_kill { 50 } else { 2 }) {
+            self.lose(slot, &self.lost_failed, "after a failed ADD");
         }
     }
 
     /// The runtime loses the container: its namespace is deleted and no DEL follows. The slot gets
     /// a fresh container. `false` when enough containers were lost already.
-    fn lose(&self, slot: &mut Slot, when: &str) -> bool {
-        let n = self.lost_count.fetch_add(1, Ordering::SeqCst);
-        if n >= MAX_LOST {
+    fn lose(&self, slot: &mut Slot, budget: &AtomicUsize, when: &str) -> bool {
+        if budget.fetch_add(1, Ordering::SeqCst) >= MAX_LOST_EACH {
             return false;
         }
+        let n = self.replacements.fetch_add(1, Ordering::SeqCst);
         let host_veth = host_end_of_eth0(self.host, &slot.c);
         slot.note(format!("lost {when} (host veth {host_veth:?})"));
         slot.c.delete();
@@ -286,7 +293,9 @@ fn sigkill_during_churn_loses_and_leaks_nothing() {
         stats: Stats::default(),
         violations: Mutex::new(Vec::new()),
         lost: Mutex::new(Vec::new()),
-        lost_count: AtomicUsize::new(0),
+        lost_attached: AtomicUsize::new(0),
+        lost_failed: AtomicUsize::new(0),
+        replacements: AtomicUsize::new(0),
     };
     let conf = churn.conf.clone();
     let slots: Vec<Mutex<Slot>> = (0..POOL)
