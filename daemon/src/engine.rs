@@ -243,6 +243,18 @@ pub struct Engine<N, S> {
     /// Allocations whose veth the last periodic sweep found missing but were still in their grace
     /// (see [`reconcile`]). Only touched with the gate held exclusively.
     suspects: std::sync::Mutex<HashSet<AllocKey>>,
+    /// Addresses that may be live in a container without an allocation: a failed ADD whose undo
+    /// could not delete its veth. Never handed out until that veth is gone (the sweep, a DEL or a
+    /// retried ADD removes it); a restart does not need them, as reconcile removes such veths first.
+    quarantine: std::sync::Mutex<Vec<Quarantined>>,
+}
+
+/// See [`Engine::quarantine`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Quarantined {
+    network: String,
+    address: Ipv4Addr,
+    host_veth: String,
 }
 
 impl<N: Netlink, S: Store> Engine<N, S> {
@@ -255,6 +267,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             locks: Default::default(),
             bridges: Default::default(),
             suspects: Default::default(),
+            quarantine: Default::default(),
         }
     }
 
@@ -292,6 +305,22 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             Command::Status => self.status(&conf).await.map(|()| String::new()),
             Command::Gc => unreachable!("GC returned above"),
         }
+    }
+
+    fn is_quarantined(&self, network: &str, ip: Ipv4Addr) -> bool {
+        self.quarantine
+            .lock()
+            .expect("quarantine poisoned")
+            .iter()
+            .any(|q| q.network == network && q.address == ip)
+    }
+
+    /// The veth `host_veth` is gone: addresses held back for it may be handed out again.
+    fn release_quarantine(&self, host_veth: &str) {
+        self.quarantine
+            .lock()
+            .expect("quarantine poisoned")
+            .retain(|q| q.host_veth != host_veth);
     }
 
     fn busy(what: &str, holder: &str, waited: Duration) -> Error {
@@ -388,7 +417,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
 
         self.check_overlap(conf)?;
-        let ip = ipam::choose(&self.store, &conf.name, &conf.ipam, requested)?;
+        let ip = ipam::choose_excluding(&self.store, &conf.name, &conf.ipam, requested, &|ip| {
+            self.is_quarantined(&conf.name, ip)
+        })?;
         let host_veth = veth_name(&req.container_id, &req.ifname);
         let mac = args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac);
         let attached = self
@@ -418,23 +449,44 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 match recorded {
                     Ok(()) => match self.store.flush().await {
                         Ok(()) => return Ok(alloc.result.render(&conf.cni_version)),
-                        Err(e) => {
-                            let _ = self.store.remove(&key);
-                            Error::from(e)
-                        }
+                        Err(e) => (Error::from(e), true),
                     },
-                    Err(e) => Error::from(e),
+                    Err(e) => (Error::from(e), false),
                 }
             }
-            Err(e) => e,
+            Err(e) => (e, false),
         };
-        // Undo: the veth pair (deleting the host end removes the peer too). Nothing was recorded.
+        let (outcome, recorded) = outcome;
+        // Undo: the veth pair first (deleting the host end removes the peer and the address in the
+        // container too), and only then the record: the address must stay held while an interface
+        // may still carry it.
         match self.nl.delete_link(&host_veth).await {
-            Ok(_) => Err(outcome),
-            Err(undo) => Err(Error::RollbackFailed {
-                error: Box::new(outcome),
-                undo: undo.to_string(),
-            }),
+            Ok(_) => {
+                if recorded {
+                    // Nothing flushed it; a failure here only leaves a record whose veth is gone,
+                    // which reconcile releases.
+                    let _ = self.store.remove(&key);
+                }
+                Err(outcome)
+            }
+            Err(undo) => {
+                if !recorded {
+                    self.quarantine
+                        .lock()
+                        .expect("quarantine poisoned")
+                        .push(Quarantined {
+                            network: conf.name.clone(),
+                            address: ip,
+                            host_veth: host_veth.clone(),
+                        });
+                }
+                tracing::error!(host_veth, address = %ip, error = %undo,
+                    "cannot undo a failed ADD; its address is held back until the interface is gone");
+                Err(Error::RollbackFailed {
+                    error: Box::new(outcome),
+                    undo: undo.to_string(),
+                })
+            }
         }
     }
 
@@ -486,6 +538,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     )));
                 }
                 self.nl.delete_link(host_veth).await?;
+                self.release_quarantine(host_veth);
             } else if first.errno() == Some(nix::libc::EEXIST) {
                 return Err(Error::Netlink(NetlinkError::Conflict(format!(
                     "an interface named {ifname} already exists in {}: choose another CNI_IFNAME",
@@ -602,6 +655,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         };
         // The address is released only once its interface is gone, so it can never be live twice.
         self.nl.delete_link(&host_veth).await?;
+        self.release_quarantine(&host_veth);
         if existing.is_some() {
             self.store.remove(&key)?;
             self.store.flush().await?;
@@ -845,13 +899,13 @@ pub(crate) mod tests {
     pub(crate) struct FakeNetlink {
         pub(crate) ops: Mutex<Vec<String>>,
         pub(crate) links: Mutex<HashMap<String, LinkState>>,
-        pub(crate) fail_on: Mutex<Option<&'static str>>,
+        pub(crate) fail_on: Mutex<HashSet<&'static str>>,
     }
 
     impl FakeNetlink {
         fn record(&self, op: &'static str, detail: String) -> Result<(), NetlinkError> {
             self.ops.lock().unwrap().push(format!("{op} {detail}"));
-            if *self.fail_on.lock().unwrap() == Some(op) {
+            if self.fail_on.lock().unwrap().contains(op) {
                 return Err(NetlinkError::Conflict(format!("injected failure in {op}")));
             }
             Ok(())
@@ -1006,7 +1060,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn failure_half_way_rolls_back() {
         let e = engine();
-        *e.nl.fail_on.lock().unwrap() = Some("configure_container");
+        e.nl.fail_on.lock().unwrap().insert("configure_container");
         let err = e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
         assert_eq!(err.code(), Code::Kernel);
         assert!(e.store().list(None).unwrap().is_empty());
@@ -1015,6 +1069,41 @@ pub(crate) mod tests {
             .nl
             .ops()
             .contains(&format!("delete_link {}", veth_name("c1", "eth0"))));
+    }
+
+    #[tokio::test]
+    async fn an_address_whose_undo_failed_is_held_back() {
+        let e = engine();
+        e.nl.fail_on
+            .lock()
+            .unwrap()
+            .extend(["configure_container", "delete_link"]);
+        let err = e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
+        assert!(matches!(err, Error::RollbackFailed { .. }), "{err}");
+        assert!(e.store().list(None).unwrap().is_empty());
+        e.nl.fail_on.lock().unwrap().clear();
+        // 10.87.1.10 may still be on c1's interface: the next container gets .11, then none is left.
+        let out: Value =
+            serde_json::from_str(&e.exec(&req(Command::Add, "c2", conf())).await.unwrap()).unwrap();
+        assert_eq!(out["ips"][0]["address"], "10.87.1.11/24");
+        let mut taken = req(Command::Add, "c3", conf());
+        taken.args = "IP=10.87.1.10".into();
+        assert_eq!(
+            e.exec(&taken).await.unwrap_err().code(),
+            Code::AddressUnavailable
+        );
+        // The runtime's DEL for the failed container removes the interface: the address is free.
+        e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
+        e.exec(&taken).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_nothing_and_leaves_nothing() {
+        let e = Engine::new(FakeNetlink::default(), BrokenDisk::default(), "boot".into());
+        let err = e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
+        assert_eq!(err.code(), Code::Io, "{err}");
+        assert!(e.store().list(None).unwrap().is_empty());
+        assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
     }
 
     #[tokio::test]

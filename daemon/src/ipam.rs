@@ -107,6 +107,12 @@ pub trait Store: Send + Sync + 'static {
     fn put_network(&self, record: &NetworkRecord) -> Result<bool, StoreError>;
     /// Proves the store can still take a write and make it durable (STATUS asks this).
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Makes the address index agree with the allocations (an allocation whose address is not
+    /// indexed would let that address be handed out again); returns how many entries it fixed.
+    /// Stores without a separate index have nothing to do.
+    fn repair_index(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 }
 
 /// Why no address could be chosen.
@@ -168,6 +174,19 @@ pub fn choose<S: Store>(
     ipam: &IpamConf,
     requested: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr, IpamError> {
+    choose_excluding(store, network, ipam, requested, &|_| false)
+}
+
+/// [`choose`], also treating the addresses `held` says yes to as taken (addresses that may still be
+/// live in a container although no allocation records them).
+pub fn choose_excluding<S: Store>(
+    store: &S,
+    network: &str,
+    ipam: &IpamConf,
+    requested: Option<Ipv4Addr>,
+    held: &dyn Fn(Ipv4Addr) -> bool,
+) -> Result<Ipv4Addr, IpamError> {
+    let taken = |ip| -> Result<bool, StoreError> { Ok(held(ip) || store.is_taken(network, ip)?) };
     if let Some(ip) = requested {
         if !ipam.assignable(ip) {
             let reserved = if ip == ipam.gateway {
@@ -185,7 +204,7 @@ pub fn choose<S: Store>(
                 reserved,
             });
         }
-        if store.is_taken(network, ip)? {
+        if taken(ip)? {
             let owner = store
                 .list(Some(network))?
                 .into_iter()
@@ -201,7 +220,7 @@ pub fn choose<S: Store>(
         return Ok(ip);
     }
     let last = store.last_handed_out(network)?;
-    pick(ipam, last, |ip| store.is_taken(network, ip))?.ok_or_else(|| IpamError::Exhausted {
+    pick(ipam, last, taken)?.ok_or_else(|| IpamError::Exhausted {
         network: network.to_string(),
         start: ipam.range_start,
         end: ipam.range_end,
@@ -357,6 +376,36 @@ impl Store for SledStore {
         }
         self.networks.insert(record.name.as_bytes(), value)?;
         Ok(true)
+    }
+
+    fn repair_index(&self) -> Result<usize, StoreError> {
+        let mut fixed = 0;
+        let mut claimed: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
+        for kv in self.allocs.iter() {
+            let (key, value) = kv?;
+            let alloc = decode(&value)?;
+            let akey = addr_key(&alloc.network, alloc.address);
+            if let Some(other) = claimed.insert(akey.clone(), key.to_vec()) {
+                // Two records for one address: nothing here can tell which is right; say so loudly.
+                tracing::error!(address = %alloc.address, network = %alloc.network,
+                    first = %String::from_utf8_lossy(&other).replace('\0', "/"),
+                    second = %String::from_utf8_lossy(&key).replace('\0', "/"),
+                    "two allocations hold the same address");
+                continue;
+            }
+            if self.addrs.get(&akey)?.as_deref() != Some(&key[..]) {
+                self.addrs.insert(akey, key.to_vec())?;
+                fixed += 1;
+            }
+        }
+        for kv in self.addrs.iter() {
+            let (akey, _) = kv?;
+            if !claimed.contains_key(akey.as_ref()) {
+                self.addrs.remove(akey)?;
+                fixed += 1;
+            }
+        }
+        Ok(fixed)
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
@@ -575,6 +624,21 @@ pub(crate) mod tests {
         ));
     }
 
+    /// Opens the store again; sled's background threads may hold the file lock for a moment after
+    /// the previous handle is dropped.
+    fn reopen(dir: &Path) -> SledStore {
+        for _ in 0..100 {
+            match SledStore::open(dir) {
+                Ok(s) => return s,
+                Err(StoreError::Db(sled::Error::Io(e))) if e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopening {}: {e}", dir.display()),
+            }
+        }
+        panic!("{} stayed locked", dir.display())
+    }
+
     #[test]
     fn sled_store_refuses_double_owner_and_survives_reopen() {
         let dir = std::env::temp_dir().join(format!("flatnet-ipam-test-{}", std::process::id()));
@@ -592,7 +656,7 @@ pub(crate) mod tests {
             futures::executor::block_on(s.flush()).unwrap();
         }
         {
-            let s = SledStore::open(&dir).unwrap();
+            let s = reopen(&dir);
             assert_eq!(s.get(&alloc("a", ip).key()).unwrap().unwrap().address, ip);
             assert_eq!(s.list(Some("n")).unwrap().len(), 1);
             assert_eq!(s.list(Some("other")).unwrap().len(), 0);
@@ -614,10 +678,25 @@ pub(crate) mod tests {
                 !s.put_network(&net).unwrap(),
                 "unchanged: not written again"
             );
+            // An allocation whose address lost its index entry, and an entry nobody owns.
+            s.insert(&alloc("b", ip)).unwrap();
+            s.addrs.remove(addr_key("n", ip)).unwrap();
+            s.addrs
+                .insert(
+                    addr_key("n", Ipv4Addr::new(10, 87, 1, 9)),
+                    b"n\0gone\0eth0".as_slice(),
+                )
+                .unwrap();
+            assert!(!s.is_taken("n", ip).unwrap());
+            assert_eq!(s.repair_index().unwrap(), 2);
+            assert!(s.is_taken("n", ip).unwrap());
+            assert!(!s.is_taken("n", Ipv4Addr::new(10, 87, 1, 9)).unwrap());
+            assert_eq!(s.repair_index().unwrap(), 0);
+            s.remove(&alloc("b", ip).key()).unwrap();
             futures::executor::block_on(s.probe()).unwrap();
         }
         {
-            let s = SledStore::open(&dir).unwrap();
+            let s = reopen(&dir);
             assert_eq!(s.network("n").unwrap().unwrap().bridge, "br-n");
             assert_eq!(s.networks().unwrap().len(), 1);
             assert!(s.network("other").unwrap().is_none());

@@ -67,6 +67,8 @@ pub struct Summary {
     pub bridges: usize,
     /// Kept veths put back on their bridge.
     pub reattached: usize,
+    /// Address index entries fixed at start (see `Store::repair_index`).
+    pub index_repaired: usize,
     /// Spooled DELs applied, discarded as stale, moved aside as malformed, or left for later.
     pub spool_applied: usize,
     pub spool_discarded: usize,
@@ -85,6 +87,7 @@ impl Summary {
         self.released() > 0
             || self.links_removed > 0
             || self.reattached > 0
+            || self.index_repaired > 0
             || self.spool_applied + self.spool_discarded + self.spool_rejected > 0
     }
 }
@@ -139,6 +142,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 waiting = s.waiting,
                 links_removed = s.links_removed,
                 reattached = s.reattached,
+                index_repaired = s.index_repaired,
                 spooled_dels_applied = s.spool_applied,
                 spooled_dels_stale = s.spool_discarded,
                 spooled_dels_rejected = s.spool_rejected,
@@ -156,6 +160,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     }
 
     async fn reconcile_locked(&self, pass: Pass, s: &mut Summary) -> Result<(), Error> {
+        if pass == Pass::Startup {
+            s.index_repaired = self.store.repair_index()?;
+        }
         let mut links: HashMap<String, LinkState> = self.nl.links().await?.into_iter().collect();
         let allocs = self.store.list(None)?;
         let now = unix_now();
@@ -213,9 +220,6 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         *self.suspects.lock().expect("suspects poisoned") = suspects;
         s.kept = kept.len();
-        if released_any {
-            self.store.flush().await?;
-        }
 
         // Bridges of the networks that keep allocations, and kept veths that lost theirs.
         let mut by_network: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
@@ -280,11 +284,20 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         for name in orphans {
             match self.nl.delete_link(&name).await {
                 Ok(_) => {
+                    links.remove(&name);
                     s.links_removed += 1;
                     tracing::info!(link = %name, "removed an fn-* link that no allocation owns");
                 }
                 Err(e) => s.failures.push(e.to_string()),
             }
+        }
+        // Addresses held back for veths that are gone now may be handed out again.
+        self.quarantine
+            .lock()
+            .expect("quarantine poisoned")
+            .retain(|q| links.contains_key(&q.host_veth));
+        if s.index_repaired > 0 || released_any {
+            self.store.flush().await?;
         }
         Ok(())
     }
@@ -460,6 +473,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_sweep_frees_an_address_held_back_by_a_failed_undo() {
+        let e = engine();
+        e.nl.fail_on
+            .lock()
+            .unwrap()
+            .extend(["configure_container", "delete_link"]);
+        e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
+        e.nl.fail_on.lock().unwrap().clear();
+        assert!(e.is_quarantined("flatnet", std::net::Ipv4Addr::new(10, 87, 1, 10)));
+        let s = e.sweep(Pass::Periodic, None).await.unwrap();
+        assert_eq!(s.links_removed, 1, "{s:?}");
+        assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
+        assert!(!e.is_quarantined("flatnet", std::net::Ipv4Addr::new(10, 87, 1, 10)));
+    }
+
+    #[tokio::test]
     async fn sweep_waits_for_requests_and_requests_wait_for_it() {
         let e = std::sync::Arc::new(engine());
         let shared = e.gate.read().await;
@@ -539,10 +568,10 @@ mod tests {
 
         // A DEL the kernel refuses stays spooled for the next sweep.
         flatnet_proto::spool::write(&dir, &spooled("restarted", conf(), now_ms + 5000)).unwrap();
-        *e.nl.fail_on.lock().unwrap() = Some("delete_link");
+        e.nl.fail_on.lock().unwrap().insert("delete_link");
         let s = e.sweep(Pass::Startup, Some(&spool)).await.unwrap();
         assert_eq!(s.spool_failed, 1, "{s:?}");
-        *e.nl.fail_on.lock().unwrap() = None;
+        e.nl.fail_on.lock().unwrap().clear();
         let s = e.sweep(Pass::Startup, Some(&spool)).await.unwrap();
         assert_eq!(s.spool_applied, 1, "{s:?}");
         assert!(held(&e).is_empty());
