@@ -5,8 +5,10 @@
 //!
 //! Locking: every request holds the gate ([`Engine::gate`]) shared and then its network's lock;
 //! reconcile, the sweep and GC hold the gate exclusively, so they never see an ADD half way (its
-//! veth exists before its allocation is recorded). Each wait is bounded by the request's deadline
-//! and [`LOCK_WAIT`]; a request that cannot get its turn fails with code 11 ("try again").
+//! veth exists before its allocation is recorded). They take it only when no request holds it
+//! (polled, never queued ahead of requests), so a stuck request delays only them. Each wait is
+//! bounded by the request's deadline and [`LOCK_WAIT`]; a request that cannot get its turn fails
+//! with code 11 ("try again").
 //!
 //! Crash safety: ADD records the allocation only after the kernel work succeeded and flushes before
 //! it replies; DEL removes the interface before it releases the address. So a SIGKILL at any point
@@ -321,6 +323,26 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             .lock()
             .expect("quarantine poisoned")
             .retain(|q| q.host_veth != host_veth);
+    }
+
+    /// The gate held exclusively, waited for at most `budget`. It is polled rather than queued
+    /// for: a queued writer makes every new request wait behind it, so one request stuck in the
+    /// kernel would stall all the others for as long as the writer waits. Under a storm of
+    /// requests this may not get its turn; the sweep then skips a pass, GC answers "busy".
+    async fn gate_exclusive(
+        &self,
+        budget: Duration,
+    ) -> Option<tokio::sync::RwLockWriteGuard<'_, ()>> {
+        let until = Instant::now() + budget;
+        loop {
+            if let Ok(guard) = self.gate.try_write() {
+                return Some(guard);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     fn busy(what: &str, holder: &str, waited: Duration) -> Error {
@@ -786,9 +808,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             })
         })?;
         let budget = wait_budget(deadline);
-        let _gate = tokio::time::timeout(budget, self.gate.write())
+        let _gate = self
+            .gate_exclusive(budget)
             .await
-            .map_err(|_| Self::busy("the daemon", "requests in flight", budget))?;
+            .ok_or_else(|| Self::busy("the daemon", "requests in flight", budget))?;
         let _guard = self.lock(&conf.name, deadline).await?;
         let mut failures = Vec::new();
         let mut released = 0;

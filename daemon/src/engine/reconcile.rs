@@ -38,7 +38,7 @@ use std::time::Duration;
 /// missing (a younger one waits for the next pass).
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// How long a periodic pass waits for requests in flight to finish before it skips its turn.
+/// How long a periodic pass waits for a moment without requests in flight before it skips its turn.
 pub const SWEEP_GATE_WAIT: Duration = Duration::from_secs(10);
 
 /// Which pass this is.
@@ -120,9 +120,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     pub async fn sweep(&self, pass: Pass, spool: Option<&Spool>) -> Result<Summary, Error> {
         let _gate = match pass {
             Pass::Startup => self.gate.write().await,
-            Pass::Periodic => tokio::time::timeout(SWEEP_GATE_WAIT, self.gate.write())
+            Pass::Periodic => self
+                .gate_exclusive(SWEEP_GATE_WAIT)
                 .await
-                .map_err(|_| Self::busy("the sweep", "requests in flight", SWEEP_GATE_WAIT))?,
+                .ok_or_else(|| Self::busy("the sweep", "requests in flight", SWEEP_GATE_WAIT))?,
         };
         let mut summary = Summary::default();
         if let Err(e) = self.reconcile_locked(pass, &mut summary).await {
@@ -489,7 +490,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sweep_waits_for_requests_and_requests_wait_for_it() {
+    async fn sweep_waits_for_requests_without_holding_them_up() {
         let e = std::sync::Arc::new(engine());
         let shared = e.gate.read().await;
         let sweeping = {
@@ -501,6 +502,11 @@ mod tests {
             !sweeping.is_finished(),
             "the sweep ran while a request was in flight"
         );
+        // A waiting sweep does not hold up new requests behind a stuck one.
+        let other = tokio::time::timeout(Duration::from_millis(100), e.gate.read())
+            .await
+            .expect("a new request got the gate while the sweep waited");
+        drop(other);
         drop(shared);
         sweeping.await.unwrap().unwrap();
     }
