@@ -37,6 +37,10 @@ pub mod reconcile;
 /// this is only reached when something is stuck.
 pub const LOCK_WAIT: Duration = Duration::from_secs(20);
 
+/// How long STATUS waits for the state database to make a write durable before it says the daemon
+/// cannot serve (a flush normally takes milliseconds).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Time kept back from a request's deadline, so the "busy" answer reaches the client before the
 /// client gives up by itself.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
@@ -869,10 +873,19 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     /// STATUS: 51 when the daemon cannot serve at all (its database cannot take a durable write,
     /// or the kernel does not answer), 50 when this network has no address left for an ADD.
     async fn status(&self, conf: &NetConf) -> Result<(), Error> {
-        if let Err(e) = self.store.probe().await {
-            return Err(Error::Unavailable(format!(
-                "flatnetd cannot serve requests: its state database cannot make a write durable ({e})"
-            )));
+        match tokio::time::timeout(PROBE_TIMEOUT, self.store.probe()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Error::Unavailable(format!(
+                    "flatnetd cannot serve requests: its state database cannot make a write durable ({e})"
+                )))
+            }
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "flatnetd cannot serve requests: its state database did not make a write durable within {} s",
+                    PROBE_TIMEOUT.as_secs()
+                )))
+            }
         }
         if let Err(e) = self.nl.link(&conf.bridge).await {
             return Err(Error::Unavailable(format!(

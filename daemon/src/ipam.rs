@@ -413,7 +413,10 @@ impl Store for SledStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or_default();
-        self.meta.insert(b"probe", &now.to_be_bytes())?;
+        // About the size of an allocation record, so a disk without room for one more fails here.
+        let mut value = vec![0u8; 1024];
+        value[..8].copy_from_slice(&now.to_be_bytes());
+        self.meta.insert(b"probe", value)?;
         self.db.flush_async().await?;
         Ok(())
     }

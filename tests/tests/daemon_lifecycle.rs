@@ -562,3 +562,76 @@ fn gc_and_status_speak_cni_1_1() {
     old_status["cniVersion"] = json!("1.0.0");
     status(&old_status).assert_code(1);
 }
+
+/// A small tmpfs mounted over `dir` by exact path; unmounted (lazily, as the daemon may still hold
+/// files in it) on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        fs::create_dir_all(&dir).expect("mount point");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "mount tmpfs on {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn status_is_51_when_the_state_disk_is_full() {
+    let Some(host) = host() else { return };
+    let conf = host.conf(json!({"cniVersion": "1.1.0"}));
+    host.stop_daemon();
+    let state = Tmpfs::mount(host.dir().join("state"), "4m");
+    let daemon = Daemon::start(&host, &["--sweep-interval", "0"], &[]);
+    host.cni("STATUS", None, "", "", "", &conf)
+        .assert_ok_empty();
+
+    // Fill the state disk to the last byte.
+    let mut fill = fs::File::create(state.0.join("fill")).expect("create");
+    let chunk = vec![0u8; 64 * 1024];
+    while fill.write_all(&chunk).is_ok() {}
+    while fill.write_all(&chunk[..512]).is_ok() {}
+    drop(fill);
+
+    // The next write the database makes durable fails; STATUS says the daemon cannot serve.
+    let mut last = None;
+    for _ in 0..50 {
+        let out = host.cni("STATUS", None, "", "", "", &conf);
+        if out.status != 0 {
+            last = Some(out);
+            break;
+        }
+    }
+    let out = last.expect("STATUS kept answering ok on a full disk");
+    out.assert_code(51);
+    assert!(out.msg().contains("state database"), "{out}");
+
+    // An ADD on that disk fails and leaves nothing behind.
+    let c = host.container("nospace");
+    let add = host.add(&c, &conf);
+    add.assert_cni_error();
+    assert_eq!(host.host_veths(), Vec::<String>::new(), "{add}");
+    assert_eq!(non_lo_links(c.name()), Vec::<String>::new(), "{add}");
+    drop(daemon);
+}
