@@ -212,6 +212,7 @@ fn network_record(conf: &NetConf) -> ipam::NetworkRecord {
         is_gateway: conf.is_gateway,
         mtu: conf.mtu,
         hairpin: conf.hairpin_mode,
+        range: Some((conf.ipam.range_start, conf.ipam.range_end)),
     }
 }
 
@@ -1339,6 +1340,7 @@ pub(crate) mod tests {
                 is_gateway: true,
                 mtu: Some(1400),
                 hairpin: true,
+                range: Some((Ipv4Addr::new(10, 87, 1, 10), Ipv4Addr::new(10, 87, 1, 11))),
             }
         );
     }

@@ -73,6 +73,10 @@ pub struct NetworkRecord {
     pub is_gateway: bool,
     pub mtu: Option<u32>,
     pub hairpin: bool,
+    /// The addresses it hands out (`rangeStart`, `rangeEnd`), for inspection; `None` in records
+    /// written before the range was remembered.
+    #[serde(default)]
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -675,6 +679,7 @@ pub(crate) mod tests {
                 is_gateway: true,
                 mtu: None,
                 hairpin: false,
+                range: None,
             };
             assert!(s.put_network(&net).unwrap());
             assert!(
