@@ -1,0 +1,522 @@
+//! The table: one row per metric with Flatnet, the reference, how many times better Flatnet is,
+//! the target from issue 5 and whether it was met (and by how much it was missed). Rendered as a
+//! Markdown table with padded columns, which reads the same in a terminal and in BENCHMARKS.md.
+
+use super::memory::{Memory, RESTARTS};
+use super::podman_run::Outcome;
+use super::sequential::Latency;
+use super::stats::{ms, Summary};
+use super::throughput::Rate;
+use std::time::Duration;
+
+/// Everything one run measured. Index 0 is Flatnet, 1 the reference.
+pub struct Results {
+    pub n: usize,
+    pub version_runs: usize,
+    pub version: [Option<Summary>; 2],
+    /// [[flatnet, bridge], [flatnetd, host-local]] in bytes.
+    pub sizes: [[Option<u64>; 2]; 2],
+    pub latency: Option<Latency>,
+    pub cycles_total: usize,
+    pub cycles: Vec<(usize, [Rate; 2])>,
+    pub podman_runs: usize,
+    pub podman: Outcome,
+    pub memory: Option<Memory>,
+    /// Plugin calls, failed calls, verification failures.
+    pub calls: [u64; 2],
+    pub failures: [u64; 2],
+    pub verify_failures: [u64; 2],
+    pub messages: Vec<String>,
+}
+
+impl Results {
+    /// Failed calls, failed verifications and failed `podman run`s, all sides together.
+    pub fn total_failures(&self) -> u64 {
+        let podman = match &self.podman {
+            Outcome::Measured { failures, .. } => failures.iter().sum(),
+            Outcome::NotRun(_) => 0,
+        };
+        self.failures.iter().sum::<u64>() + self.verify_failures.iter().sum::<u64>() + podman
+    }
+}
+
+pub struct Row {
+    pub metric: String,
+    pub flatnet: String,
+    pub reference: String,
+    pub advantage: String,
+    pub target: String,
+    pub result: String,
+}
+
+const NONE: &str = "—";
+
+fn fmt_ms(d: Duration) -> String {
+    fmt_ms_f(ms(d))
+}
+
+fn fmt_ms_f(v: f64) -> String {
+    if v.abs() < 10.0 {
+        format!("{v:.2} ms")
+    } else if v.abs() < 100.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.0} ms")
+    }
+}
+
+fn fmt_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn fmt_bytes(b: u64) -> String {
+    if b >= 1024 * 1024 {
+        format!("{:.2} MiB", b as f64 / 1024.0 / 1024.0)
+    } else {
+        format!("{:.0} KiB", b as f64 / 1024.0)
+    }
+}
+
+fn times(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.1}×")
+    } else {
+        format!("{x:.2}×")
+    }
+}
+
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        let left = digits.len() - i;
+        if i > 0 && left % 3 < 1 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Time target "Flatnet ≤ `max` × reference".
+fn time_ratio_result(f: f64, r: f64, max: f64) -> String {
+    let ratio = f / r;
+    if ratio <= max {
+        return "met".to_string();
+    }
+    let allowed = r * max;
+    format!(
+        "MISSED: {ratio:.2}× ref; {} over the {} allowed",
+        fmt_ms_f(f - allowed),
+        fmt_ms_f(allowed)
+    )
+}
+
+/// Rate target "Flatnet ≥ `min` × reference".
+fn rate_ratio_result(f: f64, r: f64, min: f64) -> String {
+    let ratio = f / r;
+    if ratio >= min {
+        return "met".to_string();
+    }
+    let needed = r * min;
+    format!(
+        "MISSED: {ratio:.2}× ref; {:.0}/s short of {needed:.0}/s",
+        needed - f
+    )
+}
+
+/// Absolute target "value ≤ limit".
+fn at_most(value: f64, limit: f64, fmt: impl Fn(f64) -> String) -> String {
+    if value <= limit {
+        "met".to_string()
+    } else {
+        format!("MISSED by {}", fmt(value - limit))
+    }
+}
+
+fn row(metric: impl Into<String>, flatnet: String, reference: String) -> Row {
+    Row {
+        metric: metric.into(),
+        flatnet,
+        reference,
+        advantage: NONE.to_string(),
+        target: NONE.to_string(),
+        result: String::new(),
+    }
+}
+
+fn opt_ms(s: &Option<Summary>, f: impl Fn(&Summary) -> Duration) -> String {
+    s.as_ref()
+        .map(|s| fmt_ms(f(s)))
+        .unwrap_or_else(|| "n/a".to_string())
+}
+
+/// The latency rows of one command (p50 carries the target when there is one).
+fn latency_rows(
+    rows: &mut Vec<Row>,
+    command: &str,
+    pair: &[Option<Summary>; 2],
+    n: usize,
+    target: Option<f64>,
+) {
+    type Pick = fn(&Summary) -> Duration;
+    let picks: [(&str, Pick); 3] = [("p50", |s| s.p50), ("p90", |s| s.p90), ("p99", |s| s.p99)];
+    for (i, (name, pick)) in picks.into_iter().enumerate() {
+        let mut r = row(
+            format!("{command} latency {name} (sequential, n={n})"),
+            opt_ms(&pair[0], pick),
+            opt_ms(&pair[1], pick),
+        );
+        if let [Some(f), Some(rf)] = pair {
+            let (f, rf) = (ms(pick(f)), ms(pick(rf)));
+            r.advantage = times(rf / f);
+            if let (0, Some(max)) = (i, target) {
+                r.target = format!("≤ {max}× ref");
+                r.result = time_ratio_result(f, rf, max);
+            }
+        } else if let (0, Some(max)) = (i, target) {
+            r.target = format!("≤ {max}× ref");
+            r.result = "n/a (failed)".to_string();
+        }
+        rows.push(r);
+    }
+}
+
+pub fn rows(res: &Results) -> Vec<Row> {
+    let mut rows = Vec::new();
+    match &res.latency {
+        Some(l) => {
+            latency_rows(&mut rows, "ADD", &l.add, res.n, Some(0.25));
+            latency_rows(&mut rows, "CHECK", &l.check, res.n, None);
+            latency_rows(&mut rows, "DEL", &l.del, res.n, Some(0.25));
+        }
+        None => rows.push(row(
+            "ADD/CHECK/DEL latency",
+            "not measured".into(),
+            NONE.into(),
+        )),
+    }
+
+    for (threads, rates) in &res.cycles {
+        let [f, r] = rates.map(|x| x.per_second());
+        let mut row = row(
+            format!(
+                "attach+detach cycles/s, P={threads} ({} cycles each)",
+                res.cycles_total
+            ),
+            format!("{f:.1}/s"),
+            format!("{r:.1}/s"),
+        );
+        if r > 0.0 && f > 0.0 {
+            row.advantage = times(f / r);
+        }
+        if *threads == 32 {
+            row.target = "≥ 4× ref".to_string();
+            row.result = if r > 0.0 {
+                rate_ratio_result(f, r, 4.0)
+            } else {
+                "n/a (reference made no cycle)".to_string()
+            };
+        }
+        rows.push(row);
+    }
+
+    match &res.podman {
+        Outcome::NotRun(why) => {
+            let mut r = row(
+                "podman run --rm: network share",
+                format!("not measured: {why}"),
+                NONE.into(),
+            );
+            r.target = "≤ 15 ms".to_string();
+            r.result = "n/a (no Podman)".to_string();
+            rows.push(r);
+        }
+        Outcome::Measured { runs, failures } => {
+            let none = runs[0].map(|s| s.p50);
+            let mut r = row(
+                format!(
+                    "podman run --rm … true, median of {} (--network none: {})",
+                    res.podman_runs,
+                    none.map(fmt_ms).unwrap_or_else(|| "n/a".into())
+                ),
+                opt_ms(&runs[1], |s| s.p50),
+                opt_ms(&runs[2], |s| s.p50),
+            );
+            if let (Some(f), Some(rf)) = (runs[1], runs[2]) {
+                r.advantage = times(ms(rf.p50) / ms(f.p50));
+            }
+            rows.push(r);
+            let share =
+                |s: &Option<Summary>| -> Option<f64> { Some(ms(s.as_ref()?.p50) - ms(none?)) };
+            let (fs, rs) = (share(&runs[1]), share(&runs[2]));
+            let mut r = row(
+                "podman run --rm: network share (median − median with none)",
+                fs.map(fmt_ms_f).unwrap_or_else(|| "n/a".into()),
+                rs.map(fmt_ms_f).unwrap_or_else(|| "n/a".into()),
+            );
+            if let (Some(f), Some(rf)) = (fs, rs) {
+                if f > 0.0 {
+                    r.advantage = times(rf / f);
+                }
+            }
+            r.target = "≤ 15 ms".to_string();
+            r.result = fs
+                .map(|f| at_most(f, 15.0, fmt_ms_f))
+                .unwrap_or_else(|| "n/a (failed)".to_string());
+            rows.push(r);
+            let mut r = row(
+                format!("podman run failures (--network none: {})", failures[0]),
+                failures[1].to_string(),
+                failures[2].to_string(),
+            );
+            r.target = "0".to_string();
+            r.result = if failures.iter().sum::<u64>() == 0 {
+                "met".to_string()
+            } else {
+                "MISSED".to_string()
+            };
+            rows.push(r);
+        }
+    }
+
+    match &res.memory {
+        None => rows.push(row(
+            "flatnetd memory and start-up",
+            "not measured".into(),
+            NONE.into(),
+        )),
+        Some(m) => memory_rows(&mut rows, m),
+    }
+
+    let mut r = row(
+        format!("plugin start-up: VERSION p50 (n={})", res.version_runs),
+        opt_ms(&res.version[0], |s| s.p50),
+        opt_ms(&res.version[1], |s| s.p50),
+    );
+    if let [Some(f), Some(rf)] = &res.version {
+        r.advantage = times(ms(rf.p50) / ms(f.p50));
+    }
+    rows.push(r);
+    for (label, [f, rf]) in [
+        ("binary size: flatnet shim vs bridge", res.sizes[0]),
+        ("binary size: flatnetd vs host-local", res.sizes[1]),
+    ] {
+        let mut r = row(
+            label,
+            f.map(fmt_bytes).unwrap_or_else(|| "missing".into()),
+            rf.map(fmt_bytes).unwrap_or_else(|| "missing".into()),
+        );
+        if let (Some(f), Some(rf)) = (f, rf) {
+            r.advantage = times(rf as f64 / f as f64);
+        }
+        rows.push(r);
+    }
+
+    let zero = |v: [u64; 2]| {
+        if v == [0, 0] {
+            "met".to_string()
+        } else {
+            "MISSED".to_string()
+        }
+    };
+    let mut r = row(
+        "failed plugin calls",
+        format!(
+            "{} of {}",
+            res.failures[0],
+            thousands(res.calls[0] as usize)
+        ),
+        format!(
+            "{} of {}",
+            res.failures[1],
+            thousands(res.calls[1] as usize)
+        ),
+    );
+    r.target = "0".to_string();
+    r.result = zero(res.failures);
+    rows.push(r);
+    let mut r = row(
+        "verification failures (address after ADD, none after DEL)",
+        res.verify_failures[0].to_string(),
+        res.verify_failures[1].to_string(),
+    );
+    r.target = "0".to_string();
+    r.result = zero(res.verify_failures);
+    rows.push(r);
+    rows
+}
+
+fn memory_rows(rows: &mut Vec<Row>, m: &Memory) {
+    let full = m.wanted >= 10_000;
+    let with = format!("{} allocations", thousands(m.made));
+    let no_daemon = || "— (no daemon)".to_string();
+    let partial = if m.made < m.wanted {
+        format!(
+            " (only {} of {} made{})",
+            thousands(m.made),
+            thousands(m.wanted),
+            if m.budget_hit {
+                " within the time budget"
+            } else {
+                ""
+            }
+        )
+    } else {
+        String::new()
+    };
+    let quick_na = || {
+        format!(
+            "n/a (measured with {}, target is for 10,000)",
+            thousands(m.wanted)
+        )
+    };
+
+    let tenth = thousands((m.made / 10).max(1));
+    rows.push(row(
+        format!(
+            "ADD p50 while filling to {} (8 parallel; {:.0} ADDs/s): first {tenth} → last {tenth}",
+            thousands(m.made),
+            m.made as f64 / m.add_wall.as_secs_f64().max(1e-9)
+        ),
+        match (m.add_p50_first, m.add_p50_last) {
+            (Some(a), Some(b)) => format!("{} → {}", fmt_ms(a), fmt_ms(b)),
+            _ => "n/a".to_string(),
+        },
+        "not measured".to_string(),
+    ));
+    rows.push(row(
+        "flatnetd VmRSS, fresh and idle",
+        m.idle_rss.map(fmt_kib).unwrap_or_else(|| "n/a".into()),
+        no_daemon(),
+    ));
+    let mut r = row(
+        format!("flatnetd VmRSS with {with}{partial}"),
+        m.rss.map(fmt_kib).unwrap_or_else(|| "n/a".into()),
+        no_daemon(),
+    );
+    r.target = "≤ 32 MiB".to_string();
+    r.result = match (m.rss, full && m.made >= 10_000) {
+        (Some(kib), true) => at_most(kib as f64 / 1024.0, 32.0, |v| format!("{v:.1} MiB")),
+        (Some(_), false) if !full => quick_na(),
+        _ => "n/a (not measured at 10,000)".to_string(),
+    };
+    rows.push(r);
+    rows.push(row(
+        format!("flatnetd VmRSS right after a restart with {with}"),
+        m.rss_after_restart
+            .map(fmt_kib)
+            .unwrap_or_else(|| "n/a".into()),
+        no_daemon(),
+    ));
+    rows.push(row(
+        "flatnetd start-up, empty state (spawn → first answer)",
+        fmt_ms(m.startup_empty),
+        no_daemon(),
+    ));
+    let mut sorted = m.startups.clone();
+    sorted.sort();
+    let median = sorted.get(sorted.len() / 2).copied();
+    let mut r = row(
+        format!(
+            "flatnetd start-up with {with} (median of {RESTARTS}; all: {})",
+            m.startups
+                .iter()
+                .map(|d| fmt_ms(*d))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        median.map(fmt_ms).unwrap_or_else(|| "n/a".into()),
+        no_daemon(),
+    );
+    r.target = "≤ 100 ms".to_string();
+    r.result = match median {
+        Some(d) if full && m.made >= 10_000 => at_most(ms(d), 100.0, fmt_ms_f),
+        Some(_) if !full => quick_na(),
+        _ => "n/a (not measured at 10,000)".to_string(),
+    };
+    rows.push(r);
+}
+
+/// The rows as a Markdown table with padded columns.
+pub fn table(rows: &[Row]) -> String {
+    let header = [
+        "metric",
+        "Flatnet",
+        "reference",
+        "Flatnet better by",
+        "target (issue 5)",
+        "result",
+    ];
+    let cells: Vec<[&str; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.metric.as_str(),
+                r.flatnet.as_str(),
+                r.reference.as_str(),
+                r.advantage.as_str(),
+                r.target.as_str(),
+                r.result.as_str(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for c in &cells {
+        for (w, s) in widths.iter_mut().zip(c) {
+            *w = (*w).max(s.chars().count());
+        }
+    }
+    let line = |c: &[&str; 6]| -> String {
+        let mut s = String::from("|");
+        for (cell, w) in c.iter().zip(widths) {
+            s.push(' ');
+            s.push_str(cell);
+            s.push_str(&" ".repeat(w - cell.chars().count()));
+            s.push_str(" |");
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(&header);
+    out.push('|');
+    for w in widths {
+        out.push_str(&"-".repeat(w + 2));
+        out.push('|');
+    }
+    out.push('\n');
+    for c in &cells {
+        out.push_str(&line(c));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_say_by_how_much() {
+        assert_eq!(time_ratio_result(2.0, 10.0, 0.25), "met");
+        assert_eq!(
+            time_ratio_result(4.0, 10.0, 0.25),
+            "MISSED: 0.40× ref; 1.50 ms over the 2.50 ms allowed"
+        );
+        assert_eq!(rate_ratio_result(400.0, 50.0, 4.0), "met");
+        assert_eq!(
+            rate_ratio_result(150.0, 50.0, 4.0),
+            "MISSED: 3.00× ref; 50/s short of 200/s"
+        );
+        assert_eq!(at_most(14.0, 15.0, fmt_ms_f), "met");
+        assert_eq!(at_most(18.5, 15.0, fmt_ms_f), "MISSED by 3.50 ms");
+        assert_eq!(thousands(10000), "10,000");
+        assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn table_columns_line_up() {
+        let t = table(&[row("a ≤ b", "1".into(), "22".into())]);
+        let widths: Vec<usize> = t.lines().map(|l| l.chars().count()).collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
+    }
+}

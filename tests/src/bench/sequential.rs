@@ -1,0 +1,128 @@
+//! Sequential measurements, taking turns one call at a time: VERSION (plugin start-up cost) and
+//! ADD / CHECK / DEL latency. All container namespaces exist before the first timed call; every
+//! ADD is followed (untimed) by a check that its address is on the interface, every DEL by a check
+//! that it is gone.
+
+use super::cleanup::NetnsSet;
+use super::cni::{with_prev_result, Added, Attachment, Plugin};
+use super::stats::{summarize, Summary};
+use super::Ctx;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Untimed rounds before timing: creates the bridges, warms caches and the daemon.
+const WARM_UP: usize = 3;
+
+/// Which side goes first in round `i`: alternate, so neither always runs right after the other.
+pub fn order(i: usize) -> [usize; 2] {
+    if i % 2 == 1 {
+        [1, 0]
+    } else {
+        [0, 1]
+    }
+}
+
+/// Median-focused summary of `runs` VERSION calls of each plugin, alternating.
+pub fn version(ctx: &Ctx, plugins: [&Plugin; 2], runs: usize) -> [Option<Summary>; 2] {
+    for p in plugins {
+        for _ in 0..WARM_UP {
+            p.version();
+        }
+    }
+    let mut samples: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..runs {
+        ctx.check();
+        for p in order(i) {
+            if let Some(d) = plugins[p].version() {
+                samples[p].push(d);
+            }
+        }
+    }
+    [summarize(&samples[0]), summarize(&samples[1])]
+}
+
+/// ADD, CHECK and DEL latency of each plugin.
+pub struct Latency {
+    pub add: [Option<Summary>; 2],
+    pub check: [Option<Summary>; 2],
+    pub del: [Option<Summary>; 2],
+}
+
+/// `n` containers per plugin: all ADDs (taking turns), then all CHECKs, then all DELs, so up to
+/// `n` attachments of each plugin exist at once, as on a busy host.
+pub fn latency(ctx: &Ctx, plugins: [&Plugin; 2], confs: [&Value; 2], n: usize) -> Latency {
+    let total = n + WARM_UP;
+    let names: Vec<String> = (0..2)
+        .flat_map(|p| (0..total).map(move |i| (p, i)))
+        .map(|(p, i)| format!("{}s{p}-{i}", ctx.tag))
+        .collect();
+    let netns = NetnsSet::create(names);
+    let attachment = |p: usize, i: usize| -> Attachment {
+        let name = &netns.names()[p * total + i];
+        ctx.attachment(name, "eth0")
+    };
+    let add_conf: [Vec<u8>; 2] = [confs[0].to_string().into(), confs[1].to_string().into()];
+
+    // Warm-up: the last WARM_UP containers of each side, a full ADD/CHECK/DEL each, untimed.
+    for i in n..total {
+        ctx.check();
+        for p in order(i) {
+            let a = attachment(p, i);
+            let plugin = plugins[p];
+            if let Some((_, added)) = plugin.add(&a, &add_conf[p]) {
+                plugin.verify_added(&a, &added);
+                let prev = with_prev_result(confs[p], &added.result);
+                plugin.quiet("CHECK", &a, &prev);
+                if plugin.quiet("DEL", &a, &prev).is_some() {
+                    plugin.verify_deleted(&a, &added);
+                }
+            }
+        }
+    }
+
+    // Per container index, what each side's ADD handed out.
+    let mut added: Vec<[Option<Added>; 2]> = vec![[None, None]; n];
+    let mut add: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut check: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut del: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+
+    for (i, slot) in added.iter_mut().enumerate() {
+        ctx.check();
+        for p in order(i) {
+            let a = attachment(p, i);
+            if let Some((d, result)) = plugins[p].add(&a, &add_conf[p]) {
+                add[p].push(d);
+                plugins[p].verify_added(&a, &result);
+                slot[p] = Some(result);
+            }
+        }
+    }
+    for (i, slot) in added.iter().enumerate() {
+        ctx.check();
+        for p in order(i) {
+            let Some(result) = &slot[p] else { continue };
+            let prev = with_prev_result(confs[p], &result.result);
+            if let Some(d) = plugins[p].quiet("CHECK", &attachment(p, i), &prev) {
+                check[p].push(d);
+            }
+        }
+    }
+    for (i, slot) in added.iter().enumerate() {
+        ctx.check();
+        for p in order(i) {
+            let Some(result) = &slot[p] else { continue };
+            let a = attachment(p, i);
+            let prev = with_prev_result(confs[p], &result.result);
+            if let Some(d) = plugins[p].quiet("DEL", &a, &prev) {
+                del[p].push(d);
+                plugins[p].verify_deleted(&a, result);
+            }
+        }
+    }
+    drop(netns);
+    Latency {
+        add: [summarize(&add[0]), summarize(&add[1])],
+        check: [summarize(&check[0]), summarize(&check[1])],
+        del: [summarize(&del[0]), summarize(&del[1])],
+    }
+}
