@@ -1,19 +1,65 @@
-//! The read-only inspection service (`flatnet.v1.Inspect`): converts the store's records into
-//! proto messages for flatnetctl, grpcurl and the gateway.
+//! The inspection service (`flatnet.v1.Inspect`): converts the store's records, the daemon's own
+//! facts and the allocation events into proto messages for flatnetctl, grpcurl and the gateway.
+//! `Gc` is the one method that changes anything: it runs the engine's sweep now.
+//! Address arithmetic shared with the metrics page ([`network_usage`]) lives here too.
 
+use crate::engine::reconcile::{Pass, Summary};
 use crate::engine::Engine;
-use crate::ipam::{self, Store};
+use crate::events::{Event, EventKind, EventStore};
+use crate::ipam::{self, NetworkRecord, Store, StoreError};
 use crate::netlink::Netlink;
+use crate::spool::Spool;
 use flatnet_proto::v1;
+use ipnetwork::Ipv4Network;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+
+/// Facts about the running daemon that `Status` reports.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub started: Instant,
+    /// Seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// `None`: no periodic sweep.
+    pub sweep_interval: Option<Duration>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl DaemonInfo {
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
 
 pub struct InspectService<N, S> {
-    engine: Arc<Engine<N, S>>,
+    engine: Arc<Engine<N, EventStore<S>>>,
+    spool: Arc<Spool>,
+    info: DaemonInfo,
+    /// Turns true when the daemon stops; open watches end then.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<N, S> InspectService<N, S> {
-    pub fn new(engine: Arc<Engine<N, S>>) -> Self {
-        InspectService { engine }
+    pub fn new(
+        engine: Arc<Engine<N, EventStore<S>>>,
+        spool: Arc<Spool>,
+        info: DaemonInfo,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        InspectService {
+            engine,
+            spool,
+            info,
+            stop,
+        }
     }
 }
 
@@ -38,27 +84,449 @@ fn to_proto(a: ipam::Allocation) -> v1::Allocation {
     }
 }
 
+fn event_to_proto(e: Event) -> v1::AllocationEvent {
+    let kind = match e.kind {
+        EventKind::Added => v1::EventKind::Added,
+        EventKind::Released => v1::EventKind::Released,
+    };
+    v1::AllocationEvent {
+        kind: kind.into(),
+        allocation: Some(to_proto(e.allocation)),
+        time_unix_ms: e.time_unix_ms,
+    }
+}
+
+/// One network with its address counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkUsage {
+    pub record: NetworkRecord,
+    /// The range handed out: the remembered one, or every host address of the subnet.
+    pub range: (Ipv4Addr, Ipv4Addr),
+    pub in_use: u64,
+    pub free: u64,
+}
+
+/// Every remembered network with how many addresses are held and how many can still be handed
+/// out, sorted by name. Reads the store twice (networks, allocations); nothing is locked.
+pub fn network_usage<S: Store>(store: &S) -> Result<Vec<NetworkUsage>, StoreError> {
+    let mut held: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    for a in store.list(None)? {
+        held.entry(a.network).or_default().push(a.address);
+    }
+    let mut out: Vec<NetworkUsage> = store
+        .networks()?
+        .into_iter()
+        .map(|record| {
+            let addrs = held
+                .get(&record.name)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            usage(record, addrs)
+        })
+        .collect();
+    out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+    Ok(out)
+}
+
+fn usage(record: NetworkRecord, held: &[Ipv4Addr]) -> NetworkUsage {
+    let subnet = Ipv4Network::new(record.subnet, record.prefix)
+        .unwrap_or_else(|_| Ipv4Network::from(record.subnet));
+    let (network, broadcast) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
+    let range = record.range.unwrap_or_else(|| {
+        if broadcast - network >= 2 {
+            (Ipv4Addr::from(network + 1), Ipv4Addr::from(broadcast - 1))
+        } else {
+            (subnet.network(), subnet.broadcast())
+        }
+    });
+    let (start, end) = (u32::from(range.0), u32::from(range.1));
+    // The same rule as `IpamConf::assignable`: in range, not the gateway, network or broadcast.
+    let assignable = |ip: u32| {
+        (start..=end).contains(&ip)
+            && ip != u32::from(record.gateway)
+            && ip != network
+            && ip != broadcast
+    };
+    let reserved: BTreeSet<u32> = [u32::from(record.gateway), network, broadcast]
+        .into_iter()
+        .filter(|ip| (start..=end).contains(ip))
+        .collect();
+    let size = u64::from(end.saturating_sub(start)) + u64::from(start <= end);
+    let capacity = size.saturating_sub(reserved.len() as u64);
+    let distinct: BTreeSet<u32> = held.iter().map(|ip| u32::from(*ip)).collect();
+    let used_in_range = distinct.iter().filter(|ip| assignable(**ip)).count() as u64;
+    NetworkUsage {
+        range,
+        in_use: held.len() as u64,
+        free: capacity.saturating_sub(used_in_range),
+        record,
+    }
+}
+
+/// DELs waiting in the spool: files named like spool entries (what `Spool::pending` would read),
+/// counted without reading, moving or rejecting anything.
+pub fn pending_releases(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(flatnet_proto::spool::is_file_name)
+                })
+                .count() as u64
+        })
+        .unwrap_or(0)
+}
+
+fn store_status(e: StoreError) -> Status {
+    Status::internal(format!("reading the address database: {e}"))
+}
+
+/// An address as a user may give it: `10.87.1.2` or `10.87.1.2/24`.
+fn parse_address(raw: &str) -> Result<Ipv4Addr, Status> {
+    let ip = raw.split_once('/').map_or(raw, |(ip, _)| ip).trim();
+    ip.parse().map_err(|_| {
+        Status::invalid_argument(format!("{raw:?} is not an IPv4 address (like 10.87.1.2)"))
+    })
+}
+
+/// The allocations a `GetAllocation` names. A full id or a name wins over an id prefix; more
+/// than one container left is an error that lists them.
+fn select_container(
+    list: Vec<ipam::Allocation>,
+    wanted: &str,
+) -> Result<Vec<ipam::Allocation>, Status> {
+    let mut found: Vec<_> = list
+        .into_iter()
+        .filter(|a| matches_container(a, wanted))
+        .collect();
+    let exact = |a: &ipam::Allocation| {
+        a.container_id == wanted || a.container_name.as_deref() == Some(wanted)
+    };
+    if found.iter().any(exact) {
+        found.retain(exact);
+    }
+    let containers: BTreeMap<&str, &str> = found
+        .iter()
+        .map(|a| {
+            (
+                a.container_id.as_str(),
+                a.container_name.as_deref().unwrap_or(""),
+            )
+        })
+        .collect();
+    if containers.len() > 1 {
+        let names: Vec<String> = containers
+            .iter()
+            .map(|(id, name)| format!("{} ({name})", &id[..id.len().min(12)]))
+            .collect();
+        return Err(Status::invalid_argument(format!(
+            "{wanted:?} matches {} containers: {}; give more of the id",
+            containers.len(),
+            names.join(", ")
+        )));
+    }
+    Ok(found)
+}
+
+fn gc_to_proto(s: &Summary, took: Duration) -> v1::GcResponse {
+    let n = |v: usize| v as u64;
+    v1::GcResponse {
+        kept: n(s.kept),
+        waiting: n(s.waiting),
+        released_gone: n(s.released_gone),
+        released_earlier_boot: n(s.released_earlier_boot),
+        links_removed: n(s.links_removed),
+        reattached: n(s.reattached),
+        spooled_applied: n(s.spool_applied),
+        spooled_stale: n(s.spool_discarded),
+        spooled_rejected: n(s.spool_rejected),
+        spooled_pending: n(s.spool_failed),
+        failures: s.failures.clone(),
+        duration_ms: took.as_millis() as u64,
+    }
+}
+
+/// Refuses callers other than root, like the Cni service does.
+fn authorize<T>(method: &str, request: &Request<T>) -> Result<(), Status> {
+    crate::server::authorize(request)
+        .map(|_| ())
+        .map_err(|msg| {
+            tracing::warn!(method, "refused: {msg}");
+            Status::permission_denied(msg)
+        })
+}
+
+type EventStream =
+    Pin<Box<dyn futures::Stream<Item = Result<v1::AllocationEvent, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> {
     async fn list_allocations(
         &self,
-        request: tonic::Request<v1::ListAllocationsRequest>,
-    ) -> Result<tonic::Response<v1::ListAllocationsResponse>, tonic::Status> {
-        if let Err(msg) = crate::server::authorize(&request) {
-            tracing::warn!("refused: {msg}");
-            return Err(tonic::Status::permission_denied(msg));
-        }
+        request: Request<v1::ListAllocationsRequest>,
+    ) -> Result<Response<v1::ListAllocationsResponse>, Status> {
+        authorize("ListAllocations", &request)?;
         let req = request.into_inner();
         let network = (!req.network.is_empty()).then_some(req.network.as_str());
-        let mut list = self
-            .engine
-            .store()
-            .list(network)
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let mut list = self.engine.store().list(network).map_err(store_status)?;
         list.retain(|a| matches_container(a, &req.container));
         list.sort_by(|a, b| (&a.network, a.address).cmp(&(&b.network, b.address)));
-        Ok(tonic::Response::new(v1::ListAllocationsResponse {
+        tracing::debug!(method = "ListAllocations", found = list.len(), "inspect");
+        Ok(Response::new(v1::ListAllocationsResponse {
             allocations: list.into_iter().map(to_proto).collect(),
         }))
+    }
+
+    async fn get_allocation(
+        &self,
+        request: Request<v1::GetAllocationRequest>,
+    ) -> Result<Response<v1::GetAllocationResponse>, Status> {
+        use v1::get_allocation_request::Key;
+        authorize("GetAllocation", &request)?;
+        let req = request.into_inner();
+        let network = (!req.network.is_empty()).then_some(req.network.as_str());
+        let list = self.engine.store().list(network).map_err(store_status)?;
+        let (mut found, what) = match req.key {
+            Some(Key::Address(raw)) => {
+                let ip = parse_address(&raw)?;
+                let found: Vec<_> = list.into_iter().filter(|a| a.address == ip).collect();
+                (found, format!("address {ip}"))
+            }
+            Some(Key::Container(c)) if !c.is_empty() => {
+                (select_container(list, &c)?, format!("container {c:?}"))
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give an address or a container (id, id prefix or name)",
+                ))
+            }
+        };
+        if found.is_empty() {
+            let scope = network.map_or(String::new(), |n| format!(" on network {n}"));
+            return Err(Status::not_found(format!(
+                "no allocation for {what}{scope}"
+            )));
+        }
+        found.sort_by(|a, b| (&a.network, &a.ifname).cmp(&(&b.network, &b.ifname)));
+        Ok(Response::new(v1::GetAllocationResponse {
+            allocations: found.into_iter().map(to_proto).collect(),
+        }))
+    }
+
+    async fn list_networks(
+        &self,
+        request: Request<v1::ListNetworksRequest>,
+    ) -> Result<Response<v1::ListNetworksResponse>, Status> {
+        authorize("ListNetworks", &request)?;
+        let networks = network_usage(self.engine.store())
+            .map_err(store_status)?
+            .into_iter()
+            .map(|u| v1::Network {
+                subnet: format!("{}/{}", u.record.subnet, u.record.prefix),
+                gateway: u.record.gateway.to_string(),
+                is_gateway: u.record.is_gateway,
+                range_start: u.record.range.map_or(String::new(), |r| r.0.to_string()),
+                range_end: u.record.range.map_or(String::new(), |r| r.1.to_string()),
+                mtu: u.record.mtu.unwrap_or(0),
+                addresses_in_use: u.in_use,
+                addresses_free: u.free,
+                name: u.record.name,
+                bridge: u.record.bridge,
+            })
+            .collect();
+        Ok(Response::new(v1::ListNetworksResponse { networks }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        authorize("Status", &request)?;
+        let store = self.engine.store();
+        let allocations = store.list(None).map_err(store_status)?.len() as u64;
+        let networks = store.networks().map_err(store_status)?.len() as u64;
+        let info = &self.info;
+        Ok(Response::new(v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: info.uptime().as_secs(),
+            started_unix: info.started_unix,
+            boot_id: self.engine.boot_id().to_string(),
+            allocations,
+            networks,
+            pending_releases: pending_releases(self.spool.dir()),
+            socket: info.socket.display().to_string(),
+            state_dir: info.state_dir.display().to_string(),
+            spool_dir: self.spool.dir().display().to_string(),
+            sweep_interval_seconds: info.sweep_interval.map_or(0, |d| d.as_secs()),
+            metrics_listen: info.metrics_listen.map_or(String::new(), |a| a.to_string()),
+        }))
+    }
+
+    async fn gc(
+        &self,
+        request: Request<v1::GcRequest>,
+    ) -> Result<Response<v1::GcResponse>, Status> {
+        authorize("Gc", &request)?;
+        let started = Instant::now();
+        // A task of its own, like a CNI request: a caller that goes away does not cut a pass short.
+        let engine = self.engine.clone();
+        let spool = self.spool.clone();
+        let summary = tokio::spawn(async move { engine.sweep(Pass::Periodic, Some(&spool)).await })
+            .await
+            .map_err(|e| Status::internal(format!("the sweep failed internally: {e}")))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let took = started.elapsed();
+        tracing::info!(
+            method = "Gc",
+            kept = summary.kept,
+            released = summary.released(),
+            links_removed = summary.links_removed,
+            duration_ms = took.as_millis() as u64,
+            "sweep on request"
+        );
+        Ok(Response::new(gc_to_proto(&summary, took)))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        authorize("Watch", &request)?;
+        let network = request.into_inner().network;
+        // Subscribed before the answer goes out: every change after the caller sees the response
+        // headers reaches it.
+        let rx = self.engine.store().subscribe();
+        let stop = self.stop.clone();
+        tracing::info!(method = "Watch", network, "watch started");
+        let stream = futures::stream::unfold(Some((rx, stop)), move |state| {
+            let network = network.clone();
+            async move {
+                let (mut rx, mut stop) = state?;
+                loop {
+                    let event = tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return None,
+                        event = rx.recv() => event,
+                    };
+                    match event {
+                        Ok(e) if network.is_empty() || e.allocation.network == network => {
+                            return Some((Ok(event_to_proto(e)), Some((rx, stop))));
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(n)) => {
+                            let status = Status::data_loss(format!(
+                                "this watch fell {n} events behind and missed them: list the allocations, then watch again"
+                            ));
+                            return Some((Err(status), None));
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::CniResult;
+
+    fn record(range: Option<(Ipv4Addr, Ipv4Addr)>) -> NetworkRecord {
+        NetworkRecord {
+            name: "n".into(),
+            bridge: "br".into(),
+            subnet: Ipv4Addr::new(10, 87, 1, 0),
+            prefix: 24,
+            gateway: Ipv4Addr::new(10, 87, 1, 1),
+            is_gateway: true,
+            mtu: None,
+            hairpin: false,
+            range,
+        }
+    }
+
+    fn alloc(id: &str, name: &str, last: u8) -> ipam::Allocation {
+        ipam::Allocation {
+            network: "n".into(),
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            address: Ipv4Addr::new(10, 87, 1, last),
+            prefix: 24,
+            container_name: Some(name.into()),
+            host_veth: "fn-00000000".into(),
+            netns: "/run/netns/x".into(),
+            created_unix: 0,
+            boot_id: "b".into(),
+            result: CniResult {
+                interfaces: vec![],
+                ips: vec![],
+                routes: vec![],
+                dns: serde_json::json!({}),
+            },
+        }
+    }
+
+    #[test]
+    fn free_addresses_follow_the_range_and_skip_reserved_ones() {
+        let ip = |last| Ipv4Addr::new(10, 87, 1, last);
+        // Whole subnet: .1-.254 minus the gateway.
+        let u = usage(record(None), &[ip(2), ip(3)]);
+        assert_eq!((u.range, u.in_use, u.free), ((ip(1), ip(254)), 2, 251));
+        // A range without the gateway: all 11 can be handed out.
+        let u = usage(record(Some((ip(10), ip(20)))), &[ip(15)]);
+        assert_eq!((u.in_use, u.free), (1, 10));
+        // A range of the gateway and one more address.
+        let u = usage(record(Some((ip(1), ip(2)))), &[]);
+        assert_eq!(u.free, 1);
+        let u = usage(record(Some((ip(1), ip(2)))), &[ip(2)]);
+        assert_eq!(u.free, 0);
+    }
+
+    #[test]
+    fn a_container_is_found_by_id_prefix_or_name_and_ambiguity_is_refused() {
+        let list = vec![
+            alloc("abc111", "web", 2),
+            alloc("abc222", "db", 3),
+            alloc("abc", "x", 4),
+        ];
+        assert_eq!(select_container(list.clone(), "abc1").unwrap().len(), 1);
+        assert_eq!(
+            select_container(list.clone(), "db").unwrap()[0].address,
+            Ipv4Addr::new(10, 87, 1, 3)
+        );
+        // "abc" is a full id as well as a prefix of the others: the full id wins.
+        assert_eq!(
+            select_container(list.clone(), "abc").unwrap()[0]
+                .container_name
+                .as_deref(),
+            Some("x")
+        );
+        let err = select_container(list[..2].to_vec(), "abc").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("web") && err.message().contains("db"),
+            "{}",
+            err.message()
+        );
+        assert!(select_container(list, "nothing").unwrap().is_empty());
+    }
+
+    #[test]
+    fn addresses_parse_with_or_without_prefix() {
+        assert_eq!(
+            parse_address("10.87.1.2/24").unwrap(),
+            Ipv4Addr::new(10, 87, 1, 2)
+        );
+        assert_eq!(
+            parse_address("10.87.1.2").unwrap(),
+            Ipv4Addr::new(10, 87, 1, 2)
+        );
+        assert!(parse_address("web").is_err());
     }
 }

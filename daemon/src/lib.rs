@@ -1,12 +1,15 @@
 //! flatnetd: the Flatnet host daemon. `engine` is where requests become kernel work and addresses
 //! (`engine::reconcile` is the work done without a request); `config`, `result`, `ipam` and
 //! `netlink` are its parts; `spool` reads the DELs the shim recorded while the daemon was away;
-//! `server` and `inspect` are the gRPC edge.
+//! `server` and `inspect` are the gRPC edge; `events` announces allocation changes (for
+//! `Inspect.Watch`) and `metrics` counts requests for Prometheus.
 
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod inspect;
 pub mod ipam;
+pub mod metrics;
 pub mod netlink;
 pub mod result;
 pub mod server;

@@ -1,7 +1,8 @@
-//! `flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS] [--log-format text|json]`:
-//! opens the state database and the netlink socket once, binds the socket, reconciles the kernel
-//! with the database and applies spooled DELs, then serves CNI requests until SIGTERM or SIGINT,
-//! sweeping periodically.
+//! `flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS] [--log-format text|json]
+//! [--metrics-listen ADDR:PORT]`: opens the state database and the netlink socket once, binds the
+//! socket, reconciles the kernel with the database and applies spooled DELs, then serves CNI
+//! requests, inspection (`flatnet.v1.Inspect`) and gRPC server reflection until SIGTERM or SIGINT,
+//! sweeping periodically, and Prometheus metrics when asked to.
 //!
 //! The socket is bound before reconciling, so a request that arrives during start-up waits in the
 //! listen queue instead of failing (the same as with systemd socket activation).
@@ -11,19 +12,26 @@
 use anyhow::{bail, Context};
 use flatnet_daemon::engine::reconcile::Pass;
 use flatnet_daemon::engine::{current_boot_id, Engine};
-use flatnet_daemon::inspect::InspectService;
+use flatnet_daemon::events::EventStore;
+use flatnet_daemon::inspect::{network_usage, pending_releases, DaemonInfo, InspectService};
 use flatnet_daemon::ipam::{SledStore, Store};
+use flatnet_daemon::metrics::{self, Gauges, Metrics, NetworkGauge};
 use flatnet_daemon::netlink::RtNetlink;
 use flatnet_daemon::server::{CniService, REQUEST_TIMEOUT};
 use flatnet_daemon::spool::Spool;
 use flatnet_proto::v1::cni_server::CniServer;
 use flatnet_proto::v1::inspect_server::InspectServer;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-const USAGE: &str = "usage: flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS] [--log-format text|json]
+/// The engine as flatnetd runs it: the sled store, wrapped so that Watch sees every change.
+type DaemonEngine = Engine<RtNetlink, EventStore<SledStore>>;
+
+const USAGE: &str = "usage: flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS]
+                [--log-format text|json] [--metrics-listen ADDR:PORT]
 
   --socket PATH          Unix socket to serve on (default /run/flatnet/flatnetd.sock);
                          ignored when systemd passes a socket (LISTEN_FDS), but its directory
@@ -31,7 +39,12 @@ const USAGE: &str = "usage: flatnetd [--socket PATH] [--state-dir DIR] [--sweep-
   --state-dir DIR        where the address database lives (default /var/lib/flatnet)
   --sweep-interval SECS  how often to release addresses of containers that are gone and remove
                          stray fn-* links (default 30; 0 turns the periodic sweep off)
-  --log-format FMT       text (default) or json, written to stderr; filter with FLATNET_LOG=debug";
+  --log-format FMT       text (default) or json, written to stderr; filter with FLATNET_LOG=debug.
+                         Logs also go to journald when /run/systemd/journal/socket exists
+                         (then not to stderr if stderr is the journal already)
+  --metrics-listen ADDR:PORT
+                         serve Prometheus metrics on http://ADDR:PORT/metrics (off by default;
+                         e.g. 127.0.0.1:9187)";
 
 /// How often the periodic sweep runs unless `--sweep-interval` says otherwise.
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -43,6 +56,8 @@ struct Options {
     json_logs: bool,
     /// `None`: no periodic sweep.
     sweep_interval: Option<Duration>,
+    /// `None`: no metrics endpoint.
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
@@ -51,6 +66,7 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Optio
         state_dir: PathBuf::from("/var/lib/flatnet"),
         json_logs: false,
         sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
+        metrics_listen: None,
     };
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -73,6 +89,13 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Optio
                 })?;
                 opts.sweep_interval = (secs > 0).then(|| Duration::from_secs(secs));
             }
+            "--metrics-listen" => {
+                let raw = value("--metrics-listen")?;
+                let addr = raw.parse().with_context(|| {
+                    format!("--metrics-listen takes ADDR:PORT (e.g. 127.0.0.1:9187), not {raw:?}")
+                })?;
+                opts.metrics_listen = Some(addr);
+            }
             "--log-format" => match value("--log-format")?.as_str() {
                 "text" => opts.json_logs = false,
                 "json" => opts.json_logs = true,
@@ -92,17 +115,42 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Optio
     Ok(opts)
 }
 
+/// Logs to stderr (text or JSON) and, when journald's socket exists, to journald with every field
+/// as a journal field (`journalctl CONTAINER_ID=...`). When stderr is itself connected to the
+/// journal (systemd sets `JOURNAL_STREAM` to its device and inode), stderr is left out, or every
+/// line would be in the journal twice.
 fn init_logging(json: bool) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_env("FLATNET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.with_ansi(false).init();
-    }
+    // Fails when the socket is missing or nothing listens on it: then stderr only.
+    let journald = tracing_journald::layer()
+        .ok()
+        .map(|l| l.with_field_prefix(None));
+    let stderr = (journald.is_none() || !stderr_is_journal()).then(|| {
+        let layer = fmt::layer().with_writer(std::io::stderr);
+        if json {
+            layer.json().boxed()
+        } else {
+            layer.with_ansi(false).boxed()
+        }
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(journald)
+        .init();
+}
+
+/// Whether fd 2 is the journal stream systemd connected (`JOURNAL_STREAM=<device>:<inode>`).
+fn stderr_is_journal() -> bool {
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (d, i) = v.split_once(':')?;
+        Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 /// The listening socket: the one systemd passed (socket activation), or one we bind ourselves.
@@ -155,7 +203,7 @@ fn listener(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
 
 /// Runs a sweep every `interval` until `stop` turns true; a pass in progress is finished first.
 async fn sweeper(
-    engine: Arc<Engine<RtNetlink, SledStore>>,
+    engine: Arc<DaemonEngine>,
     spool: Arc<Spool>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -186,7 +234,45 @@ async fn shutdown_signal() {
     }
 }
 
+/// The metrics page: the request counters plus gauges read from the store now.
+fn metrics_page(
+    engine: Arc<DaemonEngine>,
+    metrics: Arc<Metrics>,
+    spool_dir: PathBuf,
+    started: std::time::Instant,
+) -> Arc<dyn Fn() -> String + Send + Sync> {
+    Arc::new(move || {
+        let mut gauges = Gauges {
+            pending_releases: pending_releases(&spool_dir),
+            uptime_seconds: started.elapsed().as_secs(),
+            ..Gauges::default()
+        };
+        match network_usage(engine.store()) {
+            Ok(usage) => {
+                gauges.networks = usage
+                    .into_iter()
+                    .map(|u| NetworkGauge {
+                        network: u.record.name,
+                        in_use: u.in_use,
+                        free: u.free,
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot read the address database");
+                gauges.store_error = true;
+            }
+        }
+        metrics.render(&gauges)
+    })
+}
+
 async fn run(opts: Options) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating {}", opts.state_dir.display()))?;
     std::fs::set_permissions(&opts.state_dir, std::fs::Permissions::from_mode(0o700))?;
@@ -203,13 +289,22 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             "cannot read the kernel's boot id; allocations cannot be told apart by boot"
         );
     }
-    let engine = Arc::new(Engine::new(nl, store, boot_id));
+    let engine: Arc<DaemonEngine> = Arc::new(Engine::new(nl, EventStore::new(store), boot_id));
+    // Bound before anything else is served, so a taken port stops the start with a clear error.
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --metrics-listen {addr}"))?,
+        ),
+        None => None,
+    };
     let (listener, owned) = listener(&opts.socket)?;
     let spool = Arc::new(Spool::for_socket(&opts.socket));
 
     // Before serving: the kernel and the database agree again, and DELs that arrived while the
     // daemon was away are applied. Requests wait in the listen queue meanwhile.
-    let started = std::time::Instant::now();
+    let reconciling = std::time::Instant::now();
     engine
         .sweep(Pass::Startup, Some(&spool))
         .await
@@ -217,7 +312,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     tracing::info!(socket = %opts.socket.display(), state_dir = %opts.state_dir.display(),
         spool = %spool.dir().display(), boot_id = %engine.boot_id(),
         sweep_interval_s = opts.sweep_interval.map_or(0, |d| d.as_secs()),
-        startup_ms = started.elapsed().as_millis() as u64,
+        startup_ms = reconciling.elapsed().as_millis() as u64,
+        metrics_listen = opts.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
         allocations = engine.store().list(None).map(|l| l.len()).unwrap_or(0), "flatnetd ready");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -234,6 +330,37 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         ))
     });
 
+    let metrics = Arc::new(Metrics::default());
+    let metrics_task = metrics_listener.map(|l| {
+        let page = metrics_page(
+            engine.clone(),
+            metrics.clone(),
+            spool.dir().to_path_buf(),
+            started,
+        );
+        tokio::spawn(metrics::serve(l, page, stop_rx.clone()))
+    });
+    let info = DaemonInfo {
+        socket: opts.socket.clone(),
+        state_dir: opts.state_dir.clone(),
+        started,
+        started_unix,
+        sweep_interval: opts.sweep_interval,
+        metrics_listen: opts.metrics_listen,
+    };
+    // Reflection describes the services to any client (grpcurl list/describe); it answers without
+    // the root check, as it reveals only the schema. Each version also lists the other.
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flatnet_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the gRPC reflection service (v1)")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flatnet_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the gRPC reflection service (v1alpha)")?;
+
     let max = flatnet_proto::MAX_MESSAGE_BYTES;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let mut stop = stop_rx.clone();
@@ -248,13 +375,21 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(
-            CniServer::new(CniService::new(engine.clone()))
+            CniServer::new(CniService::new(engine.clone(), metrics.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
         .add_service(
-            InspectServer::new(InspectService::new(engine.clone())).max_decoding_message_size(max),
+            InspectServer::new(InspectService::new(
+                engine.clone(),
+                spool.clone(),
+                info,
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(max),
         )
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
@@ -265,6 +400,13 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             let _ = task.await;
         } else {
             // Serving failed on its own: nothing will tell the sweeper to stop.
+            task.abort();
+        }
+    }
+    if let Some(task) = metrics_task {
+        if *stop_rx.borrow() {
+            let _ = task.await;
+        } else {
             task.abort();
         }
     }

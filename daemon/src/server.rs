@@ -1,12 +1,14 @@
 //! The gRPC edge: checks who is calling, converts `flatnet.v1` messages to engine requests and
-//! engine outcomes to CNI replies, and writes one log line per request. No CNI logic lives here.
+//! engine outcomes to CNI replies, and writes one log line and one metrics sample per request
+//! (verb, container, network, address, duration, the shim's request id). No CNI logic lives here.
 //!
 //! Each request runs as a task of its own: when the caller goes away or its deadline passes, the
 //! answer is dropped but the engine finishes (or undoes) what it started, so a request is never
 //! cut off between creating a veth and recording (or rolling back) its allocation.
 
 use crate::engine::{Command, Engine, Request};
-use crate::ipam::Store;
+use crate::ipam::{AllocKey, Store};
+use crate::metrics::Metrics;
 use crate::netlink::Netlink;
 use flatnet_proto::cni::Code;
 use flatnet_proto::v1::{self, cni_reply::Outcome, CniReply, CniRequest};
@@ -72,11 +74,12 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 
 pub struct CniService<N, S> {
     engine: Arc<Engine<N, S>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<N, S> CniService<N, S> {
-    pub fn new(engine: Arc<Engine<N, S>>) -> Self {
-        CniService { engine }
+    pub fn new(engine: Arc<Engine<N, S>>, metrics: Arc<Metrics>) -> Self {
+        CniService { engine, metrics }
     }
 }
 
@@ -120,20 +123,29 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_string();
+        let cmd = command(request.get_ref().command);
+        let verb = cmd.map_or("UNKNOWN", Command::as_str);
         if let Err(msg) = authorize(&request) {
-            tracing::warn!(request_id, "refused: {msg}");
+            tracing::warn!(request_id, verb, container_id = %request.get_ref().container_id,
+                "refused: {msg}");
+            self.metrics
+                .record(verb, started.elapsed(), Some(Code::Io.as_u32()));
             return Ok(tonic::Response::new(error_reply(Code::Io, msg)));
         }
         let deadline = deadline(request.metadata(), started);
         let req = request.into_inner();
-        let Some(cmd) = command(req.command) else {
+        let Some(cmd) = cmd else {
             tracing::warn!(
                 request_id,
                 command = req.command,
+                container_id = %req.container_id,
                 "request without a known CNI command"
             );
+            let code = Code::InvalidEnvironment;
+            self.metrics
+                .record(verb, started.elapsed(), Some(code.as_u32()));
             return Ok(tonic::Response::new(error_reply(
-                Code::InvalidEnvironment,
+                code,
                 format!(
                     "unknown CNI command {}: expected ADD, DEL, CHECK, GC or STATUS",
                     req.command
@@ -144,6 +156,21 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
             .ok()
             .and_then(|n| n.name)
             .unwrap_or_default();
+        // DEL and CHECK answer no address; the log line names the one the container holds.
+        let held = match cmd {
+            Command::Del | Command::Check => self
+                .engine
+                .store()
+                .get(&AllocKey {
+                    network: network.clone(),
+                    container_id: req.container_id.clone(),
+                    ifname: req.ifname.clone(),
+                })
+                .ok()
+                .flatten()
+                .map(|a| format!("{}/{}", a.address, a.prefix)),
+            _ => None,
+        };
         let domain = Request {
             command: cmd,
             container_id: req.container_id,
@@ -162,30 +189,38 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
         {
             Ok(done) => done,
             Err(e) => {
-                tracing::error!(request_id, verb = cmd.as_str(), error = %e, "request task failed");
+                tracing::error!(request_id, verb, network, error = %e, "request task failed");
+                self.metrics
+                    .record(verb, started.elapsed(), Some(Code::Internal.as_u32()));
                 return Ok(tonic::Response::new(error_reply(
                     Code::Internal,
-                    format!("flatnetd failed internally on {}: {e}", cmd.as_str()),
+                    format!("flatnetd failed internally on {verb}: {e}"),
                 )));
             }
         };
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let took = started.elapsed();
+        let duration_ms = took.as_secs_f64() * 1000.0;
         let reply = match outcome {
             Ok(result_json) => {
                 let address = serde_json::from_str::<serde_json::Value>(&result_json)
                     .ok()
                     .and_then(|v| v["ips"][0]["address"].as_str().map(str::to_string))
+                    .or(held)
                     .unwrap_or_default();
-                tracing::info!(request_id, verb = cmd.as_str(), container_id = %domain.container_id,
+                tracing::info!(request_id, verb, container_id = %domain.container_id,
                     ifname = %domain.ifname, network, address, duration_ms, "ok");
+                self.metrics.record(verb, took, None);
                 CniReply {
                     outcome: Some(Outcome::Success(v1::CniSuccess { result_json })),
                 }
             }
             Err(e) => {
                 let code = e.code();
-                tracing::warn!(request_id, verb = cmd.as_str(), container_id = %domain.container_id,
-                    ifname = %domain.ifname, network, code = code.as_u32(), error = %e, duration_ms, "failed");
+                let address = held.unwrap_or_default();
+                tracing::warn!(request_id, verb, container_id = %domain.container_id,
+                    ifname = %domain.ifname, network, address, code = code.as_u32(), error = %e,
+                    duration_ms, "failed");
+                self.metrics.record(verb, took, Some(code.as_u32()));
                 error_reply(code, e.to_string())
             }
         };
