@@ -399,6 +399,8 @@ pub struct Host {
     ns: Netns,
     dir: PathBuf,
     daemon: Mutex<Option<Child>>,
+    /// Extra `flatnetd` arguments, kept across restarts (e.g. `--metrics-listen`).
+    daemon_args: Vec<String>,
     /// Names of container namespaces created through this host, removed on drop.
     containers: Mutex<Vec<String>>,
     next_container: AtomicUsize,
@@ -507,6 +509,11 @@ impl Host {
     /// Creates the host namespace and temp dir and starts `flatnetd` in it; returns when the
     /// daemon accepts connections. Call [`require_root`] first.
     pub fn start() -> Host {
+        Host::start_with_args(&[])
+    }
+
+    /// [`Host::start`] with extra `flatnetd` arguments (also used when the daemon restarts).
+    pub fn start_with_args(daemon_args: &[&str]) -> Host {
         // Resolve binaries first so a missing build fails before anything is created.
         binary("flatnet");
         binary("flatnetd");
@@ -524,6 +531,7 @@ impl Host {
             ns,
             dir,
             daemon: Mutex::new(None),
+            daemon_args: daemon_args.iter().map(|a| a.to_string()).collect(),
             containers: Mutex::new(Vec::new()),
             next_container: AtomicUsize::new(0),
         };
@@ -576,6 +584,7 @@ impl Host {
             .arg(&socket)
             .arg("--state-dir")
             .arg(&state)
+            .args(&self.daemon_args)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
