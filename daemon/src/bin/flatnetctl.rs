@@ -103,6 +103,12 @@ fn age(created_unix: u64) -> String {
     short_duration(unix_now().saturating_sub(created_unix))
 }
 
+/// Seconds since the epoch as UTC ISO 8601 (`2024-05-01T12:00:00Z`).
+fn iso8601(unix: u64) -> String {
+    let ms = iso8601_ms(unix.saturating_mul(1000));
+    format!("{}Z", &ms[..ms.len() - 5])
+}
+
 /// Milliseconds since the epoch as UTC ISO 8601 (`2024-05-01T12:00:00.123Z`).
 fn iso8601_ms(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
@@ -201,30 +207,30 @@ fn event_json(e: &AllocationEvent) -> serde_json::Value {
 
 /// Connects to the daemon, or says why it cannot and what to do. Every command goes through here.
 async fn connect(socket: &str) -> anyhow::Result<Channel> {
-    match flatnet_proto::uds::connect(socket, Duration::from_secs(3)).await {
-        Ok(channel) => Ok(channel),
-        Err(e) => {
-            let denied = io_error_kind(&e) == Some(std::io::ErrorKind::PermissionDenied);
-            if denied {
-                bail!(
-                    "cannot reach flatnetd at {socket}: permission denied; flatnetd answers root only, \
-                     so run flatnetctl as root (sudo flatnetctl ...)"
-                )
-            }
-            Err(anyhow::Error::new(e).context(format!(
-                "cannot reach flatnetd at {socket}: is it running? start it with `systemctl start flatnetd.socket` \
-                 (or `flatnetd --socket {socket}`)"
-            )))
-        }
+    let e = match flatnet_proto::uds::connect(socket, Duration::from_secs(3)).await {
+        Ok(channel) => return Ok(channel),
+        Err(e) => e,
+    };
+    let io = io_error(&e);
+    if io.is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) {
+        bail!(
+            "cannot reach flatnetd at {socket}: permission denied; flatnetd answers root only, \
+             so run flatnetctl as root (sudo flatnetctl ...)"
+        )
     }
+    let why = io.map_or_else(|| e.to_string(), |io| io.to_string());
+    bail!(
+        "cannot reach flatnetd at {socket} ({why}): is it running? start it with \
+         `systemctl start flatnetd.socket` (or `flatnetd --socket {socket}`)"
+    )
 }
 
-/// The kind of the first I/O error in an error's chain.
-fn io_error_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+/// The first I/O error in an error's chain.
+fn io_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
+            return Some(io);
         }
         cur = err.source();
     }
@@ -298,7 +304,7 @@ async fn status(client: &mut InspectClient<Channel>, opts: &Options) -> anyhow::
             format!(
                 "{} (since {})",
                 short_duration(s.uptime_seconds),
-                iso8601_ms(s.started_unix * 1000)
+                iso8601(s.started_unix)
             ),
         ),
         ("boot id", or_dash(&s.boot_id)),
@@ -463,11 +469,7 @@ async fn show(
             ("netns", a.netns.clone()),
             (
                 "created",
-                format!(
-                    "{} ({} ago)",
-                    iso8601_ms(a.created_unix * 1000),
-                    age(a.created_unix)
-                ),
+                format!("{} ({} ago)", iso8601(a.created_unix), age(a.created_unix)),
             ),
             ("boot id", or_dash(&a.boot_id)),
         ]);
@@ -513,10 +515,14 @@ async fn gc(client: &mut InspectClient<Channel>, opts: &Options) -> anyhow::Resu
         ),
         (
             "waiting",
-            format!(
-                "{} (veth missing, released by the next sweep if still missing)",
-                g.waiting
-            ),
+            if g.waiting == 0 {
+                "0".to_string()
+            } else {
+                format!(
+                    "{} (veth missing for less than 5 s: released by the next sweep if still missing)",
+                    g.waiting
+                )
+            },
         ),
         ("links removed", g.links_removed.to_string()),
         ("reattached", g.reattached.to_string()),
@@ -660,6 +666,7 @@ mod tests {
         assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(iso8601_ms(1_735_689_599_999), "2024-12-31T23:59:59.999Z");
+        assert_eq!(iso8601(1_735_689_599), "2024-12-31T23:59:59Z");
     }
 
     #[test]
