@@ -26,6 +26,8 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 const CNI_PATH: &str = "/opt/cni/bin:/usr/lib/cni";
 /// How long the daemon may take to accept connections after it was started.
 const DAEMON_READY: Duration = Duration::from_secs(10);
+/// What flatnetd logs once it has reconciled and serves requests.
+const DAEMON_READY_LINE: &str = "flatnetd ready";
 /// How long the daemon may take to exit on SIGTERM before it is killed.
 const DAEMON_STOP: Duration = Duration::from_secs(5);
 /// Upper bound for one shim invocation; the shim's own RPC deadline should be well below this.
@@ -591,6 +593,10 @@ impl Host {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start flatnetd: {e}"));
+        // The socket accepts connections before the start-up reconcile is done (requests wait in
+        // the listen queue meanwhile), so "ready" is the daemon's own line saying it is done:
+        // a test that looks at the kernel right after a restart must see the reconciled state.
+        let readies_before = self.daemon_log().matches(DAEMON_READY_LINE).count();
         let mut exited = None;
         let ready = poll(DAEMON_READY, || {
             if let Ok(Some(status)) = child.try_wait() {
@@ -598,6 +604,7 @@ impl Host {
                 return true;
             }
             UnixStream::connect(&socket).is_ok()
+                && self.daemon_log().matches(DAEMON_READY_LINE).count() > readies_before
         });
         if let Some(status) = exited {
             panic!(
@@ -608,7 +615,7 @@ impl Host {
         if !ready {
             stop_child(&mut child, DAEMON_STOP);
             panic!(
-                "flatnetd did not accept connections on {} within {DAEMON_READY:?}; its log:\n{}",
+                "flatnetd did not accept connections on {} and say it is ready within {DAEMON_READY:?}; its log:\n{}",
                 socket.display(),
                 self.daemon_log()
             );
