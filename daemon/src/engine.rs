@@ -30,6 +30,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod deleter;
 pub mod reconcile;
 
 /// The longest a request waits for its turn (the gate, then its network's lock) before it is
@@ -142,6 +143,9 @@ impl Error {
     }
 }
 
+/// How long an ADD waits for the deletion of a previous veth of the same name.
+const KERNEL_WAIT: Duration = Duration::from_secs(10);
+
 /// The host veth name for a container interface: `fn-` and 8 hex digits of a stable hash, so DEL finds
 /// it even when nothing was recorded.
 pub fn veth_name(container_id: &str, ifname: &str) -> String {
@@ -240,7 +244,7 @@ struct BridgeCache {
 
 /// The daemon's domain: attaches, detaches and checks containers.
 pub struct Engine<N, S> {
-    nl: N,
+    nl: Arc<N>,
     store: S,
     boot_id: String,
     /// Requests hold it shared; reconcile, the sweep and GC exclusively (see the module comment).
@@ -253,7 +257,12 @@ pub struct Engine<N, S> {
     /// Addresses that may be live in a container without an allocation: a failed ADD whose undo
     /// could not delete its veth. Never handed out until that veth is gone (the sweep, a DEL or a
     /// retried ADD removes it); a restart does not need them, as reconcile removes such veths first.
-    quarantine: std::sync::Mutex<Vec<Quarantined>>,
+    quarantine: Arc<std::sync::Mutex<Vec<Quarantined>>>,
+    /// Networks whose subnet passed [`Engine::check_overlap`], so the check (which reads other
+    /// networks' allocations) runs only when a network is new or its subnet changed.
+    admitted: std::sync::Mutex<HashMap<String, Ipv4Network>>,
+    /// Deletes host veths after DEL has answered (see [`deleter`]).
+    deleter: Arc<deleter::Deleter<N>>,
 }
 
 /// See [`Engine::quarantine`].
@@ -266,6 +275,9 @@ struct Quarantined {
 
 impl<N: Netlink, S: Store> Engine<N, S> {
     pub fn new(nl: N, store: S, boot_id: String) -> Self {
+        let nl = Arc::new(nl);
+        let quarantine: Arc<std::sync::Mutex<Vec<Quarantined>>> = Default::default();
+        let deleter = Arc::new(deleter::Deleter::new(nl.clone(), quarantine.clone()));
         Engine {
             nl,
             store,
@@ -274,12 +286,24 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             locks: Default::default(),
             bridges: Default::default(),
             suspects: Default::default(),
-            quarantine: Default::default(),
+            quarantine,
+            deleter,
+            admitted: Default::default(),
         }
     }
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Waits (at most `budget`) until every veth queued by DEL is deleted; for a clean shutdown.
+    pub async fn drain_deletions(&self, budget: Duration) {
+        self.deleter.drain(budget).await;
+    }
+
+    /// Host veths queued for deletion after DEL (see [`deleter`]).
+    pub fn pending_deletions(&self) -> usize {
+        self.deleter.pending()
     }
 
     /// The boot this daemon records in new allocations.
@@ -320,6 +344,17 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             .expect("quarantine poisoned")
             .iter()
             .any(|q| q.network == network && q.address == ip)
+    }
+
+    /// Veths whose deletion holds back addresses of `network` (only the one for `ip`, if given).
+    fn quarantined_veths(&self, network: &str, ip: Option<Ipv4Addr>) -> Vec<String> {
+        self.quarantine
+            .lock()
+            .expect("quarantine poisoned")
+            .iter()
+            .filter(|q| q.network == network && ip.is_none_or(|ip| ip == q.address))
+            .map(|q| q.host_veth.clone())
+            .collect()
     }
 
     /// The veth `host_veth` is gone: addresses held back for it may be handed out again.
@@ -384,6 +419,15 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     /// two would hand out the same addresses, and the host could route to only one of them.
     fn check_overlap(&self, conf: &NetConf) -> Result<(), Error> {
         let ours = conf.ipam.subnet;
+        if self
+            .admitted
+            .lock()
+            .expect("admitted poisoned")
+            .get(&conf.name)
+            == Some(&ours)
+        {
+            return Ok(());
+        }
         for other in self.store.networks()? {
             if other.name == conf.name {
                 continue;
@@ -402,6 +446,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 }));
             }
         }
+        // Admitting this network may make an earlier admission stale (it may overlap a network that
+        // held no addresses then): every other network is checked again on its next ADD.
+        let mut admitted = self.admitted.lock().expect("admitted poisoned");
+        admitted.clear();
+        admitted.insert(conf.name.clone(), ours);
         Ok(())
     }
 
@@ -423,9 +472,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 "CNI_NETNS is empty: ADD needs the container's network namespace".into(),
             ));
         }
+        let t0 = Instant::now();
         let netns = Netns::open(&req.netns)?;
         let requested = args.ip.or(conf.runtime_ip);
         let _guard = self.lock(&conf.name, req.deadline).await?;
+        let t_lock = t0.elapsed();
 
         if let Some(existing) = self.store.get(&key)? {
             let same =
@@ -444,14 +495,33 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
 
         self.check_overlap(conf)?;
-        let ip = ipam::choose_excluding(&self.store, &conf.name, &conf.ipam, requested, &|ip| {
-            self.is_quarantined(&conf.name, ip)
-        })?;
+        let choose = || {
+            ipam::choose_excluding(&self.store, &conf.name, &conf.ipam, requested, &|ip| {
+                self.is_quarantined(&conf.name, ip)
+            })
+        };
+        let ip = match choose() {
+            // The address asked for, or the last free ones, may only be waiting for the deletion of
+            // a veth whose DEL has already answered: wait for those deletions, then choose again.
+            Err(e @ (IpamError::Taken { .. } | IpamError::Exhausted { .. })) => {
+                let waiting = self.quarantined_veths(&conf.name, requested);
+                if waiting.is_empty() {
+                    return Err(e.into());
+                }
+                for veth in &waiting {
+                    self.deleter.wait_gone(veth, KERNEL_WAIT).await;
+                }
+                choose()?
+            }
+            other => other?,
+        };
         let host_veth = veth_name(&req.container_id, &req.ifname);
         let mac = args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac);
+        let t_choose = t0.elapsed();
         let attached = self
             .attach(conf, &netns, &req.ifname, &host_veth, ip, mac)
             .await;
+        let t_attach = t0.elapsed();
         let outcome = match attached {
             Ok(result) => {
                 let alloc = Allocation {
@@ -473,9 +543,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     .store
                     .put_network(&network_record(conf))
                     .and_then(|_| self.store.insert(&alloc));
+                let t_insert = t0.elapsed();
                 match recorded {
                     Ok(()) => match self.store.flush().await {
-                        Ok(()) => return Ok(alloc.result.render(&conf.cni_version)),
+                        Ok(()) => {
+                            tracing::debug!(?t_lock, ?t_choose, ?t_attach, ?t_insert, flushed = ?t0.elapsed(), "ADD phases");
+                            return Ok(alloc.result.render(&conf.cni_version));
+                        }
                         Err(e) => (Error::from(e), true),
                     },
                     Err(e) => (Error::from(e), false),
@@ -529,6 +603,15 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     ) -> Result<CniResult, Error> {
         let host_mac = random_mac();
         let mut bridge = self.bridge(conf, false).await?;
+        // A container restarted right after its DEL needs the same veth name: wait until the old
+        // veth is deleted (see [`deleter`]).
+        if !self.deleter.wait_gone(host_veth, KERNEL_WAIT).await {
+            return Err(Self::busy(
+                &format!("host interface {host_veth}"),
+                "the deletion of the previous one",
+                KERNEL_WAIT,
+            ));
+        }
         let mut spec = VethSpec {
             host: host_veth.to_string(),
             host_mac,
@@ -584,6 +667,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             .iter()
             .map(|r| (r.dst, conf.ipam.route_gateway(r)))
             .collect();
+        let t_veth = Instant::now();
         let container = self
             .nl
             .configure_container(
@@ -595,6 +679,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 },
             )
             .await?;
+        tracing::debug!(configure = ?t_veth.elapsed(), "container side configured");
         Ok(CniResult {
             interfaces: vec![
                 Interface {
@@ -680,13 +765,21 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 name
             }
         };
-        // The address is released only once its interface is gone, so it can never be live twice.
-        self.nl.delete_link(&host_veth).await?;
-        self.release_quarantine(&host_veth);
-        if existing.is_some() {
+        if let Some(alloc) = existing {
+            // The address stays held (quarantined) until the veth is gone, so it can never be live
+            // twice; the record goes now, and the kernel's slow veth deletion happens after the reply.
+            self.quarantine
+                .lock()
+                .expect("quarantine poisoned")
+                .push(Quarantined {
+                    network: alloc.network.clone(),
+                    address: alloc.address,
+                    host_veth: host_veth.clone(),
+                });
             self.store.remove(&key)?;
             self.store.flush().await?;
         }
+        self.deleter.delete_later(host_veth);
         Ok(())
     }
 
@@ -1073,7 +1166,24 @@ pub(crate) mod tests {
 
         e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
         assert!(e.store().list(None).unwrap().is_empty());
+        // The veth goes after the reply and its address is held until then: an ADD asking for the
+        // address at once waits for the old veth to be gone, then gets it.
+        let mut again = req(Command::Add, "c9", conf());
+        again.args = "IP=10.87.1.10".into();
+        e.exec(&again).await.unwrap();
+        let ops = e.nl.ops();
+        let deleted = ops
+            .iter()
+            .position(|o| *o == format!("delete_link {}", veth_name("c1", "eth0")));
+        let created = ops
+            .iter()
+            .rposition(|o| *o == format!("create_veth {}", veth_name("c9", "eth0")));
+        assert!(
+            deleted < created,
+            "the address was handed out before its old veth was gone: {ops:?}"
+        );
         assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
+        e.exec(&req(Command::Del, "c9", conf())).await.unwrap();
         // DEL again, and DEL of a container never added: both fine.
         e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
         e.exec(&req(Command::Del, "never", conf())).await.unwrap();
@@ -1129,8 +1239,10 @@ pub(crate) mod tests {
             e.exec(&taken).await.unwrap_err().code(),
             Code::AddressUnavailable
         );
-        // The runtime's DEL for the failed container removes the interface: the address is free.
+        // The runtime's DEL for the failed container removes the interface: the address is free
+        // once the veth is gone.
         e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
+        e.drain_deletions(Duration::from_secs(2)).await;
         e.exec(&taken).await.unwrap();
     }
 

@@ -413,6 +413,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     if owned {
         let _ = std::fs::remove_file(&opts.socket);
     }
+    // Veths of containers DEL has already answered for: delete them before going (a restart would
+    // remove them too, but a daemon that is stopped for good must not leave them behind).
+    engine.drain_deletions(Duration::from_secs(10)).await;
     engine
         .store()
         .flush()

@@ -6,8 +6,8 @@
 //! namespace, process and temp dir is removed by exact name on drop, also when the test panics.
 
 pub mod ctl;
-pub mod reliability;
 pub mod podman;
+pub mod reliability;
 
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -1006,4 +1006,30 @@ mod tests {
         seen.sort();
         assert_eq!(seen, items);
     }
+}
+
+/// How long the host side may take to show a DEL: flatnetd answers DEL before the kernel has
+/// deleted the veth (about 20 ms; the address stays held until then).
+pub const DEL_SETTLE: Duration = Duration::from_secs(5);
+
+impl Host {
+    /// The host's `fn-*` links once they equal `expected` (sorted), or as they are after
+    /// [`DEL_SETTLE`]; for asserting what a DEL left.
+    pub fn host_veths_eventually(&self, expected: &[String]) -> Vec<String> {
+        let mut want = expected.to_vec();
+        want.sort();
+        let mut now = Vec::new();
+        poll(DEL_SETTLE, || {
+            now = self.host_veths();
+            now.sort();
+            now == want
+        });
+        now
+    }
+}
+
+/// `true` once link `name` no longer exists in `netns`, `false` if it still does after
+/// [`DEL_SETTLE`].
+pub fn link_gone_eventually(netns: &str, name: &str) -> bool {
+    poll(DEL_SETTLE, || !link_exists(netns, name))
 }

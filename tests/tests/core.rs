@@ -135,9 +135,12 @@ fn add_check_del_lifecycle() {
     host.check(&c, &with_prev).assert_ok_empty();
     host.del(&c, &with_prev).assert_ok_empty();
 
-    assert!(!link_exists(h, &veth), "host veth {veth} survived DEL");
-    assert!(!link_exists(c.name(), "eth0"), "eth0 survived DEL");
-    assert_eq!(host.host_veths(), Vec::<String>::new());
+    assert!(
+        link_gone_eventually(h, &veth),
+        "host veth {veth} survived DEL"
+    );
+    assert!(link_gone_eventually(c.name(), "eth0"), "eth0 survived DEL");
+    assert_eq!(host.host_veths_eventually(&[]), Vec::<String>::new());
 }
 
 #[test]
@@ -169,7 +172,7 @@ fn every_cni_version_gets_its_own_result_format() {
         host.del(&c, &with_prev_result(&conf, &result))
             .assert_ok_empty();
     }
-    assert_eq!(host.host_veths(), Vec::<String>::new());
+    assert_eq!(host.host_veths_eventually(&[]), Vec::<String>::new());
 }
 
 #[test]
@@ -384,9 +387,15 @@ fn state_survives_daemon_restart() {
 
     host.del(&a, &with_prev_result(&conf, &ra))
         .assert_ok_empty();
-    assert!(!link_exists(host.netns().name(), &result_host_veth(&ra)));
-    assert!(!link_exists(a.name(), "eth0"));
-    assert_eq!(host.host_veths(), vec![result_host_veth(&rb)]);
+    assert!(link_gone_eventually(
+        host.netns().name(),
+        &result_host_veth(&ra)
+    ));
+    assert!(link_gone_eventually(a.name(), "eth0"));
+    assert_eq!(
+        host.host_veths_eventually(&[result_host_veth(&rb)]),
+        vec![result_host_veth(&rb)]
+    );
 }
 
 #[test]
@@ -497,8 +506,12 @@ fn parallel_adds_get_distinct_addresses() {
     assert_eq!(host.host_veths().len(), 20, "{:?}", host.host_veths());
 
     for_each_parallel(&containers, 8, |c| host.del(c, &conf).assert_ok_empty());
-    assert_eq!(host.host_veths(), Vec::<String>::new());
+    assert_eq!(host.host_veths_eventually(&[]), Vec::<String>::new());
     for c in &containers {
-        assert!(!link_exists(c.name(), "eth0"), "{} kept eth0", c.label());
+        assert!(
+            link_gone_eventually(c.name(), "eth0"),
+            "{} kept eth0",
+            c.label()
+        );
     }
 }

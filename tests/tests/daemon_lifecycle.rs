@@ -249,7 +249,7 @@ fn allocations_of_an_earlier_boot_are_released_at_start() {
     // The real boot id: everything recorded above is from "another boot".
     host.restart_daemon();
     assert_eq!(holders(&host), Vec::<String>::new());
-    assert_eq!(host.host_veths(), Vec::<String>::new());
+    assert_eq!(host.host_veths_eventually(&[]), Vec::<String>::new());
     assert_eq!(
         non_lo_links(old.name()),
         Vec::<String>::new(),
@@ -309,7 +309,7 @@ fn sweeps_never_take_an_add_half_way() {
         for_each_parallel(&containers, 8, |c| host.del(c, &conf).assert_ok_empty());
         assert_eq!(holders(&host), Vec::<String>::new());
     }
-    assert_eq!(host.host_veths(), Vec::<String>::new());
+    assert_eq!(host.host_veths_eventually(&[]), Vec::<String>::new());
 }
 
 #[test]
@@ -346,8 +346,15 @@ fn del_while_the_daemon_is_down_is_applied_when_it_is_back() {
 
     host.restart_daemon();
     assert_eq!(holders(&host), Vec::<String>::new());
-    assert!(!link_exists(host.netns().name(), &veth), "veth survived");
-    assert_eq!(non_lo_links(c.name()), Vec::<String>::new());
+    assert!(
+        link_gone_eventually(host.netns().name(), &veth),
+        "veth survived"
+    );
+    assert!(
+        poll(DEL_SETTLE, || non_lo_links(c.name()).is_empty()),
+        "{:?}",
+        non_lo_links(c.name())
+    );
     assert_eq!(dir_names(&spool), vec!["rejected".to_string()]);
     assert_eq!(dir_names(&spool.join("rejected")).len(), 1);
     // And the daemon serves on.
@@ -385,7 +392,7 @@ fn del_spooled_while_running_is_applied_by_the_sweep() {
         holders(&host),
         dir_names(&spool)
     );
-    assert_eq!(host.host_veths(), Vec::<String>::new());
+    assert_eq!(host.host_veths_eventually(&[]), Vec::<String>::new());
 }
 
 /// The spool file name the shim uses (FNV-1a 64 of network, container id and interface).
@@ -550,7 +557,7 @@ fn gc_and_status_speak_cni_1_1() {
         vec![result_host_veth(&keep_result)],
         "GC leaves only what valid-attachments names"
     );
-    assert!(!link_exists(&h, &result_host_veth(&drop_result)));
+    assert!(link_gone_eventually(&h, &result_host_veth(&drop_result)));
     status(&conf).assert_ok_empty();
 
     // The versions and keys GC needs.

@@ -160,7 +160,7 @@ fn podman_rm_and_stop_release_the_address() {
     assert_eq!(assert_attached(&first), FIXED);
     assert_allocations(&p, &[(&first, FIXED)]);
     first.remove();
-    assert_eq!(p.host().host_veths(), Vec::<String>::new());
+    assert_eq!(p.host().host_veths_eventually(&[]), Vec::<String>::new());
     assert_allocations(&p, &[]);
 
     // stop: same, although the container itself still exists.
@@ -169,7 +169,7 @@ fn podman_rm_and_stop_release_the_address() {
     assert_allocations(&p, &[(&second, FIXED)]);
     second.stop();
     assert_eq!(second.status(), "exited");
-    assert_eq!(p.host().host_veths(), Vec::<String>::new());
+    assert_eq!(p.host().host_veths_eventually(&[]), Vec::<String>::new());
     assert_allocations(&p, &[]);
 
     let third = p.run_idle("third", &["--ip", FIXED]);
@@ -267,7 +267,7 @@ fn podman_parallel_starts_get_distinct_addresses() {
     assert_allocations(&p, &expected);
 
     for_each_parallel(&containers, 8, Container::remove);
-    assert_eq!(p.host().host_veths(), Vec::<String>::new());
+    assert_eq!(p.host().host_veths_eventually(&[]), Vec::<String>::new());
     assert_allocations(&p, &[]);
 }
 
@@ -292,7 +292,7 @@ fn podman_portmap_chained_after_flatnet() {
     );
 
     web.remove();
-    assert_eq!(p.host().host_veths(), Vec::<String>::new());
+    assert_eq!(p.host().host_veths_eventually(&[]), Vec::<String>::new());
     let nat = nat_rules(&p);
     assert!(
         !nat.contains("CNI-DN-"),
@@ -327,7 +327,7 @@ fn podman_tuning_chained_after_flatnet() {
     assert_ne!(read("/proc/sys/net/ipv4/conf/default/rp_filter"), "2");
 
     c.remove();
-    assert_eq!(p.host().host_veths(), Vec::<String>::new());
+    assert_eq!(p.host().host_veths_eventually(&[]), Vec::<String>::new());
     assert_allocations(&p, &[]);
 }
 
@@ -389,7 +389,7 @@ fn podman_bandwidth_chained_after_flatnet() {
     );
 
     web.remove();
-    assert_eq!(p.host().host_veths(), Vec::<String>::new());
+    assert_eq!(p.host().host_veths_eventually(&[]), Vec::<String>::new());
     assert_eq!(links_with_prefix(p.ns(), "bwp"), Vec::<String>::new());
     assert_allocations(&p, &[]);
 }

@@ -564,6 +564,7 @@ mod tests {
             "{s:?}"
         );
         assert_eq!(held(&e), vec!["restarted"]);
+        e.drain_deletions(std::time::Duration::from_secs(2)).await;
         assert!(!e.nl.has_link(&veth_name("stopped", "eth0")));
         assert!(e.nl.has_link(&veth_name("restarted", "eth0")));
         let left: Vec<_> = std::fs::read_dir(&dir)
@@ -572,15 +573,22 @@ mod tests {
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("rejected")]);
 
-        // A DEL the kernel refuses stays spooled for the next sweep.
+        // A DEL whose veth the kernel refuses to delete is applied, but its address stays held
+        // while the veth exists; the next sweep removes the veth (no allocation owns it any more)
+        // and only then frees the address.
+        let address = e.store().list(None).unwrap()[0].address;
         flatnet_proto::spool::write(&dir, &spooled("restarted", conf(), now_ms + 5000)).unwrap();
         e.nl.fail_on.lock().unwrap().insert("delete_link");
         let s = e.sweep(Pass::Startup, Some(&spool)).await.unwrap();
-        assert_eq!(s.spool_failed, 1, "{s:?}");
+        assert_eq!(s.spool_applied, 1, "{s:?}");
+        e.drain_deletions(std::time::Duration::from_secs(2)).await;
+        assert!(held(&e).is_empty());
+        assert!(e.nl.has_link(&veth_name("restarted", "eth0")));
+        assert!(e.is_quarantined("flatnet", address));
         e.nl.fail_on.lock().unwrap().clear();
         let s = e.sweep(Pass::Startup, Some(&spool)).await.unwrap();
-        assert_eq!(s.spool_applied, 1, "{s:?}");
-        assert!(held(&e).is_empty());
+        assert_eq!(s.links_removed, 1, "{s:?}");
+        assert!(!e.is_quarantined("flatnet", address));
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
     }
 }
