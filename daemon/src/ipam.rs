@@ -242,9 +242,17 @@ pub struct SledStore {
     networks: sled::Tree,
 }
 
+/// sled's page cache (see [`SledStore::open`]).
+const CACHE_BYTES: u64 = 8 << 20;
+
 impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new().path(dir.join("db")).open()?;
+        // sled's page cache defaults to 1 GiB and would hold the whole database in the daemon's
+        // memory; 8 MiB keeps the hot part (the OS page cache serves the rest) and the daemon small.
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
         Ok(SledStore {
             allocs: db.open_tree("allocations")?,
             addrs: db.open_tree("addresses")?,
