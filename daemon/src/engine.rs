@@ -475,7 +475,18 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let t0 = Instant::now();
         let netns = Netns::open(&req.netns)?;
         let requested = args.ip.or(conf.runtime_ip);
-        let _guard = self.lock(&conf.name, req.deadline).await?;
+        let host_veth = veth_name(&req.container_id, &req.ifname);
+        // A container restarted right after its DEL needs the same veth name: wait until the old
+        // veth is deleted (see [`deleter`]) before taking the network lock, so the wait holds up
+        // nobody else.
+        if !self.deleter.wait_gone(&host_veth, KERNEL_WAIT).await {
+            return Err(Self::busy(
+                &format!("host interface {host_veth}"),
+                "the deletion of the previous one",
+                KERNEL_WAIT,
+            ));
+        }
+        let mut _guard = self.lock(&conf.name, req.deadline).await?;
         let t_lock = t0.elapsed();
 
         if let Some(existing) = self.store.get(&key)? {
@@ -508,14 +519,22 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 if waiting.is_empty() {
                     return Err(e.into());
                 }
+                // Without the network lock: the other requests need not wait with this one.
+                drop(_guard);
                 for veth in &waiting {
                     self.deleter.wait_gone(veth, KERNEL_WAIT).await;
+                }
+                _guard = self.lock(&conf.name, req.deadline).await?;
+                if self.store.get(&key)?.is_some() {
+                    return Err(Error::Busy(format!(
+                        "another ADD for container {} on {} finished first; try again",
+                        key.container_id, key.ifname
+                    )));
                 }
                 choose()?
             }
             other => other?,
         };
-        let host_veth = veth_name(&req.container_id, &req.ifname);
         let mac = args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac);
         let t_choose = t0.elapsed();
         let attached = self
@@ -766,6 +785,25 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
         };
         if let Some(alloc) = existing {
+            // Off the container's interface right away, so nothing reaches the old address once
+            // DEL has answered (cheap, unlike deleting the veth). A namespace that is gone already
+            // took the address with it.
+            let netns_path = if req.netns.is_empty() {
+                &alloc.netns
+            } else {
+                &req.netns
+            };
+            if let Ok(netns) = Netns::open(netns_path) {
+                let address =
+                    Ipv4Network::new(alloc.address, alloc.prefix).expect("stored prefix is valid");
+                if let Err(e) = self
+                    .nl
+                    .remove_container_address(&netns, &req.ifname, address)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not remove the address before deleting the veth");
+                }
+            }
             // The address stays held (quarantined) until the veth is gone, so it can never be live
             // twice; the record goes now, and the kernel's slow veth deletion happens after the reply.
             self.quarantine
@@ -1110,6 +1148,14 @@ pub(crate) mod tests {
                 up: true,
                 kind: None,
             })
+        }
+        async fn remove_container_address(
+            &self,
+            _: &Netns,
+            ifname: &str,
+            address: Ipv4Network,
+        ) -> Result<(), NetlinkError> {
+            self.record("remove_container_address", format!("{address} {ifname}"))
         }
         async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
             self.record("delete_link", name.to_string())?;

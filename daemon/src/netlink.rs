@@ -200,6 +200,13 @@ pub trait Netlink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
     /// Deletes a link in the daemon's namespace; `Ok(false)` when it was already gone.
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
+    /// Removes `address` from interface `ifname` inside `netns` (fine when either is gone already).
+    fn remove_container_address(
+        &self,
+        netns: &Netns,
+        ifname: &str,
+        address: Ipv4Network,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     /// Deletes several links of the daemon's namespace (those already gone are fine); returns the
     /// ones that could not be deleted, with why. Implementations may do it in one kernel batch.
     fn delete_links(
@@ -777,6 +784,44 @@ impl Netlink for RtNetlink {
         bounded(
             || format!("deleting link {name}"),
             self.delete_link_now(name),
+        )
+        .await
+    }
+
+    async fn remove_container_address(
+        &self,
+        netns: &Netns,
+        ifname: &str,
+        address: Ipv4Network,
+    ) -> Result<(), NetlinkError> {
+        bounded(
+            || format!("removing {address} from {ifname} in {}", netns.path),
+            async {
+                let handle = ns_handle(netns).await?;
+                let Some(link) = get_link(&handle, ifname).await? else {
+                    return Ok(());
+                };
+                let msg = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
+                    .index(link.index)
+                    .address(address.ip(), address.prefix())
+                    .build();
+                match handle.address().del(msg).execute().await {
+                    Ok(()) => Ok(()),
+                    // EADDRNOTAVAIL: the address is not there (any more).
+                    Err(e)
+                        if matches!(
+                            errno_of(&e),
+                            Some(nix::libc::EADDRNOTAVAIL | nix::libc::ENODEV)
+                        ) =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(kernel(format!(
+                        "removing {address} from {ifname} in {}",
+                        netns.path
+                    ))(e)),
+                }
+            },
         )
         .await
     }
