@@ -213,7 +213,7 @@ build() {
     if [ -n "$BIN_SRC" ]; then
         return 0
     fi
-    local cmd="cd '$REPO' && cargo build --release -p flatnet-shim && cargo build --release -p flatnet-daemon"
+    local cmd="'$REPO/deploy/build-release.sh'"
     if command -v cargo >/dev/null 2>&1; then
         say "building the release binaries (cargo build --release)"
         bash -c "$cmd"
@@ -221,15 +221,15 @@ build() {
         say "building the release binaries as $SUDO_USER"
         runuser -u "$SUDO_USER" -- bash -lc "$cmd"
     else
-        die "cargo is not in PATH: build first with \`cargo build --release\` and re-run with --bin-dir target/release"
+        die "cargo is not in PATH: build first with deploy/build-release.sh and re-run with --bin-dir target/dist"
     fi
-    BIN_SRC=$REPO/target/release
+    BIN_SRC=$REPO/target/dist
 }
 
 install_all() {
     build
     for bin in flatnet flatnetd flatnetctl; do
-        [ -x "$BIN_SRC/$bin" ] || die "$BIN_SRC/$bin is missing: build it first (cargo build --release)"
+        [ -x "$BIN_SRC/$bin" ] || die "$BIN_SRC/$bin is missing: build it first (deploy/build-release.sh)"
     done
     # An upgrade: the daemon started in the background by an earlier run stops before its binary is
     # replaced, and starts again below.

@@ -12,12 +12,15 @@ cd "$(dirname "$0")/.."
 owner=$(stat -c %U .)
 # Under sudo, PATH is sudo's secure_path: put the owner's rustup/cargo back in front.
 home=$(getent passwd "$owner" | cut -d: -f6)
-build=(env "PATH=$home/.cargo/bin:$PATH" cargo build --release --workspace --bins)
+# The benchmark binary, and Flatnet built as it ships (deploy/build-release.sh: a static shim) in
+# target/dist, which the benchmark measures.
+build=(env "PATH=$home/.cargo/bin:$PATH" bash -c "cargo build --release -p flatnet-tests --bins && deploy/build-release.sh")
 if [ "$(id -u)" -eq 0 ] && [ "$owner" != root ]; then
     sudo -u "$owner" -H "${build[@]}"
 else
     "${build[@]}"
 fi
+export FLATNET_BIN_DIR=$PWD/target/dist
 
 # The commit is read here, as the owner, so git's safe.directory check does not get in the way.
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
@@ -30,7 +33,7 @@ status=0
 if [ "$(id -u)" -eq 0 ]; then
     target/release/flatnet-bench "$@" || status=$?
 else
-    sudo --preserve-env=FLATNET_BENCH_COMMIT target/release/flatnet-bench "$@" || status=$?
+    sudo --preserve-env=FLATNET_BENCH_COMMIT,FLATNET_BIN_DIR target/release/flatnet-bench "$@" || status=$?
 fi
 # The report is written as root; give it back to the owner of the checkout.
 if [ -f BENCHMARKS.md ] && [ "$owner" != root ]; then

@@ -536,101 +536,114 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             other => other?,
         };
         let mac = args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac);
-        let t_choose = t0.elapsed();
-        let attached = self
-            .attach(conf, &netns, &req.ifname, &host_veth, ip, mac)
-            .await;
-        let t_attach = t0.elapsed();
-        let outcome = match attached {
-            Ok(result) => {
-                let alloc = Allocation {
-                    network: conf.name.clone(),
-                    container_id: req.container_id.clone(),
-                    ifname: req.ifname.clone(),
-                    address: ip,
-                    prefix: conf.ipam.subnet.prefix(),
-                    container_name: args.pod_name.clone(),
-                    host_veth: host_veth.clone(),
-                    netns: req.netns.clone(),
-                    created_unix: unix_now(),
-                    boot_id: self.boot_id.clone(),
-                    result,
-                };
-                // The network's parameters go into the same flush, so reconcile can rebuild its
-                // bridge for every allocation it finds.
-                let recorded = self
-                    .store
-                    .put_network(&network_record(conf))
-                    .and_then(|_| self.store.insert(&alloc));
-                let t_insert = t0.elapsed();
-                match recorded {
-                    Ok(()) => match self.store.flush().await {
-                        Ok(()) => {
-                            tracing::debug!(?t_lock, ?t_choose, ?t_attach, ?t_insert, flushed = ?t0.elapsed(), "ADD phases");
-                            return Ok(alloc.result.render(&conf.cni_version));
-                        }
-                        Err(e) => (Error::from(e), true),
-                    },
-                    Err(e) => (Error::from(e), false),
-                }
-            }
-            Err(e) => (e, false),
+        let host_mac = random_mac();
+        let bridge = self.bridge(conf, false).await?;
+        let address = Ipv4Network::new(ip, conf.ipam.subnet.prefix())
+            .expect("prefix comes from a valid subnet");
+        let mut alloc = Allocation {
+            network: conf.name.clone(),
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            address: ip,
+            prefix: conf.ipam.subnet.prefix(),
+            container_name: args.pod_name.clone(),
+            host_veth: host_veth.clone(),
+            netns: req.netns.clone(),
+            created_unix: unix_now(),
+            boot_id: self.boot_id.clone(),
+            result: cni_result(
+                conf,
+                &bridge.mac,
+                &host_veth,
+                host_mac,
+                &req.ifname,
+                mac,
+                &netns.path,
+                address,
+            ),
         };
-        let (outcome, recorded) = outcome;
-        // Undo: the veth pair first (deleting the host end removes the peer and the address in the
-        // container too), and only then the record: the address must stay held while an interface
-        // may still carry it.
-        match self.nl.delete_link(&host_veth).await {
-            Ok(_) => {
-                if recorded {
-                    // Nothing flushed it; a failure here only leaves a record whose veth is gone,
-                    // which reconcile releases.
-                    let _ = self.store.remove(&key);
-                }
-                Err(outcome)
+        // Recorded before the kernel work, so that making it durable overlaps with that work. A
+        // record whose veth never comes (this ADD fails, or the daemon dies half way) is removed
+        // below, or released by the start-up reconcile; no sweep can see it half way, as the gate
+        // keeps sweeps away from requests in flight. The network's parameters go into the same
+        // flush, so reconcile can rebuild its bridge for every allocation it finds.
+        self.store.put_network(&network_record(conf))?;
+        self.store.insert(&alloc)?;
+        let t_recorded = t0.elapsed();
+        let (attached, flushed) = tokio::join!(
+            self.attach(
+                conf,
+                &netns,
+                &key,
+                &host_veth,
+                address,
+                mac,
+                host_mac,
+                bridge.clone()
+            ),
+            self.store.flush()
+        );
+        let failure = match (attached, flushed) {
+            (Ok(used), Ok(())) if used.mac == bridge.mac => {
+                tracing::debug!(?t_lock, ?t_recorded, done = ?t0.elapsed(), "ADD phases");
+                return Ok(alloc.result.render(&conf.cni_version));
             }
-            Err(undo) => {
-                if !recorded {
-                    self.quarantine
-                        .lock()
-                        .expect("quarantine poisoned")
-                        .push(Quarantined {
-                            network: conf.name.clone(),
-                            address: ip,
-                            host_veth: host_veth.clone(),
-                        });
+            // The bridge was recreated while attaching: the result names its new MAC.
+            (Ok(used), Ok(())) => {
+                alloc.result.interfaces[0].mac = cni::format_mac(&used.mac);
+                let rerecorded = self.store.insert(&alloc);
+                match rerecorded {
+                    Ok(()) => match self.store.flush().await {
+                        Ok(()) => return Ok(alloc.result.render(&conf.cni_version)),
+                        Err(e) => Error::from(e),
+                    },
+                    Err(e) => Error::from(e),
                 }
+            }
+            (Err(e), _) => e,
+            (Ok(_), Err(e)) => Error::from(e),
+        };
+        // Undo: the veth pair first (deleting the host end removes the peer and the address in the
+        // container too), then the record. If the veth cannot be deleted, its address is held back
+        // (quarantined) until the interface is gone.
+        let undo = self.nl.delete_link(&host_veth).await;
+        let _ = self.store.remove(&key);
+        match undo {
+            Ok(_) => Err(failure),
+            Err(undo) => {
+                self.quarantine
+                    .lock()
+                    .expect("quarantine poisoned")
+                    .push(Quarantined {
+                        network: conf.name.clone(),
+                        address: ip,
+                        host_veth: host_veth.clone(),
+                    });
                 tracing::error!(host_veth, address = %ip, error = %undo,
                     "cannot undo a failed ADD; its address is held back until the interface is gone");
                 Err(Error::RollbackFailed {
-                    error: Box::new(outcome),
+                    error: Box::new(failure),
                     undo: undo.to_string(),
                 })
             }
         }
     }
 
-    /// The kernel side of ADD: bridge, veth pair, container address and routes.
+    /// The kernel side of ADD: veth pair, container address and routes. Returns the bridge the veth
+    /// went on (another one than `bridge` if the bridge had to be recreated).
+    #[allow(clippy::too_many_arguments)]
     async fn attach(
         &self,
         conf: &NetConf,
         netns: &Netns,
-        ifname: &str,
+        key: &AllocKey,
         host_veth: &str,
-        ip: Ipv4Addr,
+        address: Ipv4Network,
         mac: [u8; 6],
-    ) -> Result<CniResult, Error> {
-        let host_mac = random_mac();
-        let mut bridge = self.bridge(conf, false).await?;
-        // A container restarted right after its DEL needs the same veth name: wait until the old
-        // veth is deleted (see [`deleter`]).
-        if !self.deleter.wait_gone(host_veth, KERNEL_WAIT).await {
-            return Err(Self::busy(
-                &format!("host interface {host_veth}"),
-                "the deletion of the previous one",
-                KERNEL_WAIT,
-            ));
-        }
+        host_mac: [u8; 6],
+        mut bridge: LinkState,
+    ) -> Result<LinkState, Error> {
+        let ifname = key.ifname.as_str();
         let mut spec = VethSpec {
             host: host_veth.to_string(),
             host_mac,
@@ -659,7 +672,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     .store
                     .list(None)?
                     .iter()
-                    .any(|a| a.host_veth == host_veth)
+                    .any(|a| a.host_veth == host_veth && a.key() != *key)
                 {
                     return Err(Error::AlreadyAttached(format!(
                         "host interface {host_veth} belongs to another container (name hash collision); \
@@ -678,17 +691,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
             self.nl.create_veth(&spec).await?;
         }
-        let prefix = conf.ipam.subnet.prefix();
-        let address = Ipv4Network::new(ip, prefix).expect("prefix comes from a valid subnet");
         let routes = conf
             .ipam
             .routes
             .iter()
             .map(|r| (r.dst, conf.ipam.route_gateway(r)))
             .collect();
-        let t_veth = Instant::now();
-        let container = self
-            .nl
+        self.nl
             .configure_container(
                 netns,
                 &ContainerSpec {
@@ -698,41 +707,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 },
             )
             .await?;
-        tracing::debug!(configure = ?t_veth.elapsed(), "container side configured");
-        Ok(CniResult {
-            interfaces: vec![
-                Interface {
-                    name: conf.bridge.clone(),
-                    mac: cni::format_mac(&bridge.mac),
-                    sandbox: None,
-                },
-                Interface {
-                    name: host_veth.to_string(),
-                    mac: cni::format_mac(&host_mac),
-                    sandbox: None,
-                },
-                Interface {
-                    name: ifname.to_string(),
-                    mac: cni::format_mac(&container.mac),
-                    sandbox: Some(netns.path.clone()),
-                },
-            ],
-            ips: vec![IpConfig {
-                address: address.to_string(),
-                gateway: Some(conf.ipam.gateway.to_string()),
-                interface: Some(2),
-            }],
-            routes: conf
-                .ipam
-                .routes
-                .iter()
-                .map(|r| RouteOut {
-                    dst: r.dst.to_string(),
-                    gw: r.gw.map(|g| g.to_string()),
-                })
-                .collect(),
-            dns: conf.dns.clone(),
-        })
+        Ok(bridge)
     }
 
     /// The network's bridge, from the cache unless `refresh` or the gateway changed.
@@ -1038,6 +1013,54 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             ))),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The CNI result of an attachment: bridge, host veth, container interface; its address and routes.
+#[allow(clippy::too_many_arguments)]
+fn cni_result(
+    conf: &NetConf,
+    bridge_mac: &[u8],
+    host_veth: &str,
+    host_mac: [u8; 6],
+    ifname: &str,
+    mac: [u8; 6],
+    sandbox: &str,
+    address: Ipv4Network,
+) -> CniResult {
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: conf.bridge.clone(),
+                mac: cni::format_mac(bridge_mac),
+                sandbox: None,
+            },
+            Interface {
+                name: host_veth.to_string(),
+                mac: cni::format_mac(&host_mac),
+                sandbox: None,
+            },
+            Interface {
+                name: ifname.to_string(),
+                mac: cni::format_mac(&mac),
+                sandbox: Some(sandbox.to_string()),
+            },
+        ],
+        ips: vec![IpConfig {
+            address: address.to_string(),
+            gateway: Some(conf.ipam.gateway.to_string()),
+            interface: Some(2),
+        }],
+        routes: conf
+            .ipam
+            .routes
+            .iter()
+            .map(|r| RouteOut {
+                dst: r.dst.to_string(),
+                gw: r.gw.map(|g| g.to_string()),
+            })
+            .collect(),
+        dns: conf.dns.clone(),
     }
 }
 

@@ -8,8 +8,8 @@ use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -474,8 +474,7 @@ impl RtNetlink {
         let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(spec.host.clone())
             .address(spec.host_mac.to_vec())
-            .controller(spec.bridge_index)
-            .up();
+            .controller(spec.bridge_index);
         if let Some(mtu) = spec.mtu {
             peer = peer.mtu(mtu);
             host = host.mtu(mtu);
@@ -492,6 +491,24 @@ impl RtNetlink {
                 "creating veth {} with peer {} in {}",
                 spec.host, spec.ifname, spec.netns.path
             )))?;
+        // Up, without an IPv6 link-local address: Flatnet is IPv4, and address generation,
+        // duplicate address detection and MLD reports for every new bridge port are kernel work
+        // on the ADD path that nobody uses. (The kernel takes this only for an existing link.)
+        let no_ipv6_autoconf =
+            LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+                In6AddrGenMode::None,
+            )])]);
+        self.handle
+            .link()
+            .change(
+                LinkUnspec::new_with_name(&spec.host)
+                    .append_extra_attribute(no_ipv6_autoconf)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(kernel(format!("bringing {} up", spec.host)))?;
         if spec.hairpin {
             self.hairpin_now(&spec.host).await?;
         }
