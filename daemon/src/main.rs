@@ -305,7 +305,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     // Before serving: the kernel and the database agree again, and DELs that arrived while the
     // daemon was away are applied. Requests wait in the listen queue meanwhile.
     let reconciling = std::time::Instant::now();
-    engine
+    let startup = engine
         .sweep(Pass::Startup, Some(&spool))
         .await
         .context("reconciling at start")?;
@@ -314,7 +314,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         sweep_interval_s = opts.sweep_interval.map_or(0, |d| d.as_secs()),
         startup_ms = reconciling.elapsed().as_millis() as u64,
         metrics_listen = opts.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
-        allocations = engine.store().list(None).map(|l| l.len()).unwrap_or(0), "flatnetd ready");
+        allocations = startup.kept, "flatnetd ready");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -9,9 +9,10 @@ use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
-    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::fs::File;
 use std::future::Future;
@@ -699,18 +700,17 @@ fn link_name(msg: &LinkMessage) -> Option<String> {
 
 impl RtNetlink {
     async fn links_now(&self) -> Result<Vec<(String, LinkState)>, NetlinkError> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
+        // Without statistics (the largest part of each message), and converted as the messages
+        // arrive, so that a dump of 10,000 links neither takes long nor holds them all parsed at once.
+        self.handle
             .link()
             .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
             .execute()
+            .try_filter_map(|m| async move { Ok(link_name(&m).map(|name| (name, link_state(&m)))) })
             .try_collect()
             .await
-            .map_err(kernel("listing links"))?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| Some((link_name(m)?, link_state(m))))
-            .collect())
+            .map_err(kernel("listing links"))
     }
 
     async fn enslave_now(

@@ -132,6 +132,12 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if let Some(spool) = spool {
             self.apply_spool_locked(spool, &mut summary).await;
         }
+        // A pass builds large short-lived tables (every link, every allocation); hand the memory back
+        // to the system instead of keeping it as the daemon's resident size.
+        // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
         let s = &summary;
         if pass == Pass::Startup || s.changed_anything() || !s.failures.is_empty() {
             tracing::info!(
@@ -161,11 +167,15 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     }
 
     async fn reconcile_locked(&self, pass: Pass, s: &mut Summary) -> Result<(), Error> {
+        let t0 = std::time::Instant::now();
         if pass == Pass::Startup {
             s.index_repaired = self.store.repair_index()?;
         }
+        let t_index = t0.elapsed();
         let mut links: HashMap<String, LinkState> = self.nl.links().await?.into_iter().collect();
+        let t_links = t0.elapsed();
         let allocs = self.store.list(None)?;
+        tracing::debug!(?t_index, ?t_links, t_list = ?t0.elapsed(), links = links.len(), allocations = allocs.len(), "reconcile read its inputs");
         let now = unix_now();
         let previous = std::mem::take(&mut *self.suspects.lock().expect("suspects poisoned"));
         let mut suspects = HashSet::new();
