@@ -963,6 +963,32 @@ pub fn result_host_veth(result: &Value) -> String {
         .to_string()
 }
 
+/// How long the host side may take to show a DEL: flatnetd answers DEL before the kernel has
+/// deleted the veth (about 20 ms; the address stays held until then).
+pub const DEL_SETTLE: Duration = Duration::from_secs(5);
+
+impl Host {
+    /// The host's `fn-*` links once they equal `expected` (sorted), or as they are after
+    /// [`DEL_SETTLE`]; for asserting what a DEL left.
+    pub fn host_veths_eventually(&self, expected: &[String]) -> Vec<String> {
+        let mut want = expected.to_vec();
+        want.sort();
+        let mut now = Vec::new();
+        poll(DEL_SETTLE, || {
+            now = self.host_veths();
+            now.sort();
+            now == want
+        });
+        now
+    }
+}
+
+/// `true` once link `name` no longer exists in `netns`, `false` if it still does after
+/// [`DEL_SETTLE`].
+pub fn link_gone_eventually(netns: &str, name: &str) -> bool {
+    poll(DEL_SETTLE, || !link_exists(netns, name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1006,30 +1032,4 @@ mod tests {
         seen.sort();
         assert_eq!(seen, items);
     }
-}
-
-/// How long the host side may take to show a DEL: flatnetd answers DEL before the kernel has
-/// deleted the veth (about 20 ms; the address stays held until then).
-pub const DEL_SETTLE: Duration = Duration::from_secs(5);
-
-impl Host {
-    /// The host's `fn-*` links once they equal `expected` (sorted), or as they are after
-    /// [`DEL_SETTLE`]; for asserting what a DEL left.
-    pub fn host_veths_eventually(&self, expected: &[String]) -> Vec<String> {
-        let mut want = expected.to_vec();
-        want.sort();
-        let mut now = Vec::new();
-        poll(DEL_SETTLE, || {
-            now = self.host_veths();
-            now.sort();
-            now == want
-        });
-        now
-    }
-}
-
-/// `true` once link `name` no longer exists in `netns`, `false` if it still does after
-/// [`DEL_SETTLE`].
-pub fn link_gone_eventually(netns: &str, name: &str) -> bool {
-    poll(DEL_SETTLE, || !link_exists(netns, name))
 }

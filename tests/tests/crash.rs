@@ -174,7 +174,7 @@ impl Churn<'_> {
             Belief::Unknown => ("DEL", host.del(&slot.c, conf)),
         };
         let e1 = self.epoch.load(Ordering::SeqCst);
-        let undisturbed = e0 == e1 && e0 % 2 == 0;
+        let undisturbed = e0 == e1 && e0.is_multiple_of(2);
         if !undisturbed {
             self.stats.disturbed.fetch_add(1, Ordering::Relaxed);
         }
@@ -252,7 +252,7 @@ impl Churn<'_> {
         }
         // An ADD that was in flight when the daemon died may have left half an attachment: lose
         // such containers often, the others now and then.
-        let in_flight_at_kill = e0 % 2 == 0 && e1 != e0;
+        let in_flight_at_kill = e0.is_multiple_of(2) && e1 != e0;
         if verb == "ADD" && rng.chance(if in_flight_at_kill { 50 } else { 2 }) {
             self.lose(slot, &self.lost_failed, "after a failed ADD");
         }
