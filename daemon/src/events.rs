@@ -133,27 +133,11 @@ impl<S: Store> Store for EventStore<S> {
 mod tests {
     use super::*;
     use crate::ipam::MemStore;
-    use crate::result::CniResult;
 
     fn alloc(container: &str, last: u8) -> Allocation {
-        Allocation {
-            network: "n".into(),
-            container_id: container.into(),
-            ifname: "eth0".into(),
-            address: Ipv4Addr::new(10, 87, 1, last),
-            prefix: 24,
-            container_name: Some(format!("{container}-name")),
-            host_veth: "fn-00000000".into(),
-            netns: "/run/netns/x".into(),
-            created_unix: 0,
-            boot_id: "b".into(),
-            result: CniResult {
-                interfaces: vec![],
-                ips: vec![],
-                routes: vec![],
-                dns: serde_json::json!({}),
-            },
-        }
+        let mut a = crate::ipam::tests::alloc(container, Ipv4Addr::new(10, 87, 1, last));
+        a.container_name = Some(format!("{container}-name"));
+        a
     }
 
     #[test]

@@ -435,7 +435,6 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::result::CniResult;
 
     fn record(range: Option<(Ipv4Addr, Ipv4Addr)>) -> NetworkRecord {
         NetworkRecord {
@@ -452,24 +451,9 @@ mod tests {
     }
 
     fn alloc(id: &str, name: &str, last: u8) -> ipam::Allocation {
-        ipam::Allocation {
-            network: "n".into(),
-            container_id: id.into(),
-            ifname: "eth0".into(),
-            address: Ipv4Addr::new(10, 87, 1, last),
-            prefix: 24,
-            container_name: Some(name.into()),
-            host_veth: "fn-00000000".into(),
-            netns: "/run/netns/x".into(),
-            created_unix: 0,
-            boot_id: "b".into(),
-            result: CniResult {
-                interfaces: vec![],
-                ips: vec![],
-                routes: vec![],
-                dns: serde_json::json!({}),
-            },
-        }
+        let mut a = ipam::tests::alloc(id, Ipv4Addr::new(10, 87, 1, last));
+        a.container_name = Some(name.into());
+        a
     }
 
     #[test]
