@@ -238,6 +238,9 @@ install_all() {
     put 0755 "$BIN_SRC/flatnetd" "$BIN_DIR/flatnetd"
     put 0755 "$BIN_SRC/flatnetctl" "$BIN_DIR/flatnetctl"
     say "installed $CNI_BIN_DIR/flatnet, $BIN_DIR/flatnetd, $BIN_DIR/flatnetctl"
+    # Before the network config: switching Podman's backend runs `podman system reset`, which
+    # deletes the network configs in /etc/cni/net.d.
+    configure_podman
     if [ -f "$CONFLIST" ] && ! grep -q '"type": "flatnet"' "$CONFLIST"; then
         die "$CONFLIST exists and is not Flatnet's: move it away first"
     fi
@@ -252,7 +255,6 @@ install_all() {
         have_systemd && networkctl reload >/dev/null 2>&1 || true
     fi
     start_daemon
-    configure_podman
     say "done. Try: podman run --rm --network flatnet <image> ip addr"
 }
 

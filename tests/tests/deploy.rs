@@ -476,7 +476,8 @@ fn podman_backend_is_switched_only_when_asked() {
     std::fs::write(
         fake.join("podman"),
         format!(
-            "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$1\" in\n  info) if [ -f /etc/containers/containers.conf.d/90-flatnet.conf ]; then echo cni; else echo netavark; fi ;;\nesac\n",
+            // Like the real one, `system reset` deletes the network configs in /etc/cni/net.d.
+            "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$1\" in\n  info) if [ -f /etc/containers/containers.conf.d/90-flatnet.conf ]; then echo cni; else echo netavark; fi ;;\n  system) rm -f /etc/cni/net.d/90-flatnet.conflist ;;\nesac\n",
             calls = calls.display()
         ),
     )
@@ -522,6 +523,11 @@ fn podman_backend_is_switched_only_when_asked() {
     assert!(
         recorded.lines().any(|l| l == "system reset --force"),
         "{recorded}"
+    );
+    assert!(
+        Path::new("/etc/cni/net.d/90-flatnet.conflist").exists(),
+        "podman system reset removed the flatnet network config: {}",
+        text(&asked)
     );
     assert!(
         String::from_utf8_lossy(&asked.stdout).contains("now uses the CNI backend"),
