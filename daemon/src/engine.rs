@@ -10,11 +10,13 @@
 //! bounded by the request's deadline and [`LOCK_WAIT`]; a request that cannot get its turn fails
 //! with code 11 ("try again").
 //!
-//! Crash safety: ADD records the allocation only after the kernel work succeeded and flushes before
-//! it replies; DEL removes the interface before it releases the address. So a SIGKILL at any point
-//! leaves either an `fn-*` link nobody owns (removed by reconcile before the next request is
-//! served) or an allocation whose veth exists (kept, released by a later DEL) or whose veth is gone
-//! (released by reconcile): never an address that is live in a container and free in the store.
+//! Crash safety: ADD records the allocation before its kernel work (flushing while that work runs)
+//! and replies only once both are done; a failed ADD removes the veth, then the record. DEL takes
+//! the address off the container, removes the record and holds the address in memory until the
+//! [`deleter`] has deleted the veth. So a SIGKILL at any point leaves either an `fn-*` link nobody
+//! owns (removed by reconcile before the next request is served) or an allocation whose veth exists
+//! (kept, released by a later DEL) or whose veth is gone (released by reconcile): never an address
+//! that is live in a container and free in the store.
 
 use crate::config::{ConfigError, NetConf};
 use crate::ipam::{self, AllocKey, Allocation, IpamError, Store, StoreError};

@@ -200,9 +200,12 @@ pub fn output_within(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> Resu
         .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     let pid = child.id();
     let mut input = child.stdin.take().expect("stdin was configured as piped");
-    // A command that exits without reading stdin gives EPIPE here; its output tells why.
-    let _ = input.write_all(stdin);
-    drop(input);
+    let stdin = stdin.to_vec();
+    // On a thread of its own: a command that stops reading (oversized stdin) must not block the
+    // wait below. EPIPE when it exited without reading; its output tells why.
+    std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -433,6 +436,27 @@ impl std::fmt::Display for CniOutput {
 
 impl CniOutput {
     /// The CNI error code in stdout, if stdout is a CNI error.
+    /// What a shim run printed; panics if stdout is anything but empty or one JSON document
+    /// (only protocol JSON may go there).
+    pub fn from_output(what: String, out: Output) -> CniOutput {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let json = if stdout.trim().is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&stdout).unwrap_or_else(|e| {
+                panic!("shim stdout is not JSON ({e}); only protocol JSON may go there\n{what}\nstdout: {stdout}\nstderr: {stderr}")
+            }))
+        };
+        CniOutput {
+            what,
+            status: out.status.code().unwrap_or(-1),
+            stdout,
+            json,
+            stderr,
+        }
+    }
+
     pub fn code(&self) -> Option<u64> {
         self.json.as_ref()?.get("code")?.as_u64()
     }
@@ -693,50 +717,13 @@ impl Host {
             .env("CNI_IFNAME", ifname)
             .env("CNI_ARGS", cni_args)
             .env("CNI_PATH", CNI_PATH)
-            .env("PATH", PATH)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("PATH", PATH);
         if let Some(netns) = netns {
             cmd.env("CNI_NETNS", netns);
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the flatnet shim: {e}"));
-        let pid = child.id();
-        let mut stdin = child.stdin.take().expect("stdin was configured as piped");
-        // A shim that exits without reading stdin gives EPIPE here; its output tells why.
-        let _ = stdin.write_all(conf.to_string().as_bytes());
-        drop(stdin);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let out = match rx.recv_timeout(SHIM_TIMEOUT) {
-            Ok(out) => out.unwrap_or_else(|e| panic!("waiting for the shim failed: {e}")),
-            Err(_) => {
-                let _ = Command::new("busybox")
-                    .args(["kill", "-KILL", &pid.to_string()])
-                    .status();
-                panic!("shim hung for {SHIM_TIMEOUT:?}: {what}");
-            }
-        };
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let json = if stdout.trim().is_empty() {
-            None
-        } else {
-            Some(serde_json::from_str(&stdout).unwrap_or_else(|e| {
-                panic!("shim stdout is not JSON ({e}); only protocol JSON may go there\n{what}\nstdout: {stdout}\nstderr: {stderr}")
-            }))
-        };
-        CniOutput {
-            what,
-            status: out.status.code().unwrap_or(-1),
-            stdout,
-            json,
-            stderr,
-        }
+        let out = output_within(&mut cmd, conf.to_string().as_bytes(), SHIM_TIMEOUT)
+            .unwrap_or_else(|e| panic!("shim hung: {what}: {e}"));
+        CniOutput::from_output(what, out)
     }
 
     /// [`Host::cni_at`] with CNI_NETNS taken from a container namespace (or unset).

@@ -2,11 +2,9 @@
 //! daemon of a [`Host`], running the shim with an arbitrary environment and arbitrary stdin bytes,
 //! and a small seeded random number generator.
 
-use crate::{binary, CniOutput, Host, CNI_PATH, PATH, SHIM_TIMEOUT};
+use crate::{binary, output_within, CniOutput, Host, CNI_PATH, PATH, SHIM_TIMEOUT};
 use std::ffi::OsString;
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 
 impl Host {
     /// SIGKILLs flatnetd, as a crash or an OOM kill would: no signal handler runs, nothing is
@@ -39,57 +37,15 @@ pub type ShimEnv = Vec<(String, Option<OsString>)>;
 /// reading all of stdin is fine (its output says why).
 pub fn run_shim(what: &str, env: &ShimEnv, stdin: &[u8]) -> CniOutput {
     let mut cmd = Command::new(binary("flatnet"));
-    cmd.env_clear()
-        .env("PATH", PATH)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.env_clear().env("PATH", PATH);
     for (name, value) in env {
         if let Some(value) = value {
             cmd.env(name, value);
         }
     }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start the flatnet shim: {e}"));
-    let pid = child.id();
-    let mut input = child.stdin.take().expect("stdin was configured as piped");
-    let stdin = stdin.to_vec();
-    // A writer thread: a shim that stops reading (oversized stdin) must not block the wait below.
-    let writer = std::thread::spawn(move || {
-        // EPIPE when the shim stopped reading; its output tells why.
-        let _ = input.write_all(&stdin);
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(SHIM_TIMEOUT) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("waiting for the shim failed: {e}")),
-        Err(_) => {
-            let _ = Command::new("busybox")
-                .args(["kill", "-KILL", &pid.to_string()])
-                .status();
-            panic!("shim hung for {SHIM_TIMEOUT:?}: {what}");
-        }
-    };
-    let _ = writer.join();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = if stdout.trim().is_empty() {
-        None
-    } else {
-        Some(serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!("shim stdout is not JSON ({e}); only protocol JSON may go there\n{what}\nstdout: {stdout}\nstderr: {stderr}")
-        }))
-    };
-    CniOutput {
-        what: what.to_string(),
-        status: out.status.code().unwrap_or(-1),
-        stdout,
-        json,
-        stderr,
-    }
+    let out = output_within(&mut cmd, stdin, SHIM_TIMEOUT)
+        .unwrap_or_else(|e| panic!("shim hung: {what}: {e}"));
+    CniOutput::from_output(what.to_string(), out)
 }
 
 /// The environment Podman gives an ADD of `eth0`, for `container_id` in `netns`.

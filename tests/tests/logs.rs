@@ -248,7 +248,11 @@ fn logs_go_to_journald_when_its_socket_exists() {
     }
     if !std::path::Path::new("/run/systemd").is_dir() {
         // Nothing to mount the test's journal over without creating directories on the machine.
-        eprintln!("\n*** SKIPPED (no /run/systemd directory to stand in journald's socket) ***\n");
+        let why = "no /run/systemd directory to stand in journald's socket (Debian's systemd package creates it)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why} (CI=true, so this is a failure)");
+        }
+        eprintln!("\n*** SKIPPED ({why}) ***\n");
         return;
     }
     for journal_stream in [false, true] {
