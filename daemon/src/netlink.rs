@@ -495,21 +495,19 @@ impl RtNetlink {
         // Up, without an IPv6 link-local address: Flatnet is IPv4, and address generation,
         // duplicate address detection and MLD reports for every new bridge port are kernel work
         // on the ADD path that nobody uses. (The kernel takes this only for an existing link.)
-        let no_ipv6_autoconf =
-            LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
-                In6AddrGenMode::None,
-            )])]);
-        self.handle
-            .link()
-            .change(
-                LinkUnspec::new_with_name(&spec.host)
-                    .append_extra_attribute(no_ipv6_autoconf)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(kernel(format!("bringing {} up", spec.host)))?;
+        let up = |no_autoconf: bool| {
+            let mut msg = LinkUnspec::new_with_name(&spec.host);
+            if no_autoconf {
+                msg = msg.append_extra_attribute(no_ipv6_autoconf());
+            }
+            self.handle.link().change(msg.up().build()).execute()
+        };
+        match up(true).await {
+            // No IPv6 on this link (MTU below 1280, or IPv6 off in the kernel): nothing to turn off.
+            Err(e) if errno_of(&e) == Some(nix::libc::EAFNOSUPPORT) => up(false).await,
+            other => other,
+        }
+        .map_err(kernel(format!("bringing {} up", spec.host)))?;
         if spec.hairpin {
             self.hairpin_now(&spec.host).await?;
         }
@@ -536,6 +534,19 @@ impl RtNetlink {
                 spec.address.prefix(),
             )
             .execute();
+        // No automatic IPv6 link-local address on the container's side either: its duplicate
+        // address detection, router solicitations and MLD reports would be flooded by the bridge to
+        // every other container on the network, kernel work that grows with the network's size
+        // (measured: a 1,000-port bridge made each ADD ~5 ms slower). Sent before `up`, on the same
+        // socket, so the kernel applies it before the interface comes up.
+        let no_autoconf = handle
+            .link()
+            .change(
+                LinkUnspec::new_with_index(link.index)
+                    .append_extra_attribute(no_ipv6_autoconf())
+                    .build(),
+            )
+            .execute();
         let up = handle
             .link()
             .change(LinkUnspec::new_with_index(link.index).up().build())
@@ -544,7 +555,15 @@ impl RtNetlink {
             .link()
             .change(LinkUnspec::new_with_name("lo").up().build())
             .execute();
-        let (addr, up, lo) = futures::join!(addr, up, lo);
+        let (no_autoconf, addr, up, lo) = futures::join!(no_autoconf, addr, up, lo);
+        match no_autoconf {
+            // No IPv6 on this link (MTU below 1280, or IPv6 off in the kernel): nothing to turn off.
+            Err(e) if errno_of(&e) == Some(nix::libc::EAFNOSUPPORT) => {}
+            other => other.map_err(kernel(format!(
+                "turning off IPv6 address generation on {} in {}",
+                spec.ifname, netns.path
+            )))?,
+        }
         addr.map_err(kernel(format!(
             "adding {} to {}",
             spec.address, spec.ifname
@@ -669,6 +688,14 @@ impl RtNetlink {
             routes,
         }))
     }
+}
+
+/// `addrgenmode none`: the interface gets no automatic IPv6 link-local address. The kernel takes
+/// this only for an existing link, not in the message that creates it.
+fn no_ipv6_autoconf() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
 }
 
 /// Fails `op` with a timeout error when `fut` has not finished within [`KERNEL_TIMEOUT`].

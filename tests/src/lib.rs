@@ -911,6 +911,29 @@ pub fn addrs(netns: &str, dev: &str) -> Vec<String> {
         .collect()
 }
 
+/// IPv6 addresses of `dev` (any scope) as "addr/len"; empty when it has none or does not exist.
+pub fn addrs6(netns: &str, dev: &str) -> Vec<String> {
+    as_array(ip_json(netns, &["-6", "addr", "show"]))
+        .iter()
+        .filter(|l| l["ifname"] == dev)
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| {
+            Some(format!(
+                "{}/{}",
+                a["local"].as_str()?,
+                a["prefixlen"].as_u64()?
+            ))
+        })
+        .collect()
+}
+
+/// The link's `inet6_addr_gen_mode` from `ip -d -j link show` ("none", "eui64", ...).
+pub fn addr_gen_mode(netns: &str, dev: &str) -> Option<String> {
+    as_array(ip_json(netns, &["-d", "link", "show", "dev", dev]))
+        .first()
+        .and_then(|l| l["inet6_addr_gen_mode"].as_str().map(str::to_string))
+}
+
 /// The IPv4 main routing table (`ip -j -4 route show`).
 pub fn routes(netns: &str) -> Value {
     ip_json(netns, &["-4", "route", "show"])

@@ -59,6 +59,20 @@ fn assert_attached(host: &Host, c: &Netns, result: &Value) {
         "host veth {veth} should exist on flatnet-br0; links: {:#?}",
         links(host.netns().name())
     );
+    // No IPv6 autoconfiguration on either end: a link-local address would send DAD, router
+    // solicitations and MLD reports that the bridge floods to every container on the network.
+    for (ns, dev) in [(c.name(), "eth0"), (host.netns().name(), veth.as_str())] {
+        assert_eq!(
+            addr_gen_mode(ns, dev).as_deref(),
+            Some("none"),
+            "{dev} in {ns} should have addrgenmode none"
+        );
+        assert_eq!(
+            addrs6(ns, dev),
+            Vec::<String>::new(),
+            "{dev} in {ns} has IPv6 addresses"
+        );
+    }
 }
 
 /// Fetches `url` with busybox wget from inside `ns`, retrying up to 10 s; returns the body.
@@ -141,6 +155,23 @@ fn add_check_del_lifecycle() {
     );
     assert!(link_gone_eventually(c.name(), "eth0"), "eth0 survived DEL");
     assert_eq!(host.host_veths_eventually(&[]), Vec::<String>::new());
+}
+
+/// Below 1280 bytes a link has no IPv6 at all, so there is no IPv6 address generation to turn
+/// off: ADD must still work (the kernel refuses the request to turn it off with EAFNOSUPPORT).
+#[test]
+fn a_network_with_an_mtu_below_ipv6_minimum_works() {
+    let Some(host) = host() else { return };
+    let c = host.container("small-mtu");
+    let conf = host.conf(json!({"mtu": 1200}));
+    let result = host.add_ok(&c, &conf);
+    assert_eq!(addrs(c.name(), "eth0"), vec![result_cidr(&result)]);
+    let eth0 = link(c.name(), "eth0").expect("eth0 exists after ADD");
+    assert_eq!(eth0["mtu"], 1200, "{eth0:#}");
+    assert!(is_up(c.name(), "eth0"), "{eth0:#}");
+    host.del(&c, &with_prev_result(&conf, &result))
+        .assert_ok_empty();
+    assert_eq!(addrs(c.name(), "eth0"), Vec::<String>::new());
 }
 
 #[test]
