@@ -950,7 +950,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if let Some(bridge) = self.nl.link(&conf.bridge).await? {
             let owned: HashSet<String> = self
                 .store
-                .list(None)?
+                .summaries()?
                 .into_iter()
                 .map(|a| a.host_veth)
                 .collect();
@@ -1140,6 +1140,10 @@ pub(crate) mod tests {
                 .iter()
                 .map(|(n, l)| (n.clone(), l.clone()))
                 .collect())
+        }
+        async fn link_names(&self) -> Result<HashSet<String>, NetlinkError> {
+            self.record("link_names", String::new())?;
+            Ok(self.links.lock().unwrap().keys().cloned().collect())
         }
         async fn enslave(&self, name: &str, bridge: u32, _: bool) -> Result<(), NetlinkError> {
             self.record("enslave", format!("{name} {bridge}"))?;

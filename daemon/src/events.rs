@@ -104,6 +104,10 @@ impl<S: Store> Store for EventStore<S> {
         self.inner.list(network)
     }
 
+    fn summaries(&self) -> Result<Vec<crate::ipam::AllocSummary>, StoreError> {
+        self.inner.summaries()
+    }
+
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.inner.flush()
     }
@@ -124,8 +128,8 @@ impl<S: Store> Store for EventStore<S> {
         self.inner.probe()
     }
 
-    fn repair_index(&self) -> Result<usize, StoreError> {
-        self.inner.repair_index()
+    fn repair_index(&self, allocs: &[crate::ipam::AllocSummary]) -> Result<usize, StoreError> {
+        self.inner.repair_index(allocs)
     }
 }
 

@@ -60,6 +60,43 @@ impl Allocation {
     }
 }
 
+/// The fields of an [`Allocation`] that reconcile needs, read without the stored CNI result (most
+/// of a record's bytes): reconciling 10,000 allocations at start must be cheap.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AllocSummary {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub address: Ipv4Addr,
+    pub host_veth: String,
+    pub created_unix: u64,
+    pub boot_id: String,
+}
+
+impl AllocSummary {
+    pub fn key(&self) -> AllocKey {
+        AllocKey {
+            network: self.network.clone(),
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+}
+
+impl From<&Allocation> for AllocSummary {
+    fn from(a: &Allocation) -> Self {
+        AllocSummary {
+            network: a.network.clone(),
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+            address: a.address,
+            host_veth: a.host_veth.clone(),
+            created_unix: a.created_unix,
+            boot_id: a.boot_id.clone(),
+        }
+    }
+}
+
 /// The parameters of a network as the last ADD that used it gave them: what reconcile needs to
 /// recreate the bridge and its gateway address and to put host veths back on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +138,10 @@ pub trait Store: Send + Sync + 'static {
     fn remove(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError>;
     /// Every allocation, or those of one network.
     fn list(&self, network: Option<&str>) -> Result<Vec<Allocation>, StoreError>;
+    /// Every allocation, without its CNI result.
+    fn summaries(&self) -> Result<Vec<AllocSummary>, StoreError> {
+        Ok(self.list(None)?.iter().map(AllocSummary::from).collect())
+    }
     /// Makes every change so far survive a crash of the daemon.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The remembered parameters of one network.
@@ -112,9 +153,10 @@ pub trait Store: Send + Sync + 'static {
     /// Proves the store can still take a write and make it durable (STATUS asks this).
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Makes the address index agree with the allocations (an allocation whose address is not
-    /// indexed would let that address be handed out again); returns how many entries it fixed.
-    /// Stores without a separate index have nothing to do.
-    fn repair_index(&self) -> Result<usize, StoreError> {
+    /// indexed would let that address be handed out again), given every allocation as
+    /// [`Store::summaries`] read them just before; returns how many entries it fixed. Stores without
+    /// a separate index have nothing to do.
+    fn repair_index(&self, _allocs: &[AllocSummary]) -> Result<usize, StoreError> {
         Ok(0)
     }
 }
@@ -358,6 +400,15 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn summaries(&self) -> Result<Vec<AllocSummary>, StoreError> {
+        self.allocs
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv?.1).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
@@ -390,32 +441,40 @@ impl Store for SledStore {
         Ok(true)
     }
 
-    fn repair_index(&self) -> Result<usize, StoreError> {
-        let mut fixed = 0;
+    fn repair_index(&self, allocs: &[AllocSummary]) -> Result<usize, StoreError> {
+        // One pass over the index (no lookup per record): what the allocations claim, what the
+        // index says, then the differences.
         let mut claimed: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
-        for kv in self.allocs.iter() {
-            let (key, value) = kv?;
-            let alloc = decode(&value)?;
-            let akey = addr_key(&alloc.network, alloc.address);
-            if let Some(other) = claimed.insert(akey.clone(), key.to_vec()) {
+        for a in allocs {
+            let akey = addr_key(&a.network, a.address);
+            let key = a.key().encode();
+            if let Some(other) = claimed.get(&akey) {
                 // Two records for one address: nothing here can tell which is right; say so loudly.
-                tracing::error!(address = %alloc.address, network = %alloc.network,
-                    first = %String::from_utf8_lossy(&other).replace('\0', "/"),
+                tracing::error!(address = %a.address, network = %a.network,
+                    first = %String::from_utf8_lossy(other).replace('\0', "/"),
                     second = %String::from_utf8_lossy(&key).replace('\0', "/"),
                     "two allocations hold the same address");
                 continue;
             }
-            if self.addrs.get(&akey)?.as_deref() != Some(&key[..]) {
-                self.addrs.insert(akey, key.to_vec())?;
-                fixed += 1;
+            claimed.insert(akey, key);
+        }
+        let mut wrong: Vec<sled::IVec> = Vec::new();
+        for kv in self.addrs.iter() {
+            let (akey, owner) = kv?;
+            match claimed.get(akey.as_ref()) {
+                Some(key) if key.as_slice() == owner.as_ref() => {
+                    claimed.remove(akey.as_ref());
+                }
+                Some(_) => {}
+                None => wrong.push(akey),
             }
         }
-        for kv in self.addrs.iter() {
-            let (akey, _) = kv?;
-            if !claimed.contains_key(akey.as_ref()) {
-                self.addrs.remove(akey)?;
-                fixed += 1;
-            }
+        let fixed = wrong.len() + claimed.len();
+        for akey in wrong {
+            self.addrs.remove(akey)?;
+        }
+        for (akey, key) in claimed {
+            self.addrs.insert(akey, key)?;
         }
         Ok(fixed)
     }
@@ -704,10 +763,10 @@ pub(crate) mod tests {
                 )
                 .unwrap();
             assert!(!s.is_taken("n", ip).unwrap());
-            assert_eq!(s.repair_index().unwrap(), 2);
+            assert_eq!(s.repair_index(&s.summaries().unwrap()).unwrap(), 2);
             assert!(s.is_taken("n", ip).unwrap());
             assert!(!s.is_taken("n", Ipv4Addr::new(10, 87, 1, 9)).unwrap());
-            assert_eq!(s.repair_index().unwrap(), 0);
+            assert_eq!(s.repair_index(&s.summaries().unwrap()).unwrap(), 0);
             s.remove(&alloc("b", ip).key()).unwrap();
             futures::executor::block_on(s.probe()).unwrap();
         }
