@@ -3,20 +3,25 @@
 //! did. Errors carry the CNI code the runtime will see ([`Error::code`]). The work the daemon does
 //! without a request (reconcile at start, the periodic sweep, spooled DELs) is in [`reconcile`].
 //!
-//! Locking: every request holds the gate ([`Engine::gate`]) shared and then its network's lock;
-//! reconcile, the sweep and GC hold the gate exclusively, so they never see an ADD half way (its
-//! veth exists before its allocation is recorded). They take it only when no request holds it
+//! Locking: every request holds the gate ([`Engine::gate`]) shared, then the lock of its attachment
+//! (network + container + interface) for its whole duration, and its network's lock only while it
+//! reads and changes the network's allocations (choosing an address and recording it; removing a
+//! record and holding its address back). The kernel work and the durable write run after the
+//! network's lock is released, so requests for different containers overlap there; concurrent
+//! durable writes share one flush (see `SledStore`). Reconcile, the sweep and GC hold the gate
+//! exclusively, so they never see an ADD half way. They take it only when no request holds it
 //! (polled, never queued ahead of requests), so a stuck request delays only them. Each wait is
 //! bounded by the request's deadline and [`LOCK_WAIT`]; a request that cannot get its turn fails
 //! with code 11 ("try again").
 //!
 //! Crash safety: ADD records the allocation before its kernel work (flushing while that work runs)
-//! and replies only once both are done; a failed ADD removes the veth, then the record. DEL takes
-//! the address off the container, removes the record and holds the address in memory until the
-//! [`deleter`] has deleted the veth. So a SIGKILL at any point leaves either an `fn-*` link nobody
-//! owns (removed by reconcile before the next request is served) or an allocation whose veth exists
-//! (kept, released by a later DEL) or whose veth is gone (released by reconcile): never an address
-//! that is live in a container and free in the store.
+//! and replies only once both are done; a failed ADD removes the veth, then the record. DEL removes
+//! the record and holds the address in memory until the [`deleter`] has deleted the veth, takes the
+//! address off the container while the removal is made durable, and replies after both. So a
+//! SIGKILL at any point leaves either an `fn-*` link nobody owns (removed by reconcile before the
+//! next request is served) or an allocation whose veth exists (kept, released by a later DEL) or
+//! whose veth is gone (released by reconcile): never an address that is live in a container and
+//! free in the store.
 
 use crate::config::{ConfigError, NetConf};
 use crate::ipam::{self, AllocKey, Allocation, IpamError, Store, StoreError};
@@ -35,9 +40,9 @@ use std::time::{Duration, Instant};
 mod deleter;
 pub mod reconcile;
 
-/// The longest a request waits for its turn (the gate, then its network's lock) before it is
-/// answered with code 11. An ADD holds a network for a few milliseconds, a DEL for about 20 ms, so
-/// this is only reached when something is stuck.
+/// The longest a request waits for its turn (the gate, its attachment's lock, its network's lock)
+/// before it is answered with code 11. A request holds its network for well under a millisecond and
+/// its attachment for a few, so this is only reached when something is stuck.
 pub const LOCK_WAIT: Duration = Duration::from_secs(20);
 
 /// How long STATUS waits for the state database to make a write durable before it says the daemon
@@ -251,7 +256,14 @@ pub struct Engine<N, S> {
     boot_id: String,
     /// Requests hold it shared; reconcile, the sweep and GC exclusively (see the module comment).
     gate: tokio::sync::RwLock<()>,
+    /// One lock per network: held while a request reads and changes the network's allocations.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per attachment (network, container, interface) in flight: held for a whole ADD,
+    /// DEL or CHECK, so two requests for one attachment never overlap, while requests for different
+    /// containers do their kernel work and durable writes side by side.
+    attachments: KeyLocks,
+    /// Held while a bridge is created or checked, so two requests never create one twice.
+    bridge_setup: tokio::sync::Mutex<()>,
     bridges: std::sync::Mutex<HashMap<String, BridgeCache>>,
     /// Allocations whose veth the last periodic sweep found missing but were still in their grace
     /// (see [`reconcile`]). Only touched with the gate held exclusively.
@@ -286,6 +298,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             boot_id,
             gate: Default::default(),
             locks: Default::default(),
+            attachments: Default::default(),
+            bridge_setup: Default::default(),
             bridges: Default::default(),
             suspects: Default::default(),
             quarantine,
@@ -417,6 +431,28 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             })
     }
 
+    /// The attachment's lock (see [`Engine::attachments`]), waited for no longer than the request's
+    /// budget.
+    async fn attachment_lock(
+        &self,
+        key: &AllocKey,
+        deadline: Option<Instant>,
+    ) -> Result<KeyGuard<'_>, Error> {
+        let budget = wait_budget(deadline);
+        tokio::time::timeout(budget, self.attachments.lock(key.clone()))
+            .await
+            .map_err(|_| {
+                Self::busy(
+                    &format!(
+                        "{} of container {} on network {}",
+                        key.ifname, key.container_id, key.network
+                    ),
+                    "another request for it",
+                    budget,
+                )
+            })
+    }
+
     /// Refuses a new network whose subnet overlaps one that another network holds addresses in: the
     /// two would hand out the same addresses, and the host could route to only one of them.
     fn check_overlap(&self, conf: &NetConf) -> Result<(), Error> {
@@ -488,6 +524,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 KERNEL_WAIT,
             ));
         }
+        let _attachment = self.attachment_lock(&key, req.deadline).await?;
         let mut _guard = self.lock(&conf.name, req.deadline).await?;
         let t_lock = t0.elapsed();
 
@@ -572,22 +609,31 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         self.store.put_network(&network_record(conf))?;
         self.store.insert(&alloc)?;
         let t_recorded = t0.elapsed();
+        // The address is taken in the store: other requests on this network may go on while the
+        // kernel work and the durable write run (the attachment's own lock is still held).
+        drop(_guard);
         let (attached, flushed) = tokio::join!(
-            self.attach(
-                conf,
-                &netns,
-                &key,
-                &host_veth,
-                address,
-                mac,
-                host_mac,
-                bridge.clone()
-            ),
-            self.store.flush()
+            async {
+                let r = self
+                    .attach(
+                        conf,
+                        &netns,
+                        &key,
+                        &host_veth,
+                        address,
+                        mac,
+                        host_mac,
+                        bridge.clone(),
+                    )
+                    .await;
+                (r, t0.elapsed())
+            },
+            async { (self.store.flush().await, t0.elapsed()) }
         );
+        let ((attached, t_attached), (flushed, t_flushed)) = (attached, flushed);
         let failure = match (attached, flushed) {
             (Ok(used), Ok(())) if used.mac == bridge.mac => {
-                tracing::debug!(?t_lock, ?t_recorded, done = ?t0.elapsed(), "ADD phases");
+                tracing::debug!(?t_lock, ?t_recorded, ?t_attached, ?t_flushed, done = ?t0.elapsed(), "ADD phases");
                 return Ok(alloc.result.render(&conf.cni_version));
             }
             // The bridge was recreated while attaching: the result names its new MAC.
@@ -732,6 +778,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 
     /// Makes sure the bridge exists, is up and holds its gateway address, and caches what it is.
     async fn ensure_bridge(&self, spec: BridgeSpec) -> Result<LinkState, Error> {
+        let _setup = self.bridge_setup.lock().await;
         let state = self.nl.ensure_bridge(&spec).await?;
         if spec.gateway.is_some() {
             enable_forwarding();
@@ -748,28 +795,47 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 
     async fn del(&self, conf: &NetConf, req: &Request) -> Result<(), Error> {
         let key = Self::key(conf, req)?;
-        let _guard = self.lock(&conf.name, req.deadline).await?;
+        let _attachment = self.attachment_lock(&key, req.deadline).await?;
+        let guard = self.lock(&conf.name, req.deadline).await?;
         let existing = self.store.get(&key)?;
         let host_veth = match &existing {
             Some(a) => a.host_veth.clone(),
             None => {
                 let name = veth_name(&req.container_id, &req.ifname);
                 // Never take down another container's interface on a DEL for one we do not know.
-                if self.store.list(None)?.iter().any(|a| a.host_veth == name) {
+                if self.store.summaries()?.iter().any(|a| a.host_veth == name) {
                     return Ok(());
                 }
                 name
             }
         };
-        if let Some(alloc) = existing {
-            // Off the container's interface right away, so nothing reaches the old address once
-            // DEL has answered (cheap, unlike deleting the veth). A namespace that is gone already
-            // took the address with it.
-            let netns_path = if req.netns.is_empty() {
-                &alloc.netns
-            } else {
-                &req.netns
-            };
+        let Some(alloc) = existing else {
+            drop(guard);
+            self.deleter.delete_later(host_veth);
+            return Ok(());
+        };
+        // The address stays held (quarantined) until the veth is gone, so it can never be live
+        // twice; the record goes now, and the kernel's slow veth deletion happens after the reply.
+        // Both under the network's lock, so no ADD can choose the address in between.
+        self.quarantine
+            .lock()
+            .expect("quarantine poisoned")
+            .push(Quarantined {
+                network: alloc.network.clone(),
+                address: alloc.address,
+                host_veth: host_veth.clone(),
+            });
+        self.store.remove(&key)?;
+        drop(guard);
+        // Off the container's interface right away, so nothing reaches the old address once DEL
+        // has answered (cheap, unlike deleting the veth). A namespace that is gone already took the
+        // address with it.
+        let netns_path = if req.netns.is_empty() {
+            &alloc.netns
+        } else {
+            &req.netns
+        };
+        let unaddressed = async {
             if let Ok(netns) = Netns::open(netns_path) {
                 let address =
                     Ipv4Network::new(alloc.address, alloc.prefix).expect("stored prefix is valid");
@@ -781,20 +847,12 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     tracing::debug!(error = %e, "could not remove the address before deleting the veth");
                 }
             }
-            // The address stays held (quarantined) until the veth is gone, so it can never be live
-            // twice; the record goes now, and the kernel's slow veth deletion happens after the reply.
-            self.quarantine
-                .lock()
-                .expect("quarantine poisoned")
-                .push(Quarantined {
-                    network: alloc.network.clone(),
-                    address: alloc.address,
-                    host_veth: host_veth.clone(),
-                });
-            self.store.remove(&key)?;
-            self.store.flush().await?;
-        }
+        };
+        let ((), flushed) = tokio::join!(unaddressed, self.store.flush());
+        // Deleted even if the flush failed: the record is gone from this daemon's view, and a
+        // restart finds the veth gone and releases the record too.
         self.deleter.delete_later(host_veth);
+        flushed?;
         Ok(())
     }
 
@@ -813,7 +871,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             })
         })?;
         let netns = Netns::open(&req.netns)?;
-        let _guard = self.lock(&conf.name, req.deadline).await?;
+        let _attachment = self.attachment_lock(&key, req.deadline).await?;
         let alloc = self.store.get(&key)?.ok_or_else(|| {
             Error::UnknownContainer(format!(
                 "container {} has no {} on network {}",
@@ -1076,6 +1134,50 @@ fn enable_forwarding() {
     }
     if let Err(e) = std::fs::write(PATH, "1") {
         tracing::warn!(error = %e, "could not enable IPv4 forwarding");
+    }
+}
+
+/// Async locks by key, created on first use and dropped when nobody holds or waits for them (so
+/// the table does not grow with every container ever seen).
+#[derive(Default)]
+struct KeyLocks {
+    table: std::sync::Mutex<HashMap<AllocKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, key: AllocKey) -> KeyGuard<'_> {
+        let lock = {
+            // Held only to look up or insert, never across an await.
+            let mut table = self.table.lock().expect("key lock table poisoned");
+            table.entry(key.clone()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        KeyGuard {
+            locks: self,
+            key,
+            guard: Some(guard),
+        }
+    }
+}
+
+/// Holds one key of a [`KeyLocks`]; removes the key's lock when it was the last one using it.
+struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: AllocKey,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut table = self.locks.table.lock().expect("key lock table poisoned");
+        // Only the table's own reference left: nobody holds or waits for this key.
+        if table
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            table.remove(&self.key);
+        }
     }
 }
 
@@ -1615,6 +1717,30 @@ pub(crate) mod tests {
         async fn probe(&self) -> Result<(), StoreError> {
             self.flush().await
         }
+    }
+
+    /// One attachment's requests wait for each other; other attachments do not; the table
+    /// forgets a key once nobody holds or waits for it.
+    #[tokio::test]
+    async fn attachment_locks_serialise_one_attachment_only() {
+        let locks = KeyLocks::default();
+        let key = |c: &str| AllocKey {
+            network: "n".into(),
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        };
+        let a = locks.lock(key("a")).await;
+        let again = tokio::time::timeout(Duration::from_millis(50), locks.lock(key("a"))).await;
+        assert!(again.is_err(), "a second lock of the same key must wait");
+        let b = tokio::time::timeout(Duration::from_millis(50), locks.lock(key("b"))).await;
+        assert!(b.is_ok(), "another key must not wait");
+        drop(b);
+        assert_eq!(locks.table.lock().unwrap().len(), 1, "only a is held");
+        drop(a);
+        assert!(locks.table.lock().unwrap().is_empty());
+        let _a = tokio::time::timeout(Duration::from_millis(50), locks.lock(key("a")))
+            .await
+            .expect("free again after it was released");
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Identifies one attachment: network + container + interface.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -278,6 +279,7 @@ pub fn choose_excluding<S: Store>(
 /// tree `networks` (network name → JSON [`NetworkRecord`]).
 pub struct SledStore {
     db: sled::Db,
+    flushes: Arc<GroupFlush>,
     allocs: sled::Tree,
     addrs: sled::Tree,
     meta: sled::Tree,
@@ -296,12 +298,61 @@ impl SledStore {
             .cache_capacity(CACHE_BYTES)
             .open()?;
         Ok(SledStore {
+            flushes: Arc::default(),
             allocs: db.open_tree("allocations")?,
             addrs: db.open_tree("addresses")?,
             meta: db.open_tree("meta")?,
             networks: db.open_tree("networks")?,
             db,
         })
+    }
+}
+
+/// Group commit: concurrent [`Store::flush`] calls share one sled flush instead of each starting
+/// its own. A caller queues itself after its writes; one task at a time takes everyone queued,
+/// flushes (which makes every write made before it durable) and answers them all; whoever queued
+/// meanwhile goes into the next flush.
+#[derive(Default)]
+struct GroupFlush {
+    state: std::sync::Mutex<FlushQueue>,
+}
+
+#[derive(Default)]
+struct FlushQueue {
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    running: bool,
+}
+
+async fn group_flush(db: sled::Db, flushes: Arc<GroupFlush>) {
+    /// Should the flush panic, the next caller starts a new task instead of waiting for this one.
+    struct Running(Arc<GroupFlush>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                if let Ok(mut st) = self.0.state.lock() {
+                    st.running = false;
+                }
+            }
+        }
+    }
+    let _running = Running(flushes.clone());
+    loop {
+        let batch = {
+            let mut st = flushes.state.lock().expect("flush state poisoned");
+            if st.waiting.is_empty() {
+                st.running = false;
+                return;
+            }
+            std::mem::take(&mut st.waiting)
+        };
+        let result = db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        for tx in batch {
+            let _ = tx.send(result.clone());
+        }
     }
 }
 
@@ -410,8 +461,27 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        // Outside a tokio runtime (some tests) there is no flusher task to hand the work to.
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.db.flush_async().await?;
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut st = self.flushes.state.lock().expect("flush state poisoned");
+            st.waiting.push(tx);
+            !std::mem::replace(&mut st.running, true)
+        };
+        if start {
+            tokio::spawn(group_flush(self.db.clone(), self.flushes.clone()));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(msg)))),
+            Err(_) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(
+                "the database's flusher stopped",
+            )))),
+        }
     }
 
     fn network(&self, name: &str) -> Result<Option<NetworkRecord>, StoreError> {
@@ -672,6 +742,38 @@ pub(crate) mod tests {
         store.remove(&alloc("a", a).key()).unwrap();
         let b = choose(&store, "n", &c, None).unwrap();
         assert_ne!(a, b);
+    }
+
+    /// Concurrent flushes share sled flushes (group commit) and every caller's write is durable:
+    /// after the store is closed and opened again, every record is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_flushes_make_every_write_durable() {
+        let dir =
+            std::env::temp_dir().join(format!("flatnet-groupflush-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let store = Arc::new(SledStore::open(&dir).unwrap());
+            let tasks: Vec<_> = (1..=60u8)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .insert(&alloc(&format!("c{i}"), Ipv4Addr::new(10, 87, 1, i)))
+                            .unwrap();
+                        store.flush().await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            let st = store.flushes.state.lock().unwrap();
+            assert!(st.waiting.is_empty() && !st.running, "the flusher stopped idle");
+        }
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(store.list(None).unwrap().len(), 60);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
