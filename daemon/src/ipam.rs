@@ -72,6 +72,9 @@ pub struct AllocSummary {
     pub host_veth: String,
     pub created_unix: u64,
     pub boot_id: String,
+    /// The container's name (CNI_ARGS `K8S_POD_NAME`), when the runtime gave one.
+    #[serde(default)]
+    pub container_name: Option<String>,
 }
 
 impl AllocSummary {
@@ -94,6 +97,7 @@ impl From<&Allocation> for AllocSummary {
             host_veth: a.host_veth.clone(),
             created_unix: a.created_unix,
             boot_id: a.boot_id.clone(),
+            container_name: a.container_name.clone(),
         }
     }
 }
@@ -768,7 +772,10 @@ pub(crate) mod tests {
                 t.await.unwrap().unwrap();
             }
             let st = store.flushes.state.lock().unwrap();
-            assert!(st.waiting.is_empty() && !st.running, "the flusher stopped idle");
+            assert!(
+                st.waiting.is_empty() && !st.running,
+                "the flusher stopped idle"
+            );
         }
         let store = SledStore::open(&dir).unwrap();
         assert_eq!(store.list(None).unwrap().len(), 60);

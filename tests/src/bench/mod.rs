@@ -148,6 +148,16 @@ impl Ctx {
         }
     }
 
+    /// Lets the kernel finish the previous phase's clean-up before the next phase (see
+    /// [`sys::settle`]); at most 30 s.
+    fn settle(&self) {
+        let waited = sys::settle(Duration::from_secs(30));
+        self.progress(&format!(
+            "  machine quiet after {:.1}s",
+            waited.as_secs_f64()
+        ));
+    }
+
     fn progress(&self, msg: &str) {
         eprintln!("[{:6.1}s] {msg}", self.started.elapsed().as_secs_f64());
     }
@@ -319,6 +329,7 @@ pub fn main() -> ExitCode {
         ctx.progress(&format!("VERSION × {} per plugin", opts.version_runs));
         res.version = sequential::version(&ctx, plugins, opts.version_runs);
 
+        ctx.settle();
         ctx.progress(&format!(
             "sequential ADD/CHECK/DEL, n={} per plugin",
             opts.n
@@ -334,6 +345,7 @@ pub fn main() -> ExitCode {
         res.latency = Some(latency);
 
         for threads in [8, 32] {
+            ctx.settle();
             ctx.progress(&format!(
                 "attach+detach cycles, P={threads}, {} per plugin",
                 opts.cycles
@@ -348,6 +360,7 @@ pub fn main() -> ExitCode {
         }
 
         if opts.podman {
+            ctx.settle();
             ctx.progress(&format!(
                 "podman run --rm × {} per network mode",
                 opts.podman_runs
@@ -366,6 +379,7 @@ pub fn main() -> ExitCode {
         sys::return_home().expect("returning to the machine's network namespace");
     }
 
+    ctx.settle();
     ctx.progress(&format!(
         "daemon memory and start-up with {} allocations",
         opts.allocs
@@ -501,11 +515,15 @@ fn document(
          through the shim by 8 workers ({per} interfaces `eth0`… in each of {netns} container \
          namespaces, spread over {memory_networks} networks because a Linux bridge takes at \
          most 1024 ports), VmRSS 0.5 s after the last ADD, then {restarts} restarts (SIGTERM, \
-         start on the same state dir); start-up = spawn until a gRPC `ListAllocations` call \
+         wait until the machine is quiet, start on the same state dir); start-up = spawn until a gRPC `ListAllocations` call \
          over the socket is answered (polled every 0.5 ms). After the restarts \
          `flatnetctl allocations` must list every attachment.\n\
          - Plugin start-up: `CNI_COMMAND=VERSION` with `{{\"cniVersion\":\"1.0.0\"}}` on stdin, \
          {version} runs per plugin, alternating.\n\
+         - Before each phase after the first, the run waits (at most 30 s) until the CPUs are \
+         less than 10% busy over 250 ms: the kernel tears down the namespaces and interfaces a \
+         phase made for seconds afterwards, and that work would otherwise count against the next \
+         phase.\n\
          - The whole run took {elapsed:.0} s.{quick}\n",
         n = opts.n,
         cycles = opts.cycles,

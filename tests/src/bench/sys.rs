@@ -231,3 +231,40 @@ pub fn catch_sigint() {
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
+
+/// Busy and total CPU time of the whole machine so far, in clock ticks (first line of /proc/stat).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Waits until the machine is quiet: the kernel goes on tearing down namespaces and deleting
+/// interfaces for seconds after a phase that made hundreds of them, and that work would be
+/// counted against whatever is measured next. Returns once one 250 ms window has the CPUs less
+/// than 10% busy, or after `max`; returns how long it waited.
+pub fn settle(max: std::time::Duration) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let Some(mut last) = cpu_ticks() else {
+        return started.elapsed();
+    };
+    while started.elapsed() < max {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let Some(now) = cpu_ticks() else { break };
+        let (busy, total) = (now.0 - last.0, now.1 - last.1);
+        last = now;
+        if total > 0 && (busy as f64) < 0.10 * total as f64 {
+            break;
+        }
+    }
+    started.elapsed()
+}
