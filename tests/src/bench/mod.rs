@@ -45,7 +45,7 @@ release flatnet shim and flatnetd next to this binary, or in $FLATNET_BIN_DIR) w
                      write BENCHMARKS.md unless --output is given
   --n N              sequential ADD/CHECK/DEL per plugin (default 200)
   --cycles N         attach+detach cycles per plugin and parallelism (default 400)
-  --podman-runs N    podman run --rm per network mode (default 15)
+  --podman-runs N    podman run --rm per network mode (default 45)
   --version-runs N   VERSION calls per plugin (default 200)
   --allocs N         attachments for the memory and start-up test, a multiple of 100, at most
                      16,000 (default 10,000)
@@ -74,7 +74,7 @@ impl Options {
             quick,
             n: if quick { 30 } else { 200 },
             cycles: if quick { 64 } else { 400 },
-            podman_runs: if quick { 3 } else { 15 },
+            podman_runs: if quick { 3 } else { 45 },
             version_runs: if quick { 50 } else { 200 },
             allocs: if quick { 1_000 } else { 10_000 },
             podman: true,
