@@ -897,23 +897,17 @@ pub fn is_up(netns: &str, name: &str) -> bool {
 
 /// IPv4 addresses of `dev` as "a.b.c.d/len"; empty when the device does not exist.
 pub fn addrs(netns: &str, dev: &str) -> Vec<String> {
-    as_array(ip_json(netns, &["-4", "addr", "show"]))
-        .iter()
-        .filter(|l| l["ifname"] == dev)
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| {
-            Some(format!(
-                "{}/{}",
-                a["local"].as_str()?,
-                a["prefixlen"].as_u64()?
-            ))
-        })
-        .collect()
+    family_addrs(netns, dev, "-4")
 }
 
 /// IPv6 addresses of `dev` (any scope) as "addr/len"; empty when it has none or does not exist.
 pub fn addrs6(netns: &str, dev: &str) -> Vec<String> {
-    as_array(ip_json(netns, &["-6", "addr", "show"]))
+    family_addrs(netns, dev, "-6")
+}
+
+/// `dev`'s addresses of one family (`-4` or `-6`) from `ip -j addr show`, as "addr/len".
+fn family_addrs(netns: &str, dev: &str, family: &str) -> Vec<String> {
+    as_array(ip_json(netns, &[family, "addr", "show"]))
         .iter()
         .filter(|l| l["ifname"] == dev)
         .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
