@@ -5,10 +5,10 @@
 //! can be handed out again. Without root it prints SKIPPED (and fails under CI=true).
 //!
 //! The workers behave like a runtime: a container it believes detached gets ADD; one whose ADD
-//! succeeded gets DEL (now and then a repeated ADD, which must give the same address); one whose
-//! ADD failed gets DEL, as a runtime cleans up after a failed ADD. A DEL must always succeed, also
-//! while the daemon is down (the shim spools it). An ADD that overlapped no kill and no restart
-//! must succeed; one that did may fail, but only with code 11.
+//! succeeded gets CHECK or DEL (now and then a repeated ADD, which must give the same address);
+//! one whose ADD failed gets DEL, as a runtime cleans up after a failed ADD. A DEL must always
+//! succeed, also while the daemon is down (the shim spools it). An ADD or CHECK that overlapped no
+//! kill and no restart must succeed; one that did may fail, but only with code 11.
 //!
 //! Now and then the runtime loses a container instead: its namespace is deleted and no DEL ever
 //! comes (a runtime that crashed, `podman rm -f` with broken state), either after a failed ADD or
@@ -102,6 +102,7 @@ struct Lost {
 struct Stats {
     adds_ok: AtomicU64,
     dels_ok: AtomicU64,
+    checks_ok: AtomicU64,
     try_again: AtomicU64,
     disturbed: AtomicU64,
 }
@@ -170,6 +171,9 @@ impl Churn<'_> {
         let (verb, out) = match &belief {
             Belief::Detached => ("ADD", host.add(&slot.c, conf)),
             Belief::Attached(_) if rng.chance(15) => ("ADD again", host.add(&slot.c, conf)),
+            Belief::Attached(prev) if rng.chance(40) => {
+                ("CHECK", host.check(&slot.c, &with_prev_result(conf, prev)))
+            }
             Belief::Attached(prev) => ("DEL", host.del(&slot.c, &with_prev_result(conf, prev))),
             Belief::Unknown => ("DEL", host.del(&slot.c, conf)),
         };
@@ -198,6 +202,27 @@ impl Churn<'_> {
             slot.note(format!("epochs {e0}->{e1} DEL ok"));
             slot.belief = Belief::Detached;
             slot.last_ok = Some(LastOk::Del);
+            return;
+        }
+        if verb == "CHECK" {
+            // A healthy attachment passes CHECK whatever else the daemon is doing; only a CHECK
+            // that overlapped a kill or restart may fail, and then only with "try again".
+            if out.status == 0 && out.stdout.trim().is_empty() {
+                self.stats.checks_ok.fetch_add(1, Ordering::Relaxed);
+                slot.note(format!("epochs {e0}->{e1} CHECK ok"));
+            } else if undisturbed {
+                violation(slot, "CHECK of a healthy attachment failed".into());
+            } else if out.code() != Some(11) {
+                let why = format!(
+                    "CHECK during a kill or restart failed with {:?}, not 11",
+                    out.code()
+                );
+                violation(slot, why);
+            } else {
+                self.stats.try_again.fetch_add(1, Ordering::Relaxed);
+                slot.note(format!("epochs {e0}->{e1} CHECK got 11"));
+                std::thread::sleep(Duration::from_millis(20));
+            }
             return;
         }
         if out.status == 0 {
@@ -231,7 +256,7 @@ impl Churn<'_> {
         let code = out.code();
         slot.note(format!("epochs {e0}->{e1} {verb} failed with {code:?}"));
         if verb == "DEL" {
-            // Issue 4: DEL succeeds even while the daemon is down (the shim spools it).
+            // DEL succeeds even while the daemon is down (the shim spools it).
             violation(slot, format!("DEL failed with {code:?}"));
         } else if undisturbed {
             violation(
@@ -339,9 +364,10 @@ fn sigkill_during_churn_loses_and_leaks_nothing() {
     let lost = churn.lost.into_inner().expect("workers finished");
     let stats = &churn.stats;
     eprintln!(
-        "churn: {kills} kills, {} ADDs and {} DELs succeeded, {} calls got 11, {} overlapped a \
-         kill or restart, {} containers lost ({} of them with a host veth)",
+        "churn: {kills} kills, {} ADDs, {} CHECKs and {} DELs succeeded, {} calls got 11, {} \
+         overlapped a kill or restart, {} containers lost ({} of them with a host veth)",
         stats.adds_ok.load(Ordering::Relaxed),
+        stats.checks_ok.load(Ordering::Relaxed),
         stats.dels_ok.load(Ordering::Relaxed),
         stats.try_again.load(Ordering::Relaxed),
         stats.disturbed.load(Ordering::Relaxed),
@@ -356,7 +382,9 @@ fn sigkill_during_churn_loses_and_leaks_nothing() {
         violations.join("\n\n")
     );
     assert!(
-        stats.adds_ok.load(Ordering::Relaxed) > 0 && stats.dels_ok.load(Ordering::Relaxed) > 0,
+        stats.adds_ok.load(Ordering::Relaxed) > 0
+            && stats.dels_ok.load(Ordering::Relaxed) > 0
+            && stats.checks_ok.load(Ordering::Relaxed) > 0,
         "the churn did no work"
     );
 

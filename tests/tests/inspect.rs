@@ -309,6 +309,55 @@ fn flatnetctl_watch_sees_add_and_del() {
     );
 }
 
+/// Watch describes committed changes only, each once: an ADD that fails and is rolled back, and a
+/// repeated ADD that changes nothing, produce no event; a DEL produces one "released".
+#[test]
+fn watch_reports_only_committed_changes() {
+    if !require_root() {
+        return;
+    }
+    let host = Host::start();
+    let conf = host.conf(json!({}));
+    let watch = Watch::start(&host, &["watch", "--json", "--count", "3"]);
+    // The kernel refuses the route after the veth and the address exist (the gateway is outside
+    // every connected subnet), so this ADD fails late and is undone.
+    let bad = host.conf(json!({"ipam": {
+        "subnet": "10.87.1.0/24",
+        "routes": [{"dst": "192.168.77.0/24", "gw": "10.99.99.1"}],
+    }}));
+    let doomed = host.container("doomed");
+    host.add(&doomed, &bad).assert_code(102);
+    let web = host.container("web");
+    let ip = result_cidr(&host.add_ok(&web, &conf));
+    host.add_ok(&web, &conf);
+    host.del(&web, &conf).assert_ok_empty();
+    host.del(&web, &conf).assert_ok_empty();
+    // A marker: the third event, so everything before it has been delivered when the watch ends.
+    let marker = host.container("marker");
+    let marker_ip = result_cidr(&host.add_ok(&marker, &conf));
+    let (status, out, err) = watch.finish(std::time::Duration::from_secs(20));
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    let events: Vec<(String, String, String)> = out
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l}"));
+            (
+                e["event"].as_str().unwrap_or_default().to_string(),
+                e["containerName"].as_str().unwrap_or_default().to_string(),
+                e["address"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("added", "web", ip.as_str()),
+        ("released", "web", ip.as_str()),
+        ("added", "marker", marker_ip.as_str()),
+    ]
+    .map(|(k, n, a)| (k.to_string(), n.to_string(), a.to_string()));
+    assert_eq!(events, want, "{out}");
+}
+
 /// Reflection checked by an independent client: Python grpcio + grpcio-reflection lists the
 /// services over both reflection versions, builds messages from the reflected descriptor alone
 /// and calls Inspect with them (what grpcurl does).
