@@ -312,6 +312,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         &self.store
     }
 
+
     /// Waits (at most `budget`) until every veth queued by DEL is deleted; for a clean shutdown.
     pub async fn drain_deletions(&self, budget: Duration) {
         self.deleter.drain(budget).await;
@@ -540,7 +541,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             if self.nl.link(&existing.host_veth).await?.is_some() {
                 return Ok(existing.result.render(&conf.cni_version));
             }
-            // The record outlived its interface (the link was removed behind our back): attach anew.
+            // The record outlived its interface (the link was removed behind our back): it is
+            // released, and the container is attached anew.
             self.store.remove(&key)?;
         }
 
@@ -631,25 +633,25 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             async { (self.store.flush().await, t0.elapsed()) }
         );
         let ((attached, t_attached), (flushed, t_flushed)) = (attached, flushed);
-        let failure = match (attached, flushed) {
+        let committed = match (attached, flushed) {
             (Ok(used), Ok(())) if used.mac == bridge.mac => {
                 tracing::debug!(?t_lock, ?t_recorded, ?t_attached, ?t_flushed, done = ?t0.elapsed(), "ADD phases");
-                return Ok(alloc.result.render(&conf.cni_version));
+                Ok(())
             }
             // The bridge was recreated while attaching: the result names its new MAC.
             (Ok(used), Ok(())) => {
                 alloc.result.interfaces[0].mac = cni::format_mac(&used.mac);
-                let rerecorded = self.store.insert(&alloc);
-                match rerecorded {
-                    Ok(()) => match self.store.flush().await {
-                        Ok(()) => return Ok(alloc.result.render(&conf.cni_version)),
-                        Err(e) => Error::from(e),
-                    },
-                    Err(e) => Error::from(e),
+                match self.store.insert(&alloc) {
+                    Ok(()) => self.store.flush().await.map_err(Error::from),
+                    Err(e) => Err(Error::from(e)),
                 }
             }
-            (Err(e), _) => e,
-            (Ok(_), Err(e)) => Error::from(e),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(Error::from(e)),
+        };
+        let failure = match committed {
+            Ok(()) => return Ok(alloc.result.render(&conf.cni_version)),
+            Err(e) => e,
         };
         // Undo: the veth pair first (deleting the host end removes the peer and the address in the
         // container too), then the record. If the veth cannot be deleted, its address is held back
@@ -809,50 +811,76 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 name
             }
         };
-        let Some(alloc) = existing else {
-            drop(guard);
-            self.deleter.delete_later(host_veth);
-            return Ok(());
-        };
-        // The address stays held (quarantined) until the veth is gone, so it can never be live
-        // twice; the record goes now, and the kernel's slow veth deletion happens after the reply.
-        // Both under the network's lock, so no ADD can choose the address in between.
-        self.quarantine
-            .lock()
-            .expect("quarantine poisoned")
-            .push(Quarantined {
-                network: alloc.network.clone(),
-                address: alloc.address,
-                host_veth: host_veth.clone(),
-            });
-        self.store.remove(&key)?;
+        if let Some(alloc) = &existing {
+            // The address stays held (quarantined) until the veth is gone, so it can never be live
+            // twice; the record goes now, and the kernel's slow veth deletion happens after the
+            // reply. Both under the network's lock, so no ADD can choose the address in between.
+            self.quarantine
+                .lock()
+                .expect("quarantine poisoned")
+                .push(Quarantined {
+                    network: alloc.network.clone(),
+                    address: alloc.address,
+                    host_veth: host_veth.clone(),
+                });
+            self.store.remove(&key)?;
+        }
         drop(guard);
-        // Off the container's interface right away, so nothing reaches the old address once DEL
-        // has answered (cheap, unlike deleting the veth). A namespace that is gone already took the
-        // address with it.
-        let netns_path = if req.netns.is_empty() {
-            &alloc.netns
-        } else {
-            &req.netns
+        // Before the answer, the container end is set aside (down, without its address, under
+        // another name), so the runtime may reuse the namespace and the interface name at once;
+        // the pair itself is deleted after the answer. Meanwhile the removal is made durable.
+        let netns = match req.netns.as_str() {
+            "" => existing.as_ref().map(|a| a.netns.as_str()),
+            given => Some(given),
         };
-        let unaddressed = async {
-            if let Ok(netns) = Netns::open(netns_path) {
-                let address =
-                    Ipv4Network::new(alloc.address, alloc.prefix).expect("stored prefix is valid");
-                if let Err(e) = self
-                    .nl
-                    .remove_container_address(&netns, &req.ifname, address)
-                    .await
-                {
-                    tracing::debug!(error = %e, "could not remove the address before deleting the veth");
-                }
+        let address = existing
+            .as_ref()
+            .map(|a| Ipv4Network::new(a.address, a.prefix).expect("stored prefix is valid"));
+        let flush = async {
+            match existing {
+                Some(_) => self.store.flush().await,
+                None => Ok(()),
             }
         };
-        let ((), flushed) = tokio::join!(unaddressed, self.store.flush());
+        let (parked, flushed) = tokio::join!(
+            self.park_container_end(&host_veth, netns, &req.ifname, address),
+            flush
+        );
         // Deleted even if the flush failed: the record is gone from this daemon's view, and a
         // restart finds the veth gone and releases the record too.
-        self.deleter.delete_later(host_veth);
+        self.deleter.delete_later(host_veth.clone());
+        if let Err(e) = parked {
+            // The container end could not be set aside: answer only once the pair is gone.
+            tracing::warn!(host_veth, error = %e, "could not set the container interface aside; deleting it before answering");
+            self.deleter.wait_gone(&host_veth, KERNEL_WAIT).await;
+            if self.nl.link(&host_veth).await?.is_some() {
+                return Err(e);
+            }
+        }
         flushed?;
+        Ok(())
+    }
+
+    /// Sets the container end of `host_veth` aside inside `netns` (see
+    /// [`Netlink::park_container_end`]), under the host end's name. Nothing to do when the
+    /// namespace or the veth is gone already: a namespace takes its interfaces with it, and
+    /// deleting either end of a pair deletes both.
+    async fn park_container_end(
+        &self,
+        host_veth: &str,
+        netns: Option<&str>,
+        ifname: &str,
+        address: Option<Ipv4Network>,
+    ) -> Result<(), Error> {
+        let Some(Ok(netns)) = netns.filter(|p| !p.is_empty()).map(Netns::open) else {
+            return Ok(());
+        };
+        let Some(host) = self.nl.link(host_veth).await? else {
+            return Ok(());
+        };
+        self.nl
+            .park_container_end(&netns, ifname, host.index, address, host_veth)
+            .await?;
         Ok(())
     }
 
@@ -1226,6 +1254,7 @@ pub(crate) mod tests {
                 master,
                 up: true,
                 kind: None,
+                peer: None,
             };
             links.insert(name.to_string(), state.clone());
             state
@@ -1278,15 +1307,20 @@ pub(crate) mod tests {
                 master: None,
                 up: true,
                 kind: None,
+                peer: None,
             })
         }
-        async fn remove_container_address(
+        async fn park_container_end(
             &self,
             _: &Netns,
             ifname: &str,
-            address: Ipv4Network,
-        ) -> Result<(), NetlinkError> {
-            self.record("remove_container_address", format!("{address} {ifname}"))
+            _: u32,
+            address: Option<Ipv4Network>,
+            parked: &str,
+        ) -> Result<bool, NetlinkError> {
+            let address = address.map(|a| a.to_string()).unwrap_or_default();
+            self.record("park_container_end", format!("{ifname} {address} {parked}"))?;
+            Ok(true)
         }
         async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
             self.record("delete_link", name.to_string())?;

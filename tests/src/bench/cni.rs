@@ -328,11 +328,13 @@ impl Plugin {
         self.report_verify("ADD", a, problem)
     }
 
-    /// After a DEL: the address is on no interface in the container any more.
+    /// After a DEL, at its answer: the container has no interface named as the attachment's and
+    /// its address is on no interface any more.
     pub fn verify_deleted(&self, a: &Attachment, added: &Added) -> bool {
-        let problem = match sys::ipv4_addrs(&a.netns) {
-            Err(e) => Some(format!("cannot list addresses: {e}")),
-            Ok(addrs) => addrs
+        let problem = match sys::link_and_addrs(&a.netns, &a.ifname) {
+            Err(e) => Some(format!("cannot list links and addresses: {e}")),
+            Ok((true, _)) => Some(format!("{} still exists", a.ifname)),
+            Ok((false, addrs)) => addrs
                 .iter()
                 .find(|x| x.ip == added.ip)
                 .map(|x| format!("{} is still on {}", added.ip, x.label)),

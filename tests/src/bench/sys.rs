@@ -1,6 +1,6 @@
 //! The few system calls the benchmark makes itself: entering a network namespace on the calling
-//! thread, a one-shot rtnetlink address dump inside a container namespace (to verify attachments
-//! without starting `ip`), sending a signal by pid, and noticing SIGINT. std links libc already, so
+//! thread, one-shot rtnetlink queries inside a container namespace (a link by name, the address
+//! dump: to verify attachments without starting `ip`), sending a signal by pid, and noticing SIGINT. std links libc already, so
 //! these are plain `extern "C"` declarations rather than another dependency.
 
 use std::ffi::c_int;
@@ -24,6 +24,8 @@ pub const SIGTERM: c_int = 15;
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -31,6 +33,8 @@ const NLM_F_DUMP: u16 = 0x300;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_LABEL: u16 = 3;
+const IFLA_IFNAME: u16 = 3;
+const ENODEV: i32 = 19;
 
 extern "C" {
     fn setns(fd: c_int, nstype: c_int) -> c_int;
@@ -121,7 +125,53 @@ fn align4(n: usize) -> usize {
 
 /// Every IPv4 address in the network namespace at `path` (one RTM_GETADDR dump).
 pub fn ipv4_addrs(path: &Path) -> io::Result<Vec<Addr>> {
+    addr_dump(&mut netlink_socket_in(path)?)
+}
+
+/// Whether the namespace at `path` has an interface named `ifname`, and every IPv4 address in it:
+/// what DEL must have cleared when it answers. Both from one netlink socket.
+pub fn link_and_addrs(path: &Path, ifname: &str) -> io::Result<(bool, Vec<Addr>)> {
     let mut sock = netlink_socket_in(path)?;
+    let exists = link_exists(&mut sock, ifname)?;
+    Ok((exists, addr_dump(&mut sock)?))
+}
+
+/// RTM_GETLINK by name (not a dump): the link's RTM_NEWLINK, or ENODEV.
+fn link_exists(sock: &mut File, ifname: &str) -> io::Result<bool> {
+    // nlmsghdr (16) + ifinfomsg (16) + IFLA_IFNAME (4 + name + NUL, padded to 4).
+    let attr_len = 4 + ifname.len() + 1;
+    let len = 32 + align4(attr_len);
+    let mut req = Vec::with_capacity(len);
+    req.extend_from_slice(&(len as u32).to_ne_bytes());
+    req.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
+    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req.extend_from_slice(&2u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[0u8; 16]);
+    req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    req.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
+    req.extend_from_slice(ifname.as_bytes());
+    req.resize(len, 0);
+    sock.write_all(&req)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = sock.read(&mut buf)?;
+    if n < 16 {
+        return Err(io::Error::other("short netlink answer"));
+    }
+    match u16_at(&buf, 4) {
+        RTM_NEWLINK => Ok(true),
+        NLMSG_ERROR if n >= 20 => match -(u32_at(&buf, 16) as i32) {
+            ENODEV => Ok(false),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        },
+        other => Err(io::Error::other(format!(
+            "unexpected netlink message type {other}"
+        ))),
+    }
+}
+
+/// Every IPv4 address of the socket's namespace (one RTM_GETADDR dump).
+fn addr_dump(sock: &mut File) -> io::Result<Vec<Addr>> {
     // nlmsghdr (16 bytes) + ifaddrmsg (8 bytes), AF_INET, dump.
     let mut req = Vec::with_capacity(24);
     req.extend_from_slice(&24u32.to_ne_bytes());
