@@ -24,6 +24,7 @@
 //! free in the store.
 
 use crate::config::{ConfigError, NetConf};
+use crate::events::{EventKind, Events};
 use crate::ipam::{self, AllocKey, Allocation, IpamError, Store, StoreError};
 use crate::netlink::{
     random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, NetlinkError, Netns, NetnsError,
@@ -277,6 +278,8 @@ pub struct Engine<N, S> {
     admitted: std::sync::Mutex<HashMap<String, Ipv4Network>>,
     /// Deletes host veths after DEL has answered (see [`deleter`]).
     deleter: Arc<deleter::Deleter<N>>,
+    /// Committed allocation changes, for `Inspect.Watch`.
+    events: Events,
 }
 
 /// See [`Engine::quarantine`].
@@ -305,6 +308,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             quarantine,
             deleter,
             admitted: Default::default(),
+            events: Default::default(),
         }
     }
 
@@ -312,6 +316,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         &self.store
     }
 
+    /// Where committed allocation changes are announced.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
 
     /// Waits (at most `budget`) until every veth queued by DEL is deleted; for a clean shutdown.
     pub async fn drain_deletions(&self, budget: Duration) {
@@ -543,7 +551,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
             // The record outlived its interface (the link was removed behind our back): it is
             // released, and the container is attached anew.
-            self.store.remove(&key)?;
+            if let Some(stale) = self.store.remove(&key)? {
+                self.events.announce(EventKind::Released, &stale);
+            }
         }
 
         self.check_overlap(conf)?;
@@ -650,7 +660,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             (Ok(_), Err(e)) => Err(Error::from(e)),
         };
         let failure = match committed {
-            Ok(()) => return Ok(alloc.result.render(&conf.cni_version)),
+            Ok(()) => {
+                self.events.announce(EventKind::Added, &alloc);
+                return Ok(alloc.result.render(&conf.cni_version));
+            }
             Err(e) => e,
         };
         // Undo: the veth pair first (deleting the host end removes the peer and the address in the
@@ -849,6 +862,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         // Deleted even if the flush failed: the record is gone from this daemon's view, and a
         // restart finds the veth gone and releases the record too.
         self.deleter.delete_later(host_veth.clone());
+        if let Some(alloc) = &existing {
+            self.events.announce(EventKind::Released, alloc);
+        }
         if let Err(e) = parked {
             // The container end could not be set aside: answer only once the pair is gone.
             tracing::warn!(host_veth, error = %e, "could not set the container interface aside; deleting it before answering");
@@ -1023,7 +1039,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
             match self.nl.delete_link(&alloc.host_veth).await {
                 Ok(_) => {
-                    self.store.remove(&alloc.key())?;
+                    if let Some(gone) = self.store.remove(&alloc.key())? {
+                        self.events.announce(EventKind::Released, &gone);
+                    }
                     released += 1;
                 }
                 Err(e) => failures.push(e.to_string()),
@@ -1223,12 +1241,16 @@ pub(crate) mod tests {
         pub(crate) ops: Mutex<Vec<String>>,
         pub(crate) links: Mutex<HashMap<String, LinkState>>,
         pub(crate) fail_on: Mutex<HashSet<&'static str>>,
+        /// Like `fail_on`, for the next call of the operation only.
+        pub(crate) fail_once: Mutex<HashSet<&'static str>>,
     }
 
     impl FakeNetlink {
         fn record(&self, op: &'static str, detail: String) -> Result<(), NetlinkError> {
             self.ops.lock().unwrap().push(format!("{op} {detail}"));
-            if self.fail_on.lock().unwrap().contains(op) {
+            if self.fail_on.lock().unwrap().contains(op)
+                || self.fail_once.lock().unwrap().remove(op)
+            {
                 return Err(NetlinkError::Conflict(format!("injected failure in {op}")));
             }
             Ok(())
@@ -1398,6 +1420,47 @@ pub(crate) mod tests {
         // DEL again, and DEL of a container never added: both fine.
         e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
         e.exec(&req(Command::Del, "never", conf())).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_committed_changes_are_announced_each_once() {
+        let e = engine();
+        let mut rx = e.events().subscribe();
+        e.nl.fail_on.lock().unwrap().insert("configure_container");
+        e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
+        e.nl.fail_on.lock().unwrap().clear();
+        e.exec(&req(Command::Add, "c1", conf())).await.unwrap();
+        // The bridge went away behind the daemon's back: the next ADD recreates it and records
+        // the allocation again with the new bridge's MAC, within the same ADD.
+        e.nl.remove_link("flatnet-br0");
+        e.nl.fail_once.lock().unwrap().insert("create_veth");
+        let c2: Value =
+            serde_json::from_str(&e.exec(&req(Command::Add, "c2", conf())).await.unwrap()).unwrap();
+        // Changes nothing, announces nothing.
+        e.exec(&req(Command::Add, "c2", conf())).await.unwrap();
+        e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
+        e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
+        let events: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        let got: Vec<(EventKind, String)> = events
+            .iter()
+            .map(|ev| (ev.kind, ev.allocation.container_id.clone()))
+            .collect();
+        let want = [
+            (EventKind::Added, "c1"),
+            (EventKind::Added, "c2"),
+            (EventKind::Released, "c1"),
+        ]
+        .map(|(k, c)| (k, c.to_string()));
+        assert_eq!(got, want);
+        // The event carries what was committed: the allocation with the new bridge's MAC.
+        assert_ne!(
+            c2["interfaces"][0]["mac"],
+            events[0].allocation.result.interfaces[0].mac
+        );
+        assert_eq!(
+            events[1].allocation.result.interfaces[0].mac,
+            c2["interfaces"][0]["mac"]
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 
 use crate::engine::reconcile::{Pass, Summary};
 use crate::engine::Engine;
-use crate::events::{Event, EventKind, EventStore};
+use crate::events::{Event, EventKind};
 use crate::ipam::{self, NetworkRecord, Store, StoreError};
 use crate::netlink::Netlink;
 use crate::spool::Spool;
@@ -40,7 +40,7 @@ impl DaemonInfo {
 }
 
 pub struct InspectService<N, S> {
-    engine: Arc<Engine<N, EventStore<S>>>,
+    engine: Arc<Engine<N, S>>,
     spool: Arc<Spool>,
     info: DaemonInfo,
     /// Turns true when the daemon stops; open watches end then.
@@ -49,7 +49,7 @@ pub struct InspectService<N, S> {
 
 impl<N, S> InspectService<N, S> {
     pub fn new(
-        engine: Arc<Engine<N, EventStore<S>>>,
+        engine: Arc<Engine<N, S>>,
         spool: Arc<Spool>,
         info: DaemonInfo,
         stop: tokio::sync::watch::Receiver<bool>,
@@ -416,7 +416,7 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
         let network = request.into_inner().network;
         // Subscribed before the answer goes out: every change after the caller sees the response
         // headers reaches it.
-        let rx = self.engine.store().subscribe();
+        let rx = self.engine.events().subscribe();
         let stop = self.stop.clone();
         tracing::info!(method = "Watch", network, "watch started");
         let stream = futures::stream::unfold(Some((rx, stop)), move |state| {

@@ -12,7 +12,6 @@
 use anyhow::{bail, Context};
 use flatnet_daemon::engine::reconcile::Pass;
 use flatnet_daemon::engine::{current_boot_id, Engine};
-use flatnet_daemon::events::EventStore;
 use flatnet_daemon::inspect::{network_usage, pending_releases, DaemonInfo, InspectService};
 use flatnet_daemon::ipam::{SledStore, Store};
 use flatnet_daemon::metrics::{self, Gauges, Metrics, NetworkGauge};
@@ -28,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The engine as flatnetd runs it: the sled store, wrapped so that Watch sees every change.
-type DaemonEngine = Engine<RtNetlink, EventStore<SledStore>>;
+type DaemonEngine = Engine<RtNetlink, SledStore>;
 
 const USAGE: &str = "usage: flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS]
                 [--log-format text|json] [--metrics-listen ADDR:PORT]
@@ -290,7 +289,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             "cannot read the kernel's boot id; allocations cannot be told apart by boot"
         );
     }
-    let engine: Arc<DaemonEngine> = Arc::new(Engine::new(nl, EventStore::new(store), boot_id));
+    let engine: Arc<DaemonEngine> = Arc::new(Engine::new(nl, store, boot_id));
     // Bound before anything else is served, so a taken port stops the start with a clear error.
     let metrics_listener = match opts.metrics_listen {
         Some(addr) => Some(

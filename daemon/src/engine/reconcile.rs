@@ -30,6 +30,7 @@
 use super::{
     bridge_spec, is_flatnet_veth, unix_now, Command, Engine, Error, NetConf, Request, Store,
 };
+use crate::events::EventKind;
 use crate::ipam::AllocSummary;
 use crate::netlink::{LinkState, Netlink};
 use crate::spool::Spool;
@@ -234,7 +235,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     links.remove(&a.host_veth);
                     s.links_removed += 1;
                 }
-                self.store.remove(&key)?;
+                if let Some(gone) = self.store.remove(&key)? {
+                    self.events.announce(EventKind::Released, &gone);
+                }
                 released_any = true;
                 s.released_earlier_boot += 1;
                 tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
@@ -253,7 +256,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 s.waiting += 1;
                 continue;
             }
-            self.store.remove(&key)?;
+            if let Some(gone) = self.store.remove(&key)? {
+                self.events.announce(EventKind::Released, &gone);
+            }
             released_any = true;
             s.released_gone += 1;
             tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
