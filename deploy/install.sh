@@ -150,8 +150,8 @@ start_daemon() {
     else
         mkdir -p "$(dirname "$SOCKET")"
         chmod 0700 "$(dirname "$SOCKET")"
-        touch "$LOG"
-        record file "$LOG"
+        # Recorded (and removed by --uninstall) only when this script made it.
+        [ -e "$LOG" ] || { touch "$LOG"; record file "$LOG"; }
         setsid "$BIN_DIR/flatnetd" --socket "$SOCKET" --state-dir "$STATE_DIR" >>"$LOG" 2>&1 </dev/null &
         echo $! >"$PIDFILE"
         wait_for_daemon || die "flatnetd did not start: see $LOG"
@@ -281,9 +281,14 @@ uninstall_all() {
     done
     ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
     if [ -f "$MANIFEST" ]; then
-        # Files first, then directories deepest first (reverse order of creation).
-        grep '^file ' "$MANIFEST" | cut -d' ' -f2- | while read -r path; do rm -f "$path"; done
-        grep '^dir ' "$MANIFEST" | cut -d' ' -f2- | tac | while read -r path; do rmdir "$path" 2>/dev/null || true; done
+        # Files first, then directories deepest first (reverse order of creation). A manifest may
+        # hold no directory at all (every one existed before): sed, unlike grep, succeeds then.
+        local path
+        local -a files dirs
+        mapfile -t files < <(sed -n 's/^file //p' "$MANIFEST")
+        mapfile -t dirs < <(sed -n 's/^dir //p' "$MANIFEST" | tac)
+        for path in "${files[@]}"; do rm -f "$path"; done
+        for path in "${dirs[@]}"; do rmdir "$path" 2>/dev/null || true; done
     fi
     have_systemd && systemctl daemon-reload || true
     rm -rf "$STATE_DIR" "$(dirname "$SOCKET")"

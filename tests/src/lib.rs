@@ -8,6 +8,7 @@
 pub mod ctl;
 pub mod podman;
 pub mod reliability;
+pub mod sandbox;
 
 use serde_json::{json, Value};
 use std::collections::HashSet;

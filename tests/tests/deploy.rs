@@ -1,16 +1,14 @@
 //! The deployment pieces, driven for real: the systemd units (checked by `systemd-analyze verify`),
 //! socket activation of the real flatnetd (by `systemd-socket-activate`), and `deploy/install.sh`
-//! followed by `--uninstall` on this host.
+//! installing, upgrading and uninstalling on a sandboxed host (the machine's own directories seen
+//! through overlays, so the tests pass whatever the machine holds and never change it).
 
+use flatnet_tests::sandbox::{snapshot_diff, Sandbox};
 use flatnet_tests::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
-
-/// install.sh works on fixed host paths: its tests must not overlap.
-static HOST_PATHS: Mutex<()> = Mutex::new(());
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,8 +69,10 @@ fn systemd_units_pass_systemd_analyze_verify() {
         return;
     }
     let dir = units_dir();
+    // --man=no: verify otherwise runs `man` for every Documentation= entry and complains when
+    // man-db is not installed.
     let out = run(Command::new("systemd-analyze")
-        .arg("verify")
+        .args(["verify", "--man=no"])
         .arg(dir.join("flatnetd.socket"))
         .arg(dir.join("flatnetd.service")));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -169,8 +169,8 @@ fn flatnetd_serves_the_socket_systemd_passes() {
             Duration::from_secs(30),
         )
     });
-    let _ = Command::new("kill")
-        .arg("-TERM")
+    let _ = Command::new("busybox")
+        .args(["kill", "-TERM"])
         .arg(activator.id().to_string())
         .status();
     let exited = poll(Duration::from_secs(5), || {
@@ -215,117 +215,104 @@ fn flatnetd_serves_the_socket_systemd_passes() {
     assert!(exited, "flatnetd did not stop on SIGTERM: {log}");
 }
 
-/// What install.sh may touch, for before/after comparison.
-fn host_state() -> Vec<String> {
-    let mut state: Vec<String> = [
-        "/opt/cni",
-        "/opt/cni/bin",
-        "/opt/cni/bin/flatnet",
-        "/usr/local/bin/flatnetd",
-        "/usr/local/bin/flatnetctl",
-        "/etc/cni",
-        "/etc/cni/net.d",
-        "/etc/cni/net.d/90-flatnet.conflist",
-        "/var/lib/flatnet",
-        "/run/flatnet",
-        "/var/log/flatnetd.log",
-        "/etc/systemd/network/10-flatnet-unmanaged.network",
-        "/etc/NetworkManager/conf.d/90-flatnet-unmanaged.conf",
-        "/etc/containers/containers.conf.d",
-        "/etc/containers/containers.conf.d/90-flatnet.conf",
-        "/etc/containers/containers.conf.d/91-flatnet-runc.conf",
-        "/etc/systemd/system/flatnetd.service",
-        "/etc/systemd/system/flatnetd.socket",
-    ]
-    .iter()
-    .filter(|p| Path::new(p).exists())
-    .map(|p| p.to_string())
-    .collect();
-    state.extend(links_with_prefix_root("fn-"));
-    state.extend(links_with_prefix_root("flatnet"));
-    // Only the installed daemon: other tests run daemons of their own at the same time.
-    let procs = Command::new("pgrep")
-        .args(["-f", "--", "flatnetd --socket /run/flatnet/flatnetd.sock"])
-        .output()
-        .unwrap();
-    state.extend(
-        String::from_utf8_lossy(&procs.stdout)
-            .lines()
-            .map(|p| format!("flatnetd pid {p}")),
-    );
-    state
+/// Where install.sh works, compared before and after: whole trees, so a file it leaves anywhere
+/// in them shows.
+const TREES: [&str; 6] = ["/etc", "/opt", "/usr/local", "/var/lib", "/var/log", "/run"];
+
+/// A stand-in `podman` for install.sh (first on its PATH, outside the sandbox's trees): it
+/// reports `backend` as the network backend until Flatnet's CNI drop-in exists, then `cni`, and
+/// records every call. Like the real one, `system reset` deletes the network configs in
+/// /etc/cni/net.d. The machine's own Podman is never asked or changed.
+struct FakePodman {
+    dir: PathBuf,
 }
 
-fn links_with_prefix_root(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-j", "link", "show"])
-        .output()
-        .unwrap();
-    let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    links
-        .iter()
-        .filter_map(|l| l["ifname"].as_str())
-        .filter(|n| n.starts_with(prefix))
-        .map(|n| format!("link {n}"))
-        .collect()
-}
-
-fn install(args: &[&str], path_prefix: Option<&Path>) -> Output {
-    let mut cmd = Command::new(repo().join("deploy/install.sh"));
-    cmd.args(args);
-    if let Some(dir) = path_prefix {
-        cmd.env(
-            "PATH",
-            format!(
-                "{}:{}",
-                dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
+impl FakePodman {
+    fn new(backend: &str) -> FakePodman {
+        let dir = std::env::temp_dir().join(unique_token("flatnet-fake-podman"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let calls = dir.join("calls");
+        let script = format!(
+            "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$1\" in\n  info) if [ -f /etc/containers/containers.conf.d/90-flatnet.conf ]; then echo cni; else echo {backend}; fi ;;\n  system) rm -f /etc/cni/net.d/90-flatnet.conflist ;;\nesac\n",
+            calls = calls.display()
         );
+        std::fs::write(dir.join("podman"), script).unwrap();
+        run(Command::new("chmod").arg("+x").arg(dir.join("podman")));
+        FakePodman { dir }
     }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.dir.join("calls")).unwrap_or_default()
+    }
+}
+
+impl Drop for FakePodman {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `deploy/install.sh ARGS` inside the sandbox, with the stand-in podman first on PATH.
+fn install(sb: &Sandbox, podman: &FakePodman, args: &[&str]) -> Output {
+    let mut cmd = sb.command(repo().join("deploy/install.sh"));
+    cmd.args(args).env(
+        "PATH",
+        format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            podman.dir.display()
+        ),
+    );
     run(&mut cmd)
 }
 
-/// Refuses to run over an existing Flatnet installation (it would be removed by the test).
-fn require_clean_host() -> Option<Vec<String>> {
-    let before = host_state();
-    let installed: Vec<&String> = before
+/// The sandbox's links, by name.
+fn sandbox_links(sb: &Sandbox) -> Vec<String> {
+    let out = run(sb.command("ip").args(["-j", "link", "show"]));
+    let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut names: Vec<String> = links
         .iter()
-        .filter(|s| s.contains("flatnet") && !s.starts_with("/etc/containers/containers.conf.d"))
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
         .collect();
-    if installed.is_empty() {
-        return Some(before);
-    }
-    let msg = format!("Flatnet is already installed on this host ({installed:?}); the install test would remove it");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("\n*** SKIPPED ({msg}) ***\n");
-    None
+    names.sort();
+    names
 }
 
-#[test]
-fn install_then_uninstall_leaves_the_host_as_it_was() {
-    if !require_root() {
-        return;
-    }
-    let _serial = HOST_PATHS.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(before) = require_clean_host() else {
-        return;
-    };
+/// What install.sh's daemon logged, for failure messages.
+fn installed_log(sb: &Sandbox) -> String {
+    std::fs::read_to_string(sb.path("/var/log/flatnetd.log")).unwrap_or_default()
+}
+
+/// The installed plugin, run inside the sandbox as Podman runs it, for a container namespace of
+/// the sandbox.
+fn installed_shim(sb: &Sandbox, command: &str, netns: &str, conf: &Value) -> Output {
+    let mut cmd = sb.command("/opt/cni/bin/flatnet");
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id_for("installed"))
+        .env("CNI_NETNS", format!("/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=installed");
+    output_within(
+        &mut cmd,
+        conf.to_string().as_bytes(),
+        Duration::from_secs(30),
+    )
+    .unwrap()
+}
+
+/// install → a container attached through what was installed → install again (an upgrade) →
+/// uninstall, every step exiting 0, and the sandbox's trees, links and processes exactly as they
+/// were before.
+fn install_upgrade_uninstall(sb: &Sandbox) {
+    let podman = FakePodman::new("cni");
+    let before = sb.snapshot(&TREES);
+    let links_before = sandbox_links(sb);
     let bin = bin_dir().display().to_string();
 
-    let first = install(&["--bin-dir", &bin], None);
-    // Whatever happens next, the host is restored at the end.
-    struct Uninstall;
-    impl Drop for Uninstall {
-        fn drop(&mut self) {
-            let _ = install(&["--uninstall", "--force"], None);
-        }
-    }
-    let guard = Uninstall;
+    let first = install(sb, &podman, &["--bin-dir", &bin]);
     assert!(first.status.success(), "install.sh: {}", text(&first));
-    let pid_before = std::fs::read_to_string("/run/flatnet/flatnetd.pid").ok();
+    let pid_before = std::fs::read_to_string(sb.path("/run/flatnet/flatnetd.pid")).ok();
     for path in [
         "/opt/cni/bin/flatnet",
         "/usr/local/bin/flatnetd",
@@ -333,13 +320,13 @@ fn install_then_uninstall_leaves_the_host_as_it_was() {
         "/etc/cni/net.d/90-flatnet.conflist",
     ] {
         assert!(
-            Path::new(path).exists(),
+            sb.path(path).exists(),
             "{path} not installed: {}",
             text(&first)
         );
     }
     let conflist: Value = serde_json::from_str(
-        &std::fs::read_to_string("/etc/cni/net.d/90-flatnet.conflist").unwrap(),
+        &std::fs::read_to_string(sb.path("/etc/cni/net.d/90-flatnet.conflist")).unwrap(),
     )
     .unwrap();
     let plugin = &conflist["plugins"][0];
@@ -355,36 +342,26 @@ fn install_then_uninstall_leaves_the_host_as_it_was() {
     let mut conf = plugin.clone();
     conf["cniVersion"] = conflist["cniVersion"].clone();
     conf["name"] = conflist["name"].clone();
-    let c = Netns::create(
-        &unique_token("fnti").chars().take(12).collect::<String>(),
-        "installed",
-    );
-    let shim = |command: &str| {
-        let mut cmd = Command::new("/opt/cni/bin/flatnet");
-        cmd.env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", c.container_id())
-            .env("CNI_NETNS", c.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin")
-            .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=installed");
-        output_within(
-            &mut cmd,
-            conf.to_string().as_bytes(),
-            Duration::from_secs(30),
-        )
-        .unwrap()
-    };
-    let add = shim("ADD");
+    let netns = "installed";
+    run(sb.command("ip").args(["netns", "add", netns]));
+    let add = installed_shim(sb, "ADD", netns, &conf);
     assert!(
         add.status.success(),
-        "ADD through the installed plugin: {}",
-        text(&add)
+        "ADD through the installed plugin: {}\n{}",
+        text(&add),
+        installed_log(sb)
     );
     let result: Value = serde_json::from_slice(&add.stdout).unwrap();
     let cidr = result["ips"][0]["address"].as_str().unwrap().to_string();
-    assert_eq!(addrs(c.name(), "eth0"), vec![cidr.clone()]);
-    let ls = run(Command::new("/usr/local/bin/flatnetctl").args(["ls"]));
+    let shown = run(sb
+        .command("ip")
+        .args(["-n", netns, "-j", "-4", "addr", "show", "eth0"]));
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains(cidr.split('/').next().unwrap()),
+        "eth0 lacks {cidr}: {}",
+        text(&shown)
+    );
+    let ls = run(sb.command("/usr/local/bin/flatnetctl").arg("ls"));
     assert!(
         String::from_utf8_lossy(&ls.stdout).contains(&cidr),
         "{}",
@@ -392,7 +369,7 @@ fn install_then_uninstall_leaves_the_host_as_it_was() {
     );
 
     // Uninstalling while a container holds an address is refused without --force.
-    let refused = install(&["--uninstall"], None);
+    let refused = install(sb, &podman, &["--uninstall"]);
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("--force"),
@@ -401,20 +378,19 @@ fn install_then_uninstall_leaves_the_host_as_it_was() {
     );
 
     // Running it again upgrades in place: same files, a restarted daemon, still serving.
-    let again = install(&["--bin-dir", &bin], None);
+    let again = install(sb, &podman, &["--bin-dir", &bin]);
     assert!(
         again.status.success(),
         "second install.sh: {}",
         text(&again)
     );
-    let pid_after = std::fs::read_to_string("/run/flatnet/flatnetd.pid").ok();
-    if pid_before.is_some() {
-        assert_ne!(
-            pid_before, pid_after,
-            "the upgrade did not restart flatnetd"
-        );
-    }
-    let manifest = std::fs::read_to_string("/var/lib/flatnet/install-manifest").unwrap();
+    let pid_after = std::fs::read_to_string(sb.path("/run/flatnet/flatnetd.pid")).ok();
+    assert!(pid_before.is_some(), "no pid file: {}", text(&first));
+    assert_ne!(
+        pid_before, pid_after,
+        "the upgrade did not restart flatnetd"
+    );
+    let manifest = std::fs::read_to_string(sb.path("/var/lib/flatnet/install-manifest")).unwrap();
     let lines: Vec<&str> = manifest.lines().collect();
     let mut dedup = lines.clone();
     dedup.sort();
@@ -424,38 +400,85 @@ fn install_then_uninstall_leaves_the_host_as_it_was() {
         dedup.len(),
         "manifest has duplicates:\n{manifest}"
     );
-    let check = {
-        let mut prev = conf.clone();
-        prev["cniVersion"] = "1.0.0".into();
-        prev["prevResult"] = result.clone();
-        let mut cmd = Command::new("/opt/cni/bin/flatnet");
-        cmd.env_clear()
-            .env("CNI_COMMAND", "CHECK")
-            .env("CNI_CONTAINERID", c.container_id())
-            .env("CNI_NETNS", c.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin");
-        output_within(
-            &mut cmd,
-            prev.to_string().as_bytes(),
-            Duration::from_secs(30),
-        )
-        .unwrap()
-    };
+    let mut prev = conf.clone();
+    prev["prevResult"] = result.clone();
+    let check = installed_shim(sb, "CHECK", netns, &prev);
     assert!(
         check.status.success(),
         "CHECK after the upgrade: {}",
         text(&check)
     );
-    let del = shim("DEL");
+    let del = installed_shim(sb, "DEL", netns, &prev);
     assert!(del.status.success(), "DEL: {}", text(&del));
-    drop(c);
+    run(sb.command("ip").args(["netns", "del", netns]));
 
-    let out = install(&["--uninstall"], None);
-    std::mem::forget(guard);
+    let out = install(sb, &podman, &["--uninstall"]);
     assert!(out.status.success(), "uninstall: {}", text(&out));
-    let after = host_state();
-    assert_eq!(before, after, "the host differs after install + uninstall");
+    let diff = snapshot_diff(&before, &sb.snapshot(&TREES));
+    assert!(
+        diff.is_empty(),
+        "install, upgrade and uninstall changed the host's files:\n{diff}"
+    );
+    assert_eq!(sandbox_links(sb), links_before, "links left behind");
+    assert_eq!(sb.processes(), Vec::<u32>::new(), "processes left running");
+}
+
+#[test]
+fn install_upgrade_uninstall_leave_a_host_with_other_plugins_as_it_was() {
+    if !require_root() {
+        return;
+    }
+    let sb = Sandbox::start();
+    // A host with Kubernetes or other CNI plugins, NetworkManager, systemd-networkd and Podman
+    // drop-ins: every directory install.sh writes into exists already and holds other files.
+    for (path, body, mode) in [
+        ("/opt/cni/bin/other-plugin", "#!/bin/sh\nexit 0\n", 0o755),
+        (
+            "/etc/cni/net.d/10-other.conflist",
+            "{\"cniVersion\": \"1.0.0\", \"name\": \"other\", \"plugins\": []}\n",
+            0o644,
+        ),
+        (
+            "/etc/systemd/network/50-other.network",
+            "[Match]\nName=eth9\n",
+            0o644,
+        ),
+        ("/etc/NetworkManager/conf.d/other.conf", "[main]\n", 0o644),
+        (
+            "/etc/containers/containers.conf.d/other.conf",
+            "[engine]\n",
+            0o644,
+        ),
+        ("/usr/local/bin/other-tool", "#!/bin/sh\nexit 0\n", 0o755),
+        ("/var/lib/other/state", "kept\n", 0o600),
+        ("/var/log/other.log", "kept\n", 0o644),
+    ] {
+        sb.write(path, body, mode);
+    }
+    install_upgrade_uninstall(&sb);
+    assert!(sb.path("/opt/cni/bin/other-plugin").exists());
+}
+
+#[test]
+fn install_upgrade_uninstall_leave_a_bare_host_as_it_was() {
+    if !require_root() {
+        return;
+    }
+    let sb = Sandbox::start();
+    // None of the directories exist: install.sh creates them and uninstall removes them again.
+    for path in [
+        "/opt/cni",
+        "/etc/cni",
+        "/etc/systemd/network",
+        "/etc/NetworkManager",
+        "/etc/containers/containers.conf.d",
+        "/var/lib/flatnet",
+        "/var/log/flatnetd.log",
+    ] {
+        sb.remove(path);
+    }
+    install_upgrade_uninstall(&sb);
+    assert!(!sb.path("/opt/cni").exists());
 }
 
 #[test]
@@ -463,38 +486,13 @@ fn podman_backend_is_switched_only_when_asked() {
     if !require_root() {
         return;
     }
-    let _serial = HOST_PATHS.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(before) = require_clean_host() else {
-        return;
-    };
+    let sb = Sandbox::start();
+    let podman = FakePodman::new("netavark");
+    let before = sb.snapshot(&TREES);
     let bin = bin_dir().display().to_string();
-    // A stand-in podman on PATH: reports netavark until flatnet's drop-in exists, and records what it
-    // was asked to do, so the real Podman's containers and images are never at risk here.
-    let fake = std::env::temp_dir().join(unique_token("flatnet-fake-podman"));
-    std::fs::create_dir_all(&fake).unwrap();
-    let calls = fake.join("calls");
-    std::fs::write(
-        fake.join("podman"),
-        format!(
-            // Like the real one, `system reset` deletes the network configs in /etc/cni/net.d.
-            "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$1\" in\n  info) if [ -f /etc/containers/containers.conf.d/90-flatnet.conf ]; then echo cni; else echo netavark; fi ;;\n  system) rm -f /etc/cni/net.d/90-flatnet.conflist ;;\nesac\n",
-            calls = calls.display()
-        ),
-    )
-    .unwrap();
-    run(Command::new("chmod").arg("+x").arg(fake.join("podman")));
+    let dropin = "/etc/containers/containers.conf.d/90-flatnet.conf";
 
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = install(&["--uninstall", "--force"], Some(&self.0));
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let cleanup = Cleanup(fake.clone());
-    let dropin = Path::new("/etc/containers/containers.conf.d/90-flatnet.conf");
-
-    let plain = install(&["--bin-dir", &bin], Some(&fake));
+    let plain = install(&sb, &podman, &["--bin-dir", &bin]);
     assert!(plain.status.success(), "{}", text(&plain));
     let said = String::from_utf8_lossy(&plain.stdout);
     assert!(
@@ -504,28 +502,27 @@ fn podman_backend_is_switched_only_when_asked() {
         "{said}"
     );
     assert!(
-        !dropin.exists(),
+        !sb.path(dropin).exists(),
         "the backend was changed without --configure-podman"
     );
-    let recorded = std::fs::read_to_string(&calls).unwrap_or_default();
     assert!(
-        !recorded.contains("system reset"),
-        "podman system reset ran unasked: {recorded}"
+        !podman.calls().contains("system reset"),
+        "podman system reset ran unasked: {}",
+        podman.calls()
     );
 
-    let asked = install(&["--bin-dir", &bin, "--configure-podman"], Some(&fake));
+    let asked = install(&sb, &podman, &["--bin-dir", &bin, "--configure-podman"]);
     assert!(asked.status.success(), "{}", text(&asked));
-    assert!(dropin.exists());
-    assert!(std::fs::read_to_string(dropin)
-        .unwrap()
+    assert!(std::fs::read_to_string(sb.path(dropin))
+        .unwrap_or_default()
         .contains("network_backend = \"cni\""));
-    let recorded = std::fs::read_to_string(&calls).unwrap();
     assert!(
-        recorded.lines().any(|l| l == "system reset --force"),
-        "{recorded}"
+        podman.calls().lines().any(|l| l == "system reset --force"),
+        "{}",
+        podman.calls()
     );
     assert!(
-        Path::new("/etc/cni/net.d/90-flatnet.conflist").exists(),
+        sb.path("/etc/cni/net.d/90-flatnet.conflist").exists(),
         "podman system reset removed the flatnet network config: {}",
         text(&asked)
     );
@@ -535,13 +532,12 @@ fn podman_backend_is_switched_only_when_asked() {
         text(&asked)
     );
 
-    let out = install(&["--uninstall"], Some(&fake));
+    let out = install(&sb, &podman, &["--uninstall"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(!dropin.exists(), "uninstall left {}", dropin.display());
-    drop(cleanup);
-    assert_eq!(
-        before,
-        host_state(),
-        "the host differs after install + uninstall"
+    assert!(!sb.path(dropin).exists(), "uninstall left {dropin}");
+    let diff = snapshot_diff(&before, &sb.snapshot(&TREES));
+    assert!(
+        diff.is_empty(),
+        "install and uninstall changed the host's files:\n{diff}"
     );
 }
