@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks Flatnet against the reference bridge + host-local plugins (issue 5): builds the release
+# Benchmarks Flatnet against the reference bridge + host-local plugins: builds the release
 # binaries, then runs target/release/flatnet-bench as root, which prints a table and writes
 # BENCHMARKS.md. Arguments go to flatnet-bench (`--quick` for a smoke run, `--help` for the rest).
 #

@@ -1,4 +1,4 @@
-//! The benchmark of issue 5: Flatnet (release shim + release flatnetd) against Debian's reference
+//! The benchmark: Flatnet (release shim + release flatnetd) against Debian's reference
 //! `bridge` + `host-local` with an equivalent config, in one run, taking turns, on one host
 //! namespace the benchmark creates and enters. Order: plugin start-up (VERSION), sequential
 //! ADD/CHECK/DEL latency, attach+detach cycles at P=8 and P=32, `podman run --rm` (when Podman is
@@ -495,7 +495,8 @@ fn document(
          (`CNI_*`, a cleared environment) and the config already serialised on stdin; the \
          shim and `bridge` go through the same code. After every ADD (untimed) an rtnetlink \
          dump in the container namespace checks that the result's address is on the \
-         interface; after every DEL, that it is gone. Failed calls and failed checks are \
+         interface; right after every DEL answers, that the namespace has no interface of \
+         that name and the address is on no interface. Failed calls and failed checks are \
          counted; any makes the run fail.\n\
          - Latency: {n} containers per plugin, all namespaces made before timing, 3 untimed \
          warm-up rounds; all ADDs (alternating which plugin goes first), then all CHECKs \

@@ -1,5 +1,5 @@
 //! The table: one row per metric with Flatnet, the reference, how many times better Flatnet is,
-//! the target from issue 5 and whether it was met (and by how much it was missed). Rendered as a
+//! its target and whether it was met (and by how much it was missed). Rendered as a
 //! Markdown table with padded columns, which reads the same in a terminal and in BENCHMARKS.md.
 
 use super::memory::{Memory, RESTARTS};
@@ -337,7 +337,7 @@ pub fn rows(res: &Results) -> Vec<Row> {
     r.result = zero(res.failures);
     rows.push(r);
     let mut r = row(
-        "verification failures (address after ADD, none after DEL)",
+        "verification failures (address after ADD; no interface, no address after DEL)",
         res.verify_failures[0].to_string(),
         res.verify_failures[1].to_string(),
     );
@@ -445,7 +445,7 @@ pub fn table(rows: &[Row]) -> String {
         "Flatnet",
         "reference",
         "Flatnet better by",
-        "target (issue 5)",
+        "target",
         "result",
     ];
     let cells: Vec<[&str; 6]> = rows
