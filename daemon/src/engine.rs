@@ -105,6 +105,9 @@ pub enum Error {
     Netlink(#[from] NetlinkError),
     #[error("{0}")]
     AlreadyAttached(String),
+    /// The host veth name is another container's (a hash collision): nothing was created.
+    #[error("{0}")]
+    NameTaken(String),
     #[error("{0}")]
     UnknownContainer(String),
     #[error("{0}")]
@@ -139,7 +142,7 @@ impl Error {
                 StoreError::Corrupt(_) => Code::Internal,
             },
             Error::Netlink(_) => Code::Kernel,
-            Error::AlreadyAttached(_) => Code::AlreadyAttached,
+            Error::AlreadyAttached(_) | Error::NameTaken(_) => Code::AlreadyAttached,
             Error::UnknownContainer(_) => Code::UnknownContainer,
             Error::CheckFailed(_) => Code::CheckFailed,
             Error::IncompatibleVersion(_) => Code::IncompatibleVersion,
@@ -157,9 +160,25 @@ const KERNEL_WAIT: Duration = Duration::from_secs(10);
 /// The host veth name for a container interface: `fn-` and 8 hex digits of a stable hash, so DEL finds
 /// it even when nothing was recorded.
 pub fn veth_name(container_id: &str, ifname: &str) -> String {
+    veth_name_salted(container_id, ifname, 0)
+}
+
+/// How many other names an ADD tries when its veth name is another container's: 32-bit names
+/// collide now and then with thousands of containers (about 1% of the time with 10,000), and two
+/// collisions for one container are already unlikely.
+const NAME_SALTS: u8 = 8;
+
+/// [`veth_name`], or with `salt` > 0 another name of the same shape for the same interface.
+fn veth_name_salted(container_id: &str, ifname: &str, salt: u8) -> String {
     // FNV-1a, 64 bit, folded to 32: stable across versions and builds, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+    let salted = (salt > 0).then_some([0, salt]).into_iter().flatten();
+    for b in container_id
+        .bytes()
+        .chain([0])
+        .chain(ifname.bytes())
+        .chain(salted)
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -626,31 +645,45 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         drop(_guard);
         let (attached, flushed) = tokio::join!(
             async {
-                let r = self
-                    .attach(
-                        conf,
-                        &netns,
-                        &key,
-                        &host_veth,
-                        address,
-                        mac,
-                        host_mac,
-                        bridge.clone(),
-                    )
-                    .await;
-                (r, t0.elapsed())
+                // Another container's veth may have this name: then the next name is tried.
+                let mut veth = host_veth.clone();
+                let mut salt = 0;
+                loop {
+                    let r = self
+                        .attach(
+                            conf,
+                            &netns,
+                            &key,
+                            &veth,
+                            address,
+                            mac,
+                            host_mac,
+                            bridge.clone(),
+                        )
+                        .await;
+                    match r {
+                        Err(Error::NameTaken(_)) if salt < NAME_SALTS => {
+                            salt += 1;
+                            veth = veth_name_salted(&req.container_id, &req.ifname, salt);
+                        }
+                        r => break (r, veth, t0.elapsed()),
+                    }
+                }
             },
             async { (self.store.flush().await, t0.elapsed()) }
         );
-        let ((attached, t_attached), (flushed, t_flushed)) = (attached, flushed);
+        let ((attached, veth, t_attached), (flushed, t_flushed)) = (attached, flushed);
         let committed = match (attached, flushed) {
-            (Ok(used), Ok(())) if used.mac == bridge.mac => {
+            (Ok(used), Ok(())) if used.mac == bridge.mac && veth == host_veth => {
                 tracing::debug!(?t_lock, ?t_recorded, ?t_attached, ?t_flushed, done = ?t0.elapsed(), "ADD phases");
                 Ok(())
             }
-            // The bridge was recreated while attaching: the result names its new MAC.
+            // The bridge was recreated while attaching, or the veth got another name: the record
+            // and the result name what is there.
             (Ok(used), Ok(())) => {
                 alloc.result.interfaces[0].mac = cni::format_mac(&used.mac);
+                alloc.result.interfaces[1].name = veth.clone();
+                alloc.host_veth = veth.clone();
                 match self.store.insert(&alloc) {
                     Ok(()) => self.store.flush().await.map_err(Error::from),
                     Err(e) => Err(Error::from(e)),
@@ -659,6 +692,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(Error::from(e)),
         };
+        let host_veth = veth;
         let failure = match committed {
             Ok(()) => {
                 self.events.announce(EventKind::Added, &alloc);
@@ -668,8 +702,12 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         };
         // Undo: the veth pair first (deleting the host end removes the peer and the address in the
         // container too), then the record. If the veth cannot be deleted, its address is held back
-        // (quarantined) until the interface is gone.
-        let undo = self.nl.delete_link(&host_veth).await;
+        // (quarantined) until the interface is gone. A name that is another container's was never
+        // created: that veth is not ours to delete.
+        let undo = match failure {
+            Error::NameTaken(_) => Ok(false),
+            _ => self.nl.delete_link(&host_veth).await,
+        };
         let _ = self.store.remove(&key);
         match undo {
             Ok(_) => Err(failure),
@@ -733,13 +771,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             } else if leftover {
                 if self
                     .store
-                    .list(None)?
+                    .summaries()?
                     .iter()
                     .any(|a| a.host_veth == host_veth && a.key() != *key)
                 {
-                    return Err(Error::AlreadyAttached(format!(
-                        "host interface {host_veth} belongs to another container (name hash collision); \
-                         use another interface name"
+                    return Err(Error::NameTaken(format!(
+                        "host interface {host_veth} belongs to another container, and so did the \
+                         other names tried: use another interface name"
                     )));
                 }
                 self.nl.delete_link(host_veth).await?;
@@ -1314,6 +1352,12 @@ pub(crate) mod tests {
         }
         async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
             self.record("create_veth", spec.host.clone())?;
+            if self.has_link(&spec.host) {
+                return Err(NetlinkError::Io {
+                    op: format!("creating {}", spec.host),
+                    source: std::io::Error::from_raw_os_error(nix::libc::EEXIST),
+                });
+            }
             self.add_link(&spec.host, Some(spec.bridge_index));
             Ok(())
         }
@@ -1461,6 +1505,62 @@ pub(crate) mod tests {
             events[1].allocation.result.interfaces[0].mac,
             c2["interfaces"][0]["mac"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_veth_name_that_is_another_containers_is_left_alone() {
+        let e = engine();
+        let mut conf = conf();
+        conf["ipam"]["rangeEnd"] = "10.87.1.20".into();
+        let conf = || conf.clone();
+        e.exec(&req(Command::Add, "other", conf())).await.unwrap();
+        // A hash collision: "other"'s veth has the name c1's would have.
+        let taken = veth_name("c1", "eth0");
+        let mut other = e.store().list(None).unwrap().remove(0);
+        let link = e.nl.links.lock().unwrap().remove(&other.host_veth).unwrap();
+        e.nl.links.lock().unwrap().insert(taken.clone(), link);
+        other.host_veth = taken.clone();
+        e.store().insert(&other).unwrap();
+
+        let out: Value =
+            serde_json::from_str(&e.exec(&req(Command::Add, "c1", conf())).await.unwrap()).unwrap();
+        let used = veth_name_salted("c1", "eth0", 1);
+        assert_ne!(used, taken);
+        assert_eq!(out["interfaces"][1]["name"], used.as_str());
+        let c1 = e
+            .store()
+            .get(&AllocKey {
+                network: "flatnet".into(),
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(c1.host_veth, used);
+        assert!(e.nl.has_link(&used) && e.nl.has_link(&taken));
+        assert!(!e.nl.ops().contains(&format!("delete_link {taken}")));
+
+        // When every name is taken, ADD fails with 101 and still leaves the other veth alone.
+        for salt in 1..=NAME_SALTS {
+            e.nl.add_link(&veth_name_salted("c2", "eth0", salt), None);
+            let mut squatter = other.clone();
+            squatter.container_id = format!("squatter{salt}");
+            squatter.address = Ipv4Addr::new(10, 87, 2, salt);
+            squatter.host_veth = veth_name_salted("c2", "eth0", salt);
+            e.store().insert(&squatter).unwrap();
+        }
+        let mut c2 = other.clone();
+        c2.container_id = "squatter0".into();
+        c2.address = Ipv4Addr::new(10, 87, 2, 100);
+        c2.host_veth = veth_name("c2", "eth0");
+        e.nl.add_link(&c2.host_veth, None);
+        e.store().insert(&c2).unwrap();
+        let before = e.store().list(None).unwrap().len();
+        let err = e.exec(&req(Command::Add, "c2", conf())).await.unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyAttached, "{err}");
+        assert_eq!(e.store().list(None).unwrap().len(), before);
+        assert!(e.nl.has_link(&c2.host_veth));
+        assert!(!e.nl.ops().iter().any(|o| o.starts_with("delete_link")));
     }
 
     #[tokio::test]
