@@ -916,9 +916,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     }
 
     /// Sets the container end of `host_veth` aside inside `netns` (see
-    /// [`Netlink::park_container_end`]), under the host end's name. Nothing to do when the
-    /// namespace or the veth is gone already: a namespace takes its interfaces with it, and
-    /// deleting either end of a pair deletes both.
+    /// [`Netlink::park_container_end`]). Nothing to do when the namespace is gone already: it took
+    /// its interfaces with it, and deleting either end of a pair deletes both.
     async fn park_container_end(
         &self,
         host_veth: &str,
@@ -929,11 +928,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let Some(Ok(netns)) = netns.filter(|p| !p.is_empty()).map(Netns::open) else {
             return Ok(());
         };
-        let Some(host) = self.nl.link(host_veth).await? else {
-            return Ok(());
-        };
         self.nl
-            .park_container_end(&netns, ifname, host.index, address, host_veth)
+            .park_container_end(&netns, ifname, host_veth, address)
             .await?;
         Ok(())
     }
@@ -1380,13 +1376,15 @@ pub(crate) mod tests {
             &self,
             _: &Netns,
             ifname: &str,
-            _: u32,
+            host_veth: &str,
             address: Option<Ipv4Network>,
-            parked: &str,
         ) -> Result<bool, NetlinkError> {
             let address = address.map(|a| a.to_string()).unwrap_or_default();
-            self.record("park_container_end", format!("{ifname} {address} {parked}"))?;
-            Ok(true)
+            self.record(
+                "park_container_end",
+                format!("{ifname} {address} {host_veth}"),
+            )?;
+            Ok(self.has_link(host_veth))
         }
         async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
             self.record("delete_link", name.to_string())?;

@@ -207,18 +207,18 @@ pub trait Netlink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
     /// Deletes a link in the daemon's namespace; `Ok(false)` when it was already gone.
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
-    /// Sets the container end of a veth aside before the pair is deleted (the kernel needs about
-    /// 19 ms for that): inside `netns`, if `ifname` is the peer of the host link with index
-    /// `host_index`, it is taken down, loses `address` and is renamed to `parked`, so the name
-    /// and the address are free the moment this returns. `Ok(false)` when `ifname` is not there
-    /// or is not that peer (nothing of ours to set aside).
+    /// Sets the container end of the veth `host_veth` aside before the pair is deleted (the kernel
+    /// needs about 19 ms for that): inside `netns`, if `ifname` is that veth's peer, it is taken
+    /// down, loses `address` and is renamed to `host_veth` (free there: that name lives in the
+    /// daemon's namespace), so `ifname` and the address are free the moment this returns.
+    /// `Ok(false)` when there is nothing of ours to set aside (no such veth, no such interface, or
+    /// `ifname` is not its peer).
     fn park_container_end(
         &self,
         netns: &Netns,
         ifname: &str,
-        host_index: u32,
+        host_veth: &str,
         address: Option<Ipv4Network>,
-        parked: &str,
     ) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
     /// Deletes several links of the daemon's namespace (those already gone are fine); returns the
     /// ones that could not be deleted, with why. Implementations may do it in one kernel batch.
@@ -875,16 +875,21 @@ impl RtNetlink {
         &self,
         netns: &Netns,
         ifname: &str,
-        host_index: u32,
+        host_veth: &str,
         address: Option<Ipv4Network>,
-        parked: &str,
     ) -> Result<bool, NetlinkError> {
-        let socket = ns_socket(netns).await?;
+        // The host end is looked up while the namespace is entered.
+        let (host, socket) =
+            futures::join!(get_link(&self.main.handle, host_veth), ns_socket(netns));
+        let Some(host) = host? else {
+            return Ok(false);
+        };
+        let socket = socket?;
         let handle = &socket.handle;
         let Some(link) = get_link(handle, ifname).await? else {
             return Ok(false);
         };
-        if link.kind.as_deref() != Some("veth") || link.peer != Some(host_index) {
+        if link.kind.as_deref() != Some("veth") || link.peer != Some(host.index) {
             return Ok(false);
         }
         // Three requests on one socket, sent together and applied by the kernel in this order: down
@@ -912,7 +917,7 @@ impl RtNetlink {
             .link()
             .change(
                 LinkUnspec::new_with_index(link.index)
-                    .name(parked.to_string())
+                    .name(host_veth.to_string())
                     .build(),
             )
             .execute();
@@ -920,7 +925,7 @@ impl RtNetlink {
         let at = &netns.path;
         down.map_err(kernel(format!("taking {ifname} down in {at}")))?;
         unaddressed.map_err(kernel(format!("removing the address of {ifname} in {at}")))?;
-        renamed.map_err(kernel(format!("renaming {ifname} to {parked} in {at}")))?;
+        renamed.map_err(kernel(format!("renaming {ifname} to {host_veth} in {at}")))?;
         Ok(true)
     }
 }
@@ -1110,13 +1115,12 @@ impl Netlink for RtNetlink {
         &self,
         netns: &Netns,
         ifname: &str,
-        host_index: u32,
+        host_veth: &str,
         address: Option<Ipv4Network>,
-        parked: &str,
     ) -> Result<bool, NetlinkError> {
         bounded(
             || format!("setting {ifname} in {} aside", netns.path),
-            self.park_container_end_now(netns, ifname, host_index, address, parked),
+            self.park_container_end_now(netns, ifname, host_veth, address),
         )
         .await
     }
