@@ -5,10 +5,11 @@ use std::error::Error as StdError;
 use std::io;
 use std::time::Duration;
 
-use flatnet_proto::cni::{CniError, Code};
+use flatnet_proto::cni::{CniError, Code, LATEST_VERSION};
 use flatnet_proto::v1::cni_client::CniClient;
 use flatnet_proto::v1::cni_reply::Outcome;
-use flatnet_proto::v1::{CniReply, CniRequest};
+use flatnet_proto::v1::inspect_client::InspectClient;
+use flatnet_proto::v1::{self, CniReply, CniRequest};
 use flatnet_proto::REQUEST_ID_HEADER;
 use tonic::metadata::MetadataValue;
 
@@ -36,6 +37,47 @@ pub fn exec(req: &Request, request_id: &str) -> Result<String, CniError> {
             )
         })?;
     runtime.block_on(call(req, request_id))
+}
+
+/// The networks flatnetd serves (`Inspect/ListNetworks`), for the netavark plugin's `create`.
+pub fn networks(socket: &str, request_id: &str) -> Result<Vec<v1::Network>, CniError> {
+    let probe = Request {
+        command: flatnet_proto::v1::Command::Unspecified,
+        cni_version: LATEST_VERSION.into(),
+        socket: socket.to_string(),
+        container_id: String::new(),
+        netns: String::new(),
+        ifname: String::new(),
+        args: String::new(),
+        path: String::new(),
+        config: Vec::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| {
+            CniError::new(
+                LATEST_VERSION,
+                Code::Io,
+                format!("cannot start the shim's I/O runtime: {e}"),
+            )
+        })?;
+    runtime.block_on(async {
+        let channel = flatnet_proto::uds::connect(socket, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| unreachable(&probe, &e))?;
+        let mut grpc = tonic::Request::new(v1::ListNetworksRequest {});
+        grpc.set_timeout(DEADLINE);
+        if let Ok(id) = MetadataValue::try_from(request_id) {
+            grpc.metadata_mut().insert(REQUEST_ID_HEADER, id);
+        }
+        InspectClient::new(channel)
+            .list_networks(grpc)
+            .await
+            .map(|r| r.into_inner().networks)
+            .map_err(|status| from_status(&probe, &status))
+    })
 }
 
 async fn call(req: &Request, request_id: &str) -> Result<String, CniError> {

@@ -1,9 +1,11 @@
-//! `flatnet`, the CNI plugin binary: answers VERSION itself and forwards every other command to
-//! flatnetd as one gRPC call. stdout carries exactly one protocol JSON document (or nothing, for a
-//! successful DEL, GC or STATUS); short diagnostics go to stderr, and only on errors (and for a DEL
+//! `flatnet`, the CNI plugin binary and, run with a subcommand, the netavark plugin (see
+//! `netavark`): answers VERSION (or `info`) itself and forwards every other command to flatnetd as
+//! one gRPC call. stdout carries exactly one protocol JSON document (or nothing, for a successful
+//! DEL, GC, STATUS or teardown); short diagnostics go to stderr, and only on errors (and for a DEL
 //! that was spooled because flatnetd could not take it, see `spool`).
 
 mod client;
+mod netavark;
 mod request;
 mod spool;
 
@@ -17,6 +19,14 @@ use request::{Env, Invocation};
 
 fn main() -> ExitCode {
     let request_id = request_id();
+    // A CNI runtime runs the plugin without arguments; netavark and Podman with a subcommand.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if !args.is_empty() {
+        return netavark_main(&args, &request_id);
+    }
     let env = cni_env();
     let outcome = match request::parse(&env, io::stdin().lock()) {
         Ok(Invocation::Version(json)) => Ok(json),
@@ -38,6 +48,61 @@ fn main() -> ExitCode {
         Err(err) => {
             report(&env, &request_id, &err);
             print(&err.to_json());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One netavark plugin call: the reply on stdout, or `{"error": ...}` and exit status 1.
+fn netavark_main(args: &[String], request_id: &str) -> ExitCode {
+    use flatnet_proto::v1::Command;
+    use netavark::Subcommand;
+    let subcommand = netavark::subcommand(args);
+    let what = args.first().cloned().unwrap_or_default();
+    let reply = subcommand.and_then(|sub| match sub {
+        Subcommand::Info => Ok(netavark::info()),
+        Subcommand::Create => {
+            let net = netavark::read_input(io::stdin().lock())?;
+            let known = client::networks(&netavark::socket_of(&net), request_id)
+                .map_err(|e| e.msg)?
+                .into_iter()
+                .map(netavark::Known::from)
+                .collect::<Vec<_>>();
+            netavark::create(net, &known).map(|n| serde_json::Value::Object(n).to_string())
+        }
+        Subcommand::Setup { netns } => {
+            let attachment = netavark::attachment(&netavark::read_input(io::stdin().lock())?)?;
+            let req = attachment.cni_request(Command::Add, &netns);
+            let result = client::exec(&req, request_id).map_err(|e| e.msg)?;
+            attachment.status_block(&result)
+        }
+        Subcommand::Teardown { netns } => {
+            let attachment = netavark::attachment(&netavark::read_input(io::stdin().lock())?)?;
+            let req = attachment.cni_request(Command::Del, &netns);
+            match client::exec(&req, request_id) {
+                // Like DEL: a teardown flatnetd cannot take now is recorded and applied later.
+                Err(err) if spool::applies(&req, &err) => spool::record(&req, err),
+                other => other,
+            }
+            .map(|_| String::new())
+            .map_err(|e| e.msg)
+        }
+    });
+    match reply {
+        Ok(json) => {
+            if json.is_empty() || print(&json) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(msg) => {
+            // stderr failing as well leaves nothing to tell; stdout still carries the error.
+            let _ = writeln!(
+                io::stderr(),
+                "flatnet {what} [request {request_id}]: error: {msg}"
+            );
+            print(&netavark::error_json(&msg));
             ExitCode::FAILURE
         }
     }

@@ -59,7 +59,7 @@ pub fn command_name(command: Command) -> &'static str {
     FORWARDED
         .iter()
         .find(|(_, c)| *c == command)
-        .map_or("UNSPECIFIED", |(name, _)| name)
+        .map_or("the request", |(name, _)| name)
 }
 
 /// Applies the rules in order: CNI_COMMAND, then stdin (size, JSON, cniVersion, `socket`), then the
@@ -304,7 +304,7 @@ mod tests {
     use super::*;
     use std::io;
 
-    /// The environment of Podman 4.3.1's ADD (fixtures/podman-4.3.1/03-ADD.txt).
+    /// The environment of Podman 4.3.1's ADD (tests/fixtures/podman-4.3.1/03-ADD.txt).
     const PODMAN_ADD_ENV: &[(&str, &str)] = &[
         (
             "CNI_ARGS",

@@ -13,7 +13,7 @@ const ALL_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 #[test]
 fn version_answers_the_requested_version() {
-    // Exactly what Podman 4.3.1 sends (fixtures/podman-4.3.1/01-VERSION.txt).
+    // Exactly what Podman 4.3.1 sends (tests/fixtures/podman-4.3.1/01-VERSION.txt).
     let run = run(
         &[
             ("CNI_COMMAND", Some("VERSION")),

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// PATH given to every process the harness starts with a cleared environment.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// CNI_PATH exactly as Podman 4.3 sends it (see the shared fixtures).
+/// CNI_PATH exactly as Podman 4.3 sends it (see tests/fixtures/podman-4.3.1).
 const CNI_PATH: &str = "/opt/cni/bin:/usr/lib/cni";
 /// How long the daemon may take to accept connections after it was started.
 const DAEMON_READY: Duration = Duration::from_secs(10);
@@ -789,6 +789,83 @@ impl Host {
             &podman_args(c.label()),
             conf,
         )
+    }
+
+    /// Runs the real binary as netavark runs a plugin (`flatnet SUBCOMMAND [NETNS]`, the request
+    /// on stdin, netavark's environment) or as Podman runs `create`.
+    pub fn netavark(&self, args: &[&str], input: &Value) -> CniOutput {
+        let what = format!("netavark plugin {args:?}");
+        let mut cmd = Command::new(binary("flatnet"));
+        cmd.env_clear()
+            .env("PATH", PATH)
+            .env("TMPDIR", "/var/tmp")
+            .env("RUST_LOG", "netavark=warn")
+            .args(args);
+        let out = output_within(&mut cmd, input.to_string().as_bytes(), SHIM_TIMEOUT)
+            .unwrap_or_else(|e| panic!("plugin hung: {what}: {e}"));
+        CniOutput::from_output(what, out)
+    }
+
+    /// A Podman 5 network of the driver `flatnet` as `podman network create` would store it (the
+    /// plugin's `create` reply): `name`, this host's socket, and `extra` keys on top.
+    pub fn podman_network(&self, name: &str, extra: Value) -> Value {
+        let socket = self
+            .socket_path()
+            .to_str()
+            .expect("temp dir paths are UTF-8")
+            .to_string();
+        let mut net = json!({
+            "name": name,
+            "id": container_id_for(&format!("network {name}")),
+            "driver": "flatnet",
+            "created": "2026-12-01T18:24:40.884283303Z",
+            "ipv6_enabled": false,
+            "internal": false,
+            "dns_enabled": true,
+            "options": {"socket": socket},
+        });
+        let Value::Object(extra) = extra else {
+            panic!("Host::podman_network takes a JSON object, got {extra}");
+        };
+        for (k, v) in extra {
+            net[k] = v;
+        }
+        let created = self.netavark(&["create"], &net);
+        created
+            .json
+            .clone()
+            .filter(|_| created.status == 0)
+            .unwrap_or_else(|| panic!("create failed\n{created}"))
+    }
+
+    /// What netavark sends to setup and teardown for container `c` on `network` (a `create`
+    /// reply): interface `ifname`, `--ip` and `--mac-address` when given.
+    pub fn netavark_input(
+        c: &Netns,
+        network: &Value,
+        ifname: &str,
+        ip: Option<&str>,
+        mac: Option<&str>,
+    ) -> Value {
+        let mut network = network.clone();
+        for key in ["network_interface", "routes", "network_dns_servers"] {
+            if network.get(key).is_none() {
+                network[key] = Value::Null;
+            }
+        }
+        json!({
+            "container_id": c.container_id(),
+            "container_name": c.label(),
+            "port_mappings": null,
+            "network": network,
+            "network_options": {
+                "aliases": [&c.container_id()[..12]],
+                "interface_name": ifname,
+                "static_ips": ip.map(|ip| vec![ip]),
+                "static_mac": mac,
+                "options": null,
+            },
+        })
     }
 
     /// The `fn-*` links in the host namespace, sorted.

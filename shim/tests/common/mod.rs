@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
-/// The environment of Podman 4.3.1's ADD (fixtures/podman-4.3.1/03-ADD.txt).
+/// The environment of Podman 4.3.1's ADD (tests/fixtures/podman-4.3.1/03-ADD.txt).
 pub const PODMAN_ADD_ENV: &[(&str, &str)] = &[
     (
         "CNI_ARGS",
