@@ -255,7 +255,7 @@ fn cni_and_netavark_callers_share_one_ipam() {
     let got = Mutex::new(Vec::new());
     for_each_parallel(&containers, 8, |c| {
         let n: usize = c.label()[3..].parse().unwrap();
-        let address = if n % 2 == 0 {
+        let address = if n.is_multiple_of(2) {
             result_cidr(&host.add_ok(c, &conf))
         } else {
             let out = host.netavark(
