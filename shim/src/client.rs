@@ -206,10 +206,16 @@ fn find_io_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a io::Error>
     None
 }
 
-/// "No such file or directory" rather than "No such file or directory (os error 2)".
+/// "Connection refused" rather than "Connection refused (os error 111)". A missing socket is said
+/// in words of its own: Podman 5 reads "No such file or directory" in a plugin's message as
+/// "command not found" and exits 127 instead of 126.
 fn describe_io(err: &io::Error) -> String {
-    if err.kind() == io::ErrorKind::TimedOut {
-        return format!("timed out after {} s", CONNECT_TIMEOUT.as_secs());
+    match err.kind() {
+        io::ErrorKind::TimedOut => {
+            return format!("timed out after {} s", CONNECT_TIMEOUT.as_secs())
+        }
+        io::ErrorKind::NotFound => return "the socket does not exist".into(),
+        _ => {}
     }
     let text = err.to_string();
     match text.rfind(" (os error ") {
@@ -352,7 +358,11 @@ mod tests {
     fn io_errors_read_well() {
         assert_eq!(
             describe_io(&io::Error::from_raw_os_error(2)),
-            "No such file or directory"
+            "the socket does not exist"
+        );
+        assert_eq!(
+            describe_io(&io::Error::from_raw_os_error(111)),
+            "Connection refused"
         );
         assert_eq!(
             describe_io(&io::Error::from(io::ErrorKind::TimedOut)),

@@ -124,7 +124,7 @@ fn missing_socket_is_code_11_naming_it() {
         11,
         "1.0.0",
         &[
-            &format!("not reachable at {socket} (connect: No such file or directory)"),
+            &format!("not reachable at {socket} (connect: the socket does not exist)"),
             "systemctl start flatnetd.socket",
             &format!("flatnetd --socket {socket}"),
         ],

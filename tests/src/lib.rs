@@ -7,6 +7,7 @@
 
 pub mod ctl;
 pub mod podman;
+pub mod podman5;
 pub mod reliability;
 pub mod sandbox;
 

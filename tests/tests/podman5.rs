@@ -1,0 +1,316 @@
+//! End to end with real Podman 5 (5.4 with netavark 1.14, from Debian 13) in a session of its own
+//! (see `flatnet_tests::podman5`): `podman run --network flatnet` through the netavark plugin and a
+//! real flatnetd. Needs root and the root built by `tests/podman5-root.sh`; without them these
+//! print SKIPPED (and fail under CI=true).
+
+use flatnet_tests::podman5::{require_podman5, Podman5, BIN, IMAGE};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// A busybox httpd that serves `body` at `/`.
+fn httpd(body: &str) -> String {
+    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www")
+}
+
+fn session() -> Option<Podman5> {
+    if !require_podman5() {
+        return None;
+    }
+    let s = Podman5::start();
+    s.install_plugin_by_hand();
+    Some(s)
+}
+
+/// The container's address and MAC on `network`, as `podman inspect` shows them.
+fn inspect(s: &Podman5, name: &str, network: &str) -> (String, String) {
+    let out = s.podman_ok(&[
+        "inspect",
+        "-f",
+        &format!(
+            "{{{{.NetworkSettings.Networks.{network}.IPAddress}}}} {{{{.NetworkSettings.Networks.{network}.MacAddress}}}}"
+        ),
+        name,
+    ]);
+    let (ip, mac) = out.split_once(' ').unwrap_or((&out, ""));
+    (ip.to_string(), mac.to_string())
+}
+
+/// Container names flatnetd holds addresses for, with the address.
+fn held(s: &Podman5) -> Vec<(String, String)> {
+    let list = s.flatnetctl_json(&["allocations"]);
+    let mut held: Vec<(String, String)> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["containerName"].as_str().unwrap_or_default().to_string(),
+                a["address"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    held.sort();
+    held
+}
+
+fn fn_links(s: &Podman5) -> Vec<String> {
+    flatnet_tests::links_with_prefix(s.netns().name(), "fn-")
+}
+
+#[test]
+fn run_is_reachable_over_http_and_rm_gives_the_address_back() {
+    let Some(s) = session() else { return };
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "flatnet",
+        IMAGE,
+        "sh",
+        "-c",
+        &httpd("hello"),
+    ]);
+    let (ip, mac) = inspect(&s, "web", "flatnet");
+    assert!(ip.starts_with("10.87.1."), "{ip}");
+    assert_eq!(mac.len(), 17, "{mac}");
+    assert_eq!(held(&s), vec![("web".to_string(), format!("{ip}/24"))]);
+    // From the host's network namespace, and from another container.
+    assert_eq!(s.fetch(&format!("http://{ip}/")).unwrap().trim(), "hello");
+    let from_db = s.podman_ok(&[
+        "run",
+        "--rm",
+        "--name",
+        "db",
+        "--network",
+        "flatnet",
+        IMAGE,
+        "sh",
+        "-c",
+        &format!("timeout 5 wget -q -O - http://{ip}/"),
+    ]);
+    assert_eq!(from_db, "hello");
+    // `podman rm` gives the address back: another container can take it at once.
+    s.podman_ok(&["rm", "-f", "-t", "0", "web"]);
+    assert_eq!(held(&s), Vec::<(String, String)>::new());
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "again",
+        "--network",
+        "flatnet",
+        "--ip",
+        &ip,
+        IMAGE,
+        "sleep",
+        "60",
+    ]);
+    assert_eq!(inspect(&s, "again", "flatnet").0, ip);
+}
+
+#[test]
+fn ip_and_mac_address_are_honoured() {
+    let Some(s) = session() else { return };
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fixed",
+        "--network",
+        "flatnet",
+        "--ip",
+        "10.87.1.50",
+        "--mac-address",
+        "02:00:00:00:06:32",
+        IMAGE,
+        "sleep",
+        "60",
+    ]);
+    assert_eq!(
+        inspect(&s, "fixed", "flatnet"),
+        ("10.87.1.50".to_string(), "02:00:00:00:06:32".to_string())
+    );
+    let inside = s.podman_ok(&["exec", "fixed", "ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(inside.contains("10.87.1.50/24"), "{inside}");
+    let link = s.podman_ok(&["exec", "fixed", "ip", "-o", "link", "show", "eth0"]);
+    assert!(link.contains("02:00:00:00:06:32"), "{link}");
+}
+
+#[test]
+fn stop_start_and_restart_attach_again() {
+    let Some(s) = session() else { return };
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "flatnet",
+        IMAGE,
+        "sh",
+        "-c",
+        &httpd("up"),
+    ]);
+    s.podman_ok(&["stop", "-t", "0", "web"]);
+    assert_eq!(
+        held(&s),
+        Vec::<(String, String)>::new(),
+        "stop keeps the address"
+    );
+    assert_eq!(fn_links(&s).len(), 0);
+    s.podman_ok(&["start", "web"]);
+    let (ip, _) = inspect(&s, "web", "flatnet");
+    assert_eq!(s.fetch(&format!("http://{ip}/")).unwrap().trim(), "up");
+    s.podman_ok(&["restart", "-t", "0", "web"]);
+    let (ip, _) = inspect(&s, "web", "flatnet");
+    assert_eq!(s.fetch(&format!("http://{ip}/")).unwrap().trim(), "up");
+    assert_eq!(held(&s).len(), 1);
+}
+
+#[test]
+fn network_connect_and_disconnect_a_second_flatnet_network() {
+    let Some(s) = session() else { return };
+    s.podman_ok(&[
+        "network",
+        "create",
+        "-d",
+        "flatnet",
+        "--subnet",
+        "10.87.7.0/24",
+        "--ip-range",
+        "10.87.7.100-10.87.7.150",
+        "-o",
+        "bridge=fnbr7",
+        "-o",
+        "mtu=1400",
+        "flatnet2",
+    ]);
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "flatnet",
+        IMAGE,
+        "sleep",
+        "60",
+    ]);
+    s.podman_ok(&["network", "connect", "flatnet2", "web"]);
+    let (ip2, _) = inspect(&s, "web", "flatnet2");
+    let last: u8 = ip2.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        ip2.starts_with("10.87.7.") && (100..=150).contains(&last),
+        "{ip2}"
+    );
+    let eth1 = s.podman_ok(&["exec", "web", "ip", "-o", "-4", "addr", "show", "eth1"]);
+    assert!(eth1.contains(&format!("{ip2}/24")), "{eth1}");
+    let mtu = s.podman_ok(&["exec", "web", "cat", "/sys/class/net/eth1/mtu"]);
+    assert_eq!(mtu, "1400");
+    assert!(flatnet_tests::link_exists(s.netns().name(), "fnbr7"));
+    s.podman_ok(&["network", "disconnect", "flatnet2", "web"]);
+    let links = s.podman_ok(&["exec", "web", "ls", "/sys/class/net"]);
+    assert!(!links.contains("eth1") && links.contains("eth0"), "{links}");
+    assert_eq!(held(&s).len(), 1);
+}
+
+#[test]
+fn ten_started_in_parallel_get_ten_addresses() {
+    let Some(s) = session() else { return };
+    let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let failed = Mutex::new(Vec::new());
+    flatnet_tests::for_each_parallel(&names, 10, |name| {
+        let out = s.podman(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "flatnet",
+            IMAGE,
+            "sleep",
+            "60",
+        ]);
+        if !out.status.success() {
+            failed.lock().unwrap().push(format!("{name}: {out:?}"));
+        }
+    });
+    let failed = failed.into_inner().unwrap();
+    assert!(failed.is_empty(), "{failed:#?}\n{}", s.daemon_log());
+    let ips: HashSet<String> = names.iter().map(|n| inspect(&s, n, "flatnet").0).collect();
+    assert_eq!(ips.len(), 10, "{ips:?}");
+    assert_eq!(held(&s).len(), 10);
+}
+
+#[test]
+fn a_failed_setup_exits_126_with_flatnets_message_and_leaves_nothing() {
+    let Some(s) = session() else { return };
+    let out = s.podman(&[
+        "run",
+        "--rm",
+        "--name",
+        "doomed",
+        "--network",
+        "flatnet",
+        "--ip",
+        "10.87.2.5",
+        IMAGE,
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("plugin \"flatnet\" failed") && stderr.contains("--ip 10.87.2.5"),
+        "{stderr}"
+    );
+    assert_eq!(held(&s), Vec::<(String, String)>::new());
+    assert_eq!(fn_links(&s), Vec::<String>::new());
+    // A create Flatnet cannot do: Podman exits 125 with the plugin's message.
+    let out = s.podman(&[
+        "network",
+        "create",
+        "-d",
+        "flatnet",
+        "-o",
+        "isolate=true",
+        "iso",
+    ]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not isolate networks"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn with_flatnetd_down_run_fails_at_once_and_rm_is_applied_later() {
+    let Some(s) = session() else { return };
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "flatnet",
+        IMAGE,
+        "sleep",
+        "60",
+    ]);
+    s.stop_daemon();
+    let out = s.podman(&["run", "--rm", "--network", "flatnet", IMAGE, "true"]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/run/flatnet/flatnetd.sock") && stderr.contains("start it"),
+        "{stderr}"
+    );
+    // Removing a container while flatnetd is down works, and its address comes back.
+    s.podman_ok(&["rm", "-f", "-t", "0", "web"]);
+    s.start_daemon();
+    assert_eq!(held(&s), Vec::<(String, String)>::new());
+    assert_eq!(fn_links(&s), Vec::<String>::new());
+    let ls = s.run(s.command(&format!("{BIN}/flatnetctl")).arg("status"));
+    assert!(ls.status.success());
+}
