@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Installs Flatnet on this host (run as root), or removes it again with --uninstall.
 #
+# With Podman's CNI backend (Podman 4), or without Podman, Flatnet is the CNI plugin
+# /opt/cni/bin/flatnet with the network file /etc/cni/net.d/90-flatnet.conflist. With netavark 1.6
+# or later (Podman 5), it is the netavark plugin /usr/local/libexec/netavark/flatnet with the Podman
+# network `flatnet`.
+#
 #   sudo deploy/install.sh                      build, install, start flatnetd
 #   sudo deploy/install.sh --configure-podman   also switch Podman to the CNI backend (podman system reset!)
 #   sudo deploy/install.sh --uninstall          stop flatnetd and remove everything this script installed
@@ -14,9 +19,10 @@ usage() {
 usage: deploy/install.sh [options]
 
   --uninstall          stop flatnetd and remove everything this script installed
-  --configure-podman   if Podman uses netavark, switch it to the CNI backend: installs
-                       /etc/containers/containers.conf.d/90-flatnet.conf and runs
-                       `podman system reset --force`, which DELETES all containers, images and volumes
+  --configure-podman   if Podman uses a netavark older than 1.6 (which cannot run plugins), switch it
+                       to the CNI backend: installs /etc/containers/containers.conf.d/90-flatnet.conf
+                       and runs `podman system reset --force`, which DELETES all containers, images
+                       and volumes
   --podman-runc        also make Podman use runc with 1024 nofile/nproc limits (for kernels where crun
                        fails; see DEVELOPERS.md)
   --bin-dir DIR        install the binaries found in DIR instead of building them
@@ -60,6 +66,11 @@ NM_DROPIN=/etc/NetworkManager/conf.d/90-flatnet-unmanaged.conf
 NETWORKD_DROPIN=/etc/systemd/network/10-flatnet-unmanaged.network
 PODMAN_DROPIN=/etc/containers/containers.conf.d/90-flatnet.conf
 PODMAN_RUNC_DROPIN=/etc/containers/containers.conf.d/91-flatnet-runc.conf
+# The first of netavark's default plugin directories; the file name is the network driver's name.
+NETAVARK_PLUGIN=/usr/local/libexec/netavark/flatnet
+NETAVARK_PLUGINS_SINCE=1.6.0
+PODMAN_NETWORK=flatnet
+PODMAN_NETWORK_DIR=/etc/containers/networks
 BRIDGE=flatnet-br0
 
 say() { echo "flatnet: $*"; }
@@ -168,6 +179,45 @@ podman_backend() {
     podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null || true
 }
 
+# The version of the netavark Podman runs (e.g. 1.14.0), or nothing.
+netavark_version() {
+    local bin v
+    for bin in $(podman info --format '{{.Host.NetworkBackendInfo.Path}}' 2>/dev/null) \
+        /usr/lib/podman/netavark /usr/libexec/podman/netavark /usr/local/lib/podman/netavark \
+        /usr/local/libexec/podman/netavark; do
+        [ -x "$bin" ] || continue
+        v=$("$bin" --version 2>/dev/null | sed -n 's/^netavark \([0-9][0-9.]*\).*/\1/p')
+        if [ -n "$v" ]; then
+            echo "$v"
+            return 0
+        fi
+    done
+}
+
+# Whether version $1 is at least $2.
+version_at_least() {
+    [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]
+}
+
+# How Flatnet meets this host's Podman: "none" (no Podman), "cni" (the CNI backend), "plugin"
+# (a netavark that runs plugins: 1.6 and later) or "switch" (an older netavark: only Podman's CNI
+# backend can use Flatnet).
+podman_mode() {
+    command -v podman >/dev/null 2>&1 || { echo none; return 0; }
+    local version
+    case "$(podman_backend)" in
+        netavark)
+            version=$(netavark_version)
+            if [ -n "$version" ] && version_at_least "$version" "$NETAVARK_PLUGINS_SINCE"; then
+                echo plugin
+            else
+                echo switch
+            fi
+            ;;
+        *) echo cni ;;
+    esac
+}
+
 configure_podman() {
     if ! command -v podman >/dev/null 2>&1; then
         say "Podman is not installed: install it (apt-get install podman) to use --network flatnet"
@@ -193,10 +243,11 @@ configure_podman() {
                 say "Podman now uses the CNI backend"
             else
                 cat <<EOF
-flatnet: Podman uses the netavark network backend. Flatnet is a CNI plugin, so Podman must use
-flatnet: the CNI backend (network_backend = "cni") for \`podman run --network flatnet\`.
-flatnet: Switching backends needs \`podman system reset\`, which DELETES ALL containers, images,
-flatnet: volumes and networks of root's Podman. Nothing was changed. To switch, run:
+flatnet: Podman uses netavark $(netavark_version), which cannot run network plugins (that needs
+flatnet: netavark $NETAVARK_PLUGINS_SINCE or later), so Flatnet needs Podman's CNI backend
+flatnet: (network_backend = "cni") for \`podman run --network flatnet\`. Switching backends needs
+flatnet: \`podman system reset\`, which DELETES ALL containers, images, volumes and networks of
+flatnet: root's Podman. Nothing was changed. To switch, run:
 flatnet:     sudo deploy/install.sh --configure-podman
 EOF
             fi
@@ -205,6 +256,52 @@ EOF
             say "could not tell Podman's network backend ('$backend'); flatnet needs network_backend = \"cni\""
             ;;
     esac
+}
+
+# Podman 5 with netavark: the plugin, where Podman finds it.
+install_netavark_plugin() {
+    if [ "$CONFIGURE_PODMAN" -eq 1 ]; then
+        say "--configure-podman is not needed: this Podman's netavark runs Flatnet as a plugin"
+    fi
+    put 0755 "$BIN_SRC/flatnet" "$NETAVARK_PLUGIN"
+    if ! podman info --format '{{range .Plugins.Network}}{{.}} {{end}}' 2>/dev/null | tr ' ' '\n' | grep -qx flatnet; then
+        die "Podman does not list the network plugin $NETAVARK_PLUGIN: if containers.conf sets netavark_plugin_dirs, add $(dirname "$NETAVARK_PLUGIN") to it"
+    fi
+    say "installed the netavark plugin $NETAVARK_PLUGIN (netavark $(netavark_version))"
+}
+
+# The Podman network `flatnet` of the driver `flatnet`, made unless it is there.
+create_podman_network() {
+    local driver out
+    if podman network exists "$PODMAN_NETWORK" >/dev/null 2>&1; then
+        driver=$(podman network inspect --format '{{.Driver}}' "$PODMAN_NETWORK" 2>/dev/null || true)
+        [ "$driver" = flatnet ] || die "a Podman network named $PODMAN_NETWORK exists with the driver '$driver': remove it (podman network rm $PODMAN_NETWORK) and run this again"
+        say "the Podman network $PODMAN_NETWORK is there already"
+        return 0
+    fi
+    # Podman makes its network directory with the first network: it goes again with this one.
+    local had_dir=1
+    [ -d "$PODMAN_NETWORK_DIR" ] || had_dir=0
+    out=$(podman network create --driver flatnet "$PODMAN_NETWORK" 2>&1) || die "podman network create --driver flatnet $PODMAN_NETWORK failed: $out"
+    [ "$had_dir" -eq 1 ] || [ ! -d "$PODMAN_NETWORK_DIR" ] || record dir "$PODMAN_NETWORK_DIR"
+    record podman-network "$PODMAN_NETWORK"
+    say "created the Podman network $PODMAN_NETWORK (10.87.1.0/24 on $BRIDGE, gateway 10.87.1.1)"
+}
+
+# Removes the Podman network this script created, unless containers still use it.
+remove_podman_network() {
+    grep -qxF "podman-network $PODMAN_NETWORK" "$MANIFEST" 2>/dev/null || return 0
+    command -v podman >/dev/null 2>&1 || return 0
+    podman network exists "$PODMAN_NETWORK" >/dev/null 2>&1 || return 0
+    local users
+    users=$(podman ps --all --filter "network=$PODMAN_NETWORK" --format '{{.Names}}' 2>/dev/null | tr '\n' ' ')
+    if [ -n "${users// /}" ]; then
+        [ "$FORCE" -eq 1 ] || die "containers use the Podman network $PODMAN_NETWORK (${users% }): remove them first, or re-run with --force"
+        say "--force: the Podman network $PODMAN_NETWORK stays, as containers use it (${users% }); \`podman network rm -f $PODMAN_NETWORK\` would remove them too"
+        return 0
+    fi
+    podman network rm "$PODMAN_NETWORK" >/dev/null
+    say "removed the Podman network $PODMAN_NETWORK"
 }
 
 # --- install / uninstall ---------------------------------------------------------------------------
@@ -234,18 +331,25 @@ install_all() {
     # An upgrade: the daemon started in the background by an earlier run stops before its binary is
     # replaced, and starts again below.
     stop_background
-    put 0755 "$BIN_SRC/flatnet" "$CNI_BIN_DIR/flatnet"
     put 0755 "$BIN_SRC/flatnetd" "$BIN_DIR/flatnetd"
     put 0755 "$BIN_SRC/flatnetctl" "$BIN_DIR/flatnetctl"
-    say "installed $CNI_BIN_DIR/flatnet, $BIN_DIR/flatnetd, $BIN_DIR/flatnetctl"
-    # Before the network config: switching Podman's backend runs `podman system reset`, which
-    # deletes the network configs in /etc/cni/net.d.
-    configure_podman
-    if [ -f "$CONFLIST" ] && ! grep -q '"type": "flatnet"' "$CONFLIST"; then
-        die "$CONFLIST exists and is not Flatnet's: move it away first"
+    say "installed $BIN_DIR/flatnetd, $BIN_DIR/flatnetctl"
+    local mode
+    mode=$(podman_mode)
+    if [ "$mode" = plugin ]; then
+        install_netavark_plugin
+    else
+        put 0755 "$BIN_SRC/flatnet" "$CNI_BIN_DIR/flatnet"
+        say "installed the CNI plugin $CNI_BIN_DIR/flatnet"
+        # Before the network config: switching Podman's backend runs `podman system reset`, which
+        # deletes the network configs in /etc/cni/net.d.
+        configure_podman
+        if [ -f "$CONFLIST" ] && ! grep -q '"type": "flatnet"' "$CONFLIST"; then
+            die "$CONFLIST exists and is not Flatnet's: move it away first"
+        fi
+        put 0644 "$REPO/deploy/90-flatnet.conflist" "$CONFLIST"
+        say "installed network 'flatnet' (10.87.1.0/24 on $BRIDGE, gateway 10.87.1.1) in $CONFLIST"
     fi
-    put 0644 "$REPO/deploy/90-flatnet.conflist" "$CONFLIST"
-    say "installed network 'flatnet' (10.87.1.0/24 on $BRIDGE, gateway 10.87.1.1) in $CONFLIST"
     if [ -d /etc/NetworkManager ]; then
         put 0644 "$REPO/deploy/networkmanager-flatnet.conf" "$NM_DROPIN"
         command -v nmcli >/dev/null 2>&1 && nmcli general reload conf >/dev/null 2>&1 || true
@@ -255,6 +359,10 @@ install_all() {
         have_systemd && networkctl reload >/dev/null 2>&1 || true
     fi
     start_daemon
+    # The network's create asks flatnetd which subnets are taken: after the daemon is up.
+    if [ "$mode" = plugin ]; then
+        create_podman_network
+    fi
     say "done. Try: podman run --rm --network flatnet <image> ip addr"
 }
 
@@ -267,6 +375,7 @@ uninstall_all() {
         fi
         say "--force: removing Flatnet while containers still use it"
     fi
+    remove_podman_network
     if have_systemd && [ -f "$UNIT_DIR/flatnetd.socket" ]; then
         systemctl disable --now flatnetd.socket flatnetd.service >/dev/null 2>&1 || true
     fi

@@ -119,11 +119,7 @@ impl Sandbox {
     /// owner and (for files) size and content hash: two snapshots are equal when the file trees
     /// are. Times are left out (a directory's changes when an entry comes and goes again).
     pub fn snapshot(&self, roots: &[&str]) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        for root in roots {
-            walk(&self.path(root), root, &mut out);
-        }
-        out
+        snapshot_at(&self.path(""), roots)
     }
 
     /// Pids of the processes inside the sandbox, other than the one that holds it open.
@@ -139,6 +135,15 @@ impl Sandbox {
             })
             .collect()
     }
+}
+
+/// [`Sandbox::snapshot`] of the file system whose `/` is `base` (e.g. `/proc/PID/root`).
+pub fn snapshot_at(base: &Path, roots: &[&str]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for root in roots {
+        walk(&base.join(root.trim_start_matches('/')), root, &mut out);
+    }
+    out
 }
 
 fn walk(at: &Path, name: &str, out: &mut BTreeMap<String, String>) {

@@ -222,27 +222,74 @@ const TREES: [&str; 6] = ["/etc", "/opt", "/usr/local", "/var/lib", "/var/log", 
 /// A stand-in `podman` for install.sh (first on its PATH, outside the sandbox's trees): it
 /// reports `backend` as the network backend until Flatnet's CNI drop-in exists, then `cni`, and
 /// records every call. Like the real one, `system reset` deletes the network configs in
-/// /etc/cni/net.d. The machine's own Podman is never asked or changed.
+/// /etc/cni/net.d. With `netavark` (a version), it runs a stand-in netavark of that version, lists
+/// the files of /usr/local/libexec/netavark as network plugins, and keeps Podman networks and the
+/// containers using them (`users(network, names)`) in files of its own. The machine's own Podman is
+/// never asked or changed.
 struct FakePodman {
     dir: PathBuf,
 }
 
 impl FakePodman {
     fn new(backend: &str) -> FakePodman {
+        FakePodman::with_netavark(backend, None)
+    }
+
+    fn with_netavark(backend: &str, netavark: Option<&str>) -> FakePodman {
         let dir = std::env::temp_dir().join(unique_token("flatnet-fake-podman"));
         std::fs::create_dir_all(&dir).unwrap();
-        let calls = dir.join("calls");
+        let d = dir.display();
+        let netavark_path = match netavark {
+            Some(version) => {
+                std::fs::write(
+                    dir.join("netavark"),
+                    format!("#!/bin/sh\necho 'netavark {version}'\n"),
+                )
+                .unwrap();
+                format!("{d}/netavark")
+            }
+            None => String::new(),
+        };
         let script = format!(
-            "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$1\" in\n  info) if [ -f /etc/containers/containers.conf.d/90-flatnet.conf ]; then echo cni; else echo {backend}; fi ;;\n  system) rm -f /etc/cni/net.d/90-flatnet.conflist ;;\nesac\n",
-            calls = calls.display()
+            r#"#!/bin/sh
+echo "$*" >> {d}/calls
+case "$1 $2" in
+  "info --format")
+    case "$3" in
+      *NetworkBackendInfo.Path*) echo "{netavark_path}" ;;
+      *Plugins.Network*) ls /usr/local/libexec/netavark 2>/dev/null | tr '
+' ' '; echo ;;
+      *) if [ -f /etc/containers/containers.conf.d/90-flatnet.conf ]; then echo cni; else echo {backend}; fi ;;
+    esac ;;
+  "system reset") rm -f /etc/cni/net.d/90-flatnet.conflist ;;
+  "network exists") [ -f "{d}/network-$3" ] ;;
+  "network create") touch "{d}/network-$5"; echo "$5" ;;
+  "network inspect") echo flatnet ;;
+  "network rm") rm "{d}/network-$3" ;;
+  "ps --all") cat "{d}/users-${{4#network=}}" 2>/dev/null ;;
+  "--version ") echo "podman version 5.4.2" ;;
+esac
+"#
         );
         std::fs::write(dir.join("podman"), script).unwrap();
-        run(Command::new("chmod").arg("+x").arg(dir.join("podman")));
+        run(Command::new("chmod")
+            .arg("+x")
+            .arg(dir.join("podman"))
+            .arg(dir.join("netavark"))
+            .stderr(Stdio::null()));
         FakePodman { dir }
     }
 
     fn calls(&self) -> String {
         std::fs::read_to_string(self.dir.join("calls")).unwrap_or_default()
+    }
+
+    fn has_network(&self, name: &str) -> bool {
+        self.dir.join(format!("network-{name}")).exists()
+    }
+
+    fn users(&self, network: &str, names: &str) {
+        std::fs::write(self.dir.join(format!("users-{network}")), names).unwrap();
     }
 }
 
@@ -540,4 +587,98 @@ fn podman_backend_is_switched_only_when_asked() {
         diff.is_empty(),
         "install and uninstall changed the host's files:\n{diff}"
     );
+}
+
+#[test]
+fn a_podman_with_netavark_1_6_or_later_gets_the_plugin_and_the_podman_network() {
+    if !require_root() {
+        return;
+    }
+    let sb = Sandbox::start();
+    let podman = FakePodman::with_netavark("netavark", Some("1.14.0"));
+    let before = sb.snapshot(&TREES);
+    let bin = bin_dir().display().to_string();
+
+    let out = install(&sb, &podman, &["--bin-dir", &bin]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plugin = sb.path("/usr/local/libexec/netavark/flatnet");
+    assert!(plugin.is_file(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(&plugin).unwrap(),
+        std::fs::read(bin_dir().join("flatnet")).unwrap()
+    );
+    // No CNI pieces, and no backend switch: Podman 5 runs the plugin as it is.
+    assert!(!sb.path("/opt/cni/bin/flatnet").exists());
+    assert!(!sb.path("/etc/cni/net.d/90-flatnet.conflist").exists());
+    assert!(
+        !podman.calls().contains("system reset"),
+        "{}",
+        podman.calls()
+    );
+    assert!(
+        podman
+            .calls()
+            .lines()
+            .any(|l| l == "network create --driver flatnet flatnet"),
+        "{}",
+        podman.calls()
+    );
+    assert!(podman.has_network("flatnet"));
+    // Again: an upgrade keeps the network.
+    let again = install(&sb, &podman, &["--bin-dir", &bin]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(
+        podman.calls().matches("network create").count(),
+        1,
+        "{}",
+        podman.calls()
+    );
+
+    // Uninstall refuses while containers use the network, and keeps it with --force.
+    podman.users("flatnet", "web\n");
+    let refused = install(&sb, &podman, &["--uninstall"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("web"),
+        "{}",
+        text(&refused)
+    );
+    assert!(podman.has_network("flatnet"));
+    podman.users("flatnet", "");
+    let out = install(&sb, &podman, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!podman.has_network("flatnet"), "{}", podman.calls());
+    let diff = snapshot_diff(&before, &sb.snapshot(&TREES));
+    assert!(
+        diff.is_empty(),
+        "install and uninstall changed the host's files:\n{diff}"
+    );
+}
+
+#[test]
+fn a_netavark_older_than_1_6_is_explained_and_nothing_changes() {
+    if !require_root() {
+        return;
+    }
+    let sb = Sandbox::start();
+    // Debian 12's Podman 4.3 on a fresh store picks netavark 1.4, which runs no plugins.
+    let podman = FakePodman::with_netavark("netavark", Some("1.4.0"));
+    let bin = bin_dir().display().to_string();
+    let out = install(&sb, &podman, &["--bin-dir", &bin]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("netavark 1.4.0")
+            && said.contains("1.6.0")
+            && said.contains("--configure-podman"),
+        "{said}"
+    );
+    assert!(!sb.path("/usr/local/libexec/netavark/flatnet").exists());
+    assert!(
+        !podman.calls().contains("network create"),
+        "{}",
+        podman.calls()
+    );
+    let out = install(&sb, &podman, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -4,6 +4,7 @@
 //! print SKIPPED (and fail under CI=true).
 
 use flatnet_tests::podman5::{require_podman5, Podman5, BIN, IMAGE};
+use flatnet_tests::sandbox::{snapshot_at, snapshot_diff};
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -313,4 +314,103 @@ fn with_flatnetd_down_run_fails_at_once_and_rm_is_applied_later() {
     assert_eq!(fn_links(&s), Vec::<String>::new());
     let ls = s.run(s.command(&format!("{BIN}/flatnetctl")).arg("status"));
     assert!(ls.status.success());
+}
+
+/// The README's install, inside the Debian 13 root: deploy/install.sh finds netavark 1.14, installs
+/// the plugin and creates the Podman network; `podman run --network flatnet` works as on Podman 4;
+/// `--uninstall` leaves the root's files as they were.
+#[test]
+fn install_sh_sets_up_podman_5_and_uninstall_leaves_it_as_it_was() {
+    if !require_podman5() {
+        return;
+    }
+    let s = Podman5::start();
+    s.copy_binaries();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let src = s.path("/opt/flatnet-src");
+    for dir in ["deploy", "systemd"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+        for entry in std::fs::read_dir(repo.join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), src.join(dir).join(entry.file_name())).unwrap();
+        }
+    }
+    let trees = [
+        "/etc",
+        "/opt/cni",
+        "/usr/local",
+        "/var/lib/flatnet",
+        "/var/log",
+        "/run/flatnet",
+    ];
+    let before = snapshot_at(&s.path(""), &trees);
+    let install = |args: &[&str]| {
+        let out = s.run(s.command("/opt/flatnet-src/deploy/install.sh").args(args));
+        let text = format!(
+            "{}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = install(&["--bin-dir", BIN]);
+    assert!(ok, "install.sh: {text}");
+    assert!(
+        text.contains("netavark plugin") && text.contains("1.14"),
+        "{text}"
+    );
+    assert!(s.path("/usr/local/libexec/netavark/flatnet").is_file());
+    assert!(!s.path("/opt/cni/bin/flatnet").exists(), "{text}");
+    assert_eq!(
+        s.podman_ok(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{.Driver}} {{range .Subnets}}{{.Subnet}}{{end}}",
+            "flatnet"
+        ]),
+        "flatnet 10.87.1.0/24"
+    );
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "flatnet",
+        IMAGE,
+        "sh",
+        "-c",
+        &httpd("installed"),
+    ]);
+    let (ip, _) = inspect(&s, "web", "flatnet");
+    assert_eq!(
+        s.fetch(&format!("http://{ip}/")).unwrap().trim(),
+        "installed"
+    );
+    let ls = s.run(s.command("/usr/local/bin/flatnetctl").arg("ls"));
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("web"),
+        "{ls:?}"
+    );
+
+    // While the container exists, uninstall refuses; once it is gone, everything goes.
+    let (ok, text) = install(&["--uninstall"]);
+    assert!(!ok, "{text}");
+    s.podman_ok(&["rm", "-f", "-t", "0", "web"]);
+    let (ok, text) = install(&["--uninstall"]);
+    assert!(ok, "uninstall: {text}");
+    let out = s.podman(&["network", "exists", "flatnet"]);
+    assert!(!out.status.success(), "the Podman network is still there");
+    let diff = snapshot_diff(&before, &snapshot_at(&s.path(""), &trees));
+    assert!(
+        diff.is_empty(),
+        "install and uninstall changed the root's files:\n{diff}"
+    );
+    assert_eq!(fn_links(&s), Vec::<String>::new());
+    assert!(!flatnet_tests::link_exists(s.netns().name(), "flatnet-br0"));
 }
