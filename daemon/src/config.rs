@@ -45,6 +45,9 @@ pub struct NetConf {
     pub runtime_ip: Option<Ipv4Addr>,
     /// `runtimeConfig.mac` (the `mac` capability).
     pub runtime_mac: Option<[u8; 6]>,
+    /// `runtimeConfig.aliases[name]` (the `aliases` capability): the container's other names on
+    /// this network.
+    pub aliases: Vec<String>,
     /// `cni.dev/valid-attachments` (GC): container id + ifname pairs still in use.
     pub valid_attachments: Option<Vec<(String, String)>>,
 }
@@ -168,6 +171,7 @@ impl NetConf {
             Some(v) => return Err(invalid(format!("prevResult must be an object, not {v}"))),
         };
         let (runtime_ip, runtime_mac) = parse_runtime_config(obj.get("runtimeConfig"))?;
+        let aliases = parse_aliases(obj.get("runtimeConfig"), &name)?;
         let valid_attachments = parse_valid_attachments(obj.get("cni.dev/valid-attachments"))?;
         Ok(NetConf {
             cni_version,
@@ -181,6 +185,7 @@ impl NetConf {
             prev_result,
             runtime_ip,
             runtime_mac,
+            aliases,
             valid_attachments,
         })
     }
@@ -403,6 +408,37 @@ fn parse_runtime_config(v: Option<&Value>) -> Result<RuntimeConfig, ConfigError>
     Ok((ip, mac))
 }
 
+/// `runtimeConfig.aliases`: network name → names, as Podman sends it; only this network's.
+fn parse_aliases(runtime: Option<&Value>, network: &str) -> Result<Vec<String>, ConfigError> {
+    let Some(aliases) = runtime.and_then(|r| r.get("aliases")) else {
+        return Ok(Vec::new());
+    };
+    let of_network = match aliases {
+        Value::Null => return Ok(Vec::new()),
+        Value::Object(map) => map.get(network),
+        v => {
+            return Err(invalid(format!(
+                "runtimeConfig aliases must map network names to lists of names, not {v}"
+            )))
+        }
+    };
+    match of_network {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(names)) => names
+            .iter()
+            .map(|n| match n {
+                Value::String(s) if !s.is_empty() && s.len() <= 253 => Ok(s.clone()),
+                other => Err(invalid(format!(
+                    "runtimeConfig aliases of {network} must be names of 1 to 253 characters, not {other}"
+                ))),
+            })
+            .collect(),
+        Some(v) => Err(invalid(format!(
+            "runtimeConfig aliases of {network} must be a list of names, not {v}"
+        ))),
+    }
+}
+
 fn parse_valid_attachments(
     v: Option<&Value>,
 ) -> Result<Option<Vec<(String, String)>>, ConfigError> {
@@ -501,6 +537,21 @@ mod tests {
             c.valid_attachments,
             Some(vec![("abc".to_string(), "eth0".to_string())])
         );
+        assert!(c.aliases.is_empty());
+        // The aliases of this network (by its name), as Podman passes them.
+        let name = parse(with(json!({}))).unwrap().name;
+        let c = parse(with(json!({
+            "runtimeConfig": {"aliases": {name.clone(): ["web", "www"], "other": ["x"]}}
+        })))
+        .unwrap();
+        assert_eq!(c.aliases, ["web", "www"]);
+        for bad in [
+            json!({"aliases": ["web"]}),
+            json!({"aliases": {name: [""]}}),
+        ] {
+            let err = parse(with(json!({"runtimeConfig": bad}))).unwrap_err();
+            assert_eq!(err.code, Code::InvalidConfig, "{err:?}");
+        }
     }
 
     #[test]

@@ -617,6 +617,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             address: ip,
             prefix: conf.ipam.subnet.prefix(),
             container_name: args.pod_name.clone(),
+            aliases: conf.aliases.clone(),
             host_veth: host_veth.clone(),
             netns: req.netns.clone(),
             created_unix: unix_now(),

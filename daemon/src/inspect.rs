@@ -77,6 +77,7 @@ fn to_proto(a: ipam::Allocation) -> v1::Allocation {
         container_id: a.container_id,
         ifname: a.ifname,
         container_name: a.container_name.unwrap_or_default(),
+        aliases: a.aliases,
         host_veth: a.host_veth,
         netns: a.netns,
         created_unix: a.created_unix,

@@ -47,6 +47,9 @@ pub struct Allocation {
     pub created_unix: u64,
     /// The kernel boot this attachment was made in (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,
+    /// Other names of the container on this network (Podman's network aliases), when given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// The result handed to the runtime, so a repeated ADD can answer the same.
     pub result: CniResult,
 }
@@ -681,6 +684,7 @@ pub(crate) mod tests {
 
     pub(crate) fn alloc(container: &str, ip: Ipv4Addr) -> Allocation {
         Allocation {
+            aliases: Vec::new(),
             network: "n".into(),
             container_id: container.into(),
             ifname: "eth0".into(),

@@ -641,6 +641,7 @@ fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
 
 fn allocation(container: &str, ip: Ipv4Addr, prefix: u8) -> Allocation {
     Allocation {
+        aliases: Vec::new(),
         network: "n".into(),
         container_id: container.into(),
         ifname: "eth0".into(),

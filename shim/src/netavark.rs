@@ -529,6 +529,8 @@ pub struct Attachment {
     pub static_mac: Option<String>,
     /// What the status block's `dns_server_ips` says (the network's DNS servers, if any).
     pub dns_servers: Vec<String>,
+    /// The container's network aliases (recorded with its allocation).
+    pub aliases: Vec<String>,
 }
 
 /// Reads a setup or teardown input (`NetworkPluginExec`).
@@ -602,6 +604,18 @@ pub fn attachment(input: &Map<String, Value>) -> Result<Attachment, String> {
             Some(mac.to_string())
         }
     };
+    let aliases = match options.get("aliases") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or("\"aliases\" must hold strings")
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("\"aliases\" must be an array".into()),
+    };
     let dns_servers = match network.get("network_dns_servers") {
         Some(Value::Array(s)) => s
             .iter()
@@ -617,6 +631,7 @@ pub fn attachment(input: &Map<String, Value>) -> Result<Attachment, String> {
         static_ip,
         static_mac,
         dns_servers,
+        aliases,
     })
 }
 
@@ -644,8 +659,18 @@ impl Attachment {
             ifname: self.ifname.clone(),
             args,
             path: String::new(),
-            config: self.network.cni_config().to_string().into_bytes(),
+            config: self.cni_config().to_string().into_bytes(),
         }
+    }
+
+    /// The network's CNI config with this container's aliases, as Podman 4 passes them
+    /// (`runtimeConfig.aliases`, the `aliases` capability).
+    fn cni_config(&self) -> Value {
+        let mut conf = self.network.cni_config();
+        if !self.aliases.is_empty() {
+            conf["runtimeConfig"] = json!({ "aliases": { &self.network.name: self.aliases } });
+        }
+        conf
     }
 
     /// The setup reply (netavark's status block) from flatnetd's CNI result.
@@ -924,6 +949,11 @@ mod tests {
         assert_eq!(conf["type"], "flatnet");
         assert_eq!(conf["bridge"], "flatnet-br0");
         assert_eq!(conf["ipam"]["subnet"], "10.87.1.0/24");
+        // The aliases go where Podman 4 puts them.
+        assert_eq!(
+            conf["runtimeConfig"]["aliases"],
+            json!({"probe2": ["7d6d04c15997"]})
+        );
         // Teardown: the same attachment, no address asked for.
         let del = a.cni_request(Command::Del, "/run/netns/x");
         assert_eq!(del.args, "IgnoreUnknown=1;K8S_POD_NAME=pweb");

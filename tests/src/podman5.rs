@@ -60,7 +60,8 @@ pub fn require_podman5() -> bool {
 pub struct Podman5 {
     ns: Netns,
     dir: PathBuf,
-    holder: Child,
+    /// `unshare`, whose child is PID 1; taken when the session ends.
+    holder: std::sync::Mutex<Option<Child>>,
     /// PID 1 of the session, as the machine sees it.
     pid: u32,
 }
@@ -80,10 +81,14 @@ impl Podman5 {
         let script = session_script(&root_dir(), &dir);
         // nsenter, not `ip netns exec`: that one mounts a sysfs of its own on /sys, which hides the
         // machine's cgroup hierarchies that the session binds in.
-        let mut holder = Command::new("nsenter")
+        // setpriv --pdeathsig and unshare --kill-child: a session never outlives the process that
+        // started it, even one that aborts without running drops.
+        let mut holder = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "nsenter"])
             .arg(format!("--net={}", ns.path()))
             .args([
                 "unshare",
+                "--kill-child",
                 "--fork",
                 "--pid",
                 "--mount",
@@ -125,7 +130,7 @@ impl Podman5 {
         let session = Podman5 {
             ns,
             dir,
-            holder,
+            holder: std::sync::Mutex::new(Some(holder)),
             pid,
         };
         session.load_image();
@@ -323,6 +328,28 @@ exec /usr/bin/catatonit -P
     )
 }
 
+impl Podman5 {
+    /// Ends the session: stops every container (so each teardown runs), kills PID 1 (which takes
+    /// every process and mount of the session with it), removes the network namespace and the temp
+    /// dir. Idempotent; drop calls it too.
+    pub fn end(&self) {
+        let Some(mut holder) = self.holder.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let _ = self.podman(&["stop", "--all", "--time", "0"]);
+        let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
+        let _ = Command::new("busybox")
+            .args(["kill", "-KILL", &self.pid.to_string()])
+            .status();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        self.ns.delete();
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("warning: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
 impl Drop for Podman5 {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -331,17 +358,6 @@ impl Drop for Podman5 {
                 self.daemon_log()
             );
         }
-        // Every container's teardown runs before the session goes.
-        let _ = self.podman(&["stop", "--all", "--time", "0"]);
-        let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
-        let _ = Command::new("busybox")
-            .args(["kill", "-KILL", &self.pid.to_string()])
-            .status();
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-        self.ns.delete();
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            eprintln!("warning: cannot remove {}: {e}", self.dir.display());
-        }
+        self.end();
     }
 }

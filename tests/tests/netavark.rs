@@ -114,6 +114,7 @@ fn setup_attaches_and_teardown_detaches_at_once() {
     let listed = ctl::allocations(&host, &[]);
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["containerName"], "web");
+    assert_eq!(listed[0]["aliases"], json!([&c.container_id()[..12]]));
     assert_eq!(listed[0]["address"], ipnet.as_str());
     // The host reaches the container over HTTP.
     let mut httpd = c.spawn(&["busybox", "httpd", "-f", "-p", "80", "-h", "/proc/self"]);

@@ -12,6 +12,7 @@ mod daemon;
 mod grpc;
 mod machine;
 mod memory;
+mod podman5_run;
 mod podman_run;
 mod report;
 mod sequential;
@@ -300,6 +301,8 @@ pub fn main() -> ExitCode {
         cycles: Vec::new(),
         podman_runs: opts.podman_runs,
         podman: podman_run::Outcome::NotRun("skipped (--no-podman)".into()),
+        podman5: podman_run::Outcome::NotRun("skipped (--no-podman)".into()),
+        podman5_version: String::new(),
         memory: None,
         calls: [0; 2],
         failures: [0; 2],
@@ -377,6 +380,15 @@ pub fn main() -> ExitCode {
         drop(daemon);
         drop(host);
         sys::return_home().expect("returning to the machine's network namespace");
+    }
+
+    if opts.podman {
+        ctx.settle();
+        ctx.progress(&format!(
+            "podman 5 run --rm × {} per network mode",
+            opts.podman_runs
+        ));
+        (res.podman5, res.podman5_version) = podman5_run::measure(&ctx, opts.podman_runs);
     }
 
     ctx.settle();
@@ -511,6 +523,11 @@ fn document(
          untimed, in rotating order; Podman {podman_version} with the CNI backend and runc, \
          run with `nsenter --net` into the host namespace. Network share = median with the \
          network − median with `none`.\n\
+         - Podman 5: the same runs with Podman {podman5_version} and netavark, in a session of \
+         its own (a Debian 13 root in its own network, pid and mount namespaces; see \
+         `tests/src/podman5.rs`): `--network flatnet` (the netavark plugin, the release \
+         binaries), netavark's own bridge network (`--network podman`) and `--network none`. \
+         After the runs flatnetd must hold no address.\n\
          - Memory and start-up: a second host namespace with a fresh flatnetd; VmRSS from \
          `/proc/<pid>/status` once it answers (idle), then {allocs} real attachments made \
          through the shim by 8 workers ({per} interfaces `eth0`… in each of {netns} container \
@@ -529,6 +546,7 @@ fn document(
         n = opts.n,
         cycles = opts.cycles,
         podman = opts.podman_runs,
+        podman5_version = res.podman5_version,
         podman_version = machine
             .iter()
             .find(|(k, _)| k == "Podman")
