@@ -28,6 +28,7 @@ usage: deploy/install.sh [options]
   --bin-dir DIR        install the binaries found in DIR instead of building them
   --prefix DIR         where flatnetd and flatnetctl go (default /usr/local, so /usr/local/bin)
   --force              with --uninstall: go on even while containers still hold flatnet addresses
+                       (on Podman 5 they are disconnected from the network flatnet, not removed)
   -h, --help           this text
 EOF
 }
@@ -297,8 +298,13 @@ remove_podman_network() {
     users=$(podman ps --all --filter "network=$PODMAN_NETWORK" --format '{{.Names}}' 2>/dev/null | tr '\n' ' ')
     if [ -n "${users// /}" ]; then
         [ "$FORCE" -eq 1 ] || die "containers use the Podman network $PODMAN_NETWORK (${users% }): remove them first, or re-run with --force"
-        say "--force: the Podman network $PODMAN_NETWORK stays, as containers use it (${users% }); \`podman network rm -f $PODMAN_NETWORK\` would remove them too"
-        return 0
+        # Disconnected, not removed (`podman network rm --force` would delete the containers).
+        local name
+        for name in $users; do
+            podman network disconnect --force "$PODMAN_NETWORK" "$name" >/dev/null 2>&1 ||
+                say "warning: could not disconnect $name from $PODMAN_NETWORK"
+        done
+        say "--force: disconnected ${users% } from the Podman network $PODMAN_NETWORK"
     fi
     podman network rm "$PODMAN_NETWORK" >/dev/null
     say "removed the Podman network $PODMAN_NETWORK"

@@ -981,6 +981,44 @@ mod tests {
         assert!(attachment(&input).unwrap_err().contains("--mac-address"));
     }
 
+    /// Every setup and teardown netavark sent in the captured runs reads as the attachment it
+    /// names: its container, its interface, its name, its aliases.
+    #[test]
+    fn every_captured_setup_and_teardown_is_read() {
+        let dir = format!(
+            "{}/../tests/fixtures/podman-5.4.2",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let is_call = (name.starts_with("setup-") || name.starts_with("teardown-"))
+                && name.ends_with(".stdin.json");
+            if !is_call {
+                continue;
+            }
+            let input = flatnet_input(&name);
+            let a = attachment(&input).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(a.container_id, input["container_id"], "{name}");
+            assert_eq!(a.container_name, input["container_name"], "{name}");
+            assert_eq!(
+                a.ifname, input["network_options"]["interface_name"],
+                "{name}"
+            );
+            assert_eq!(a.aliases, [&a.container_id[..12]], "{name}");
+            let command = if name.starts_with("setup") {
+                Command::Add
+            } else {
+                Command::Del
+            };
+            let req = a.cni_request(command, "/run/netns/x");
+            let conf: Value = serde_json::from_slice(&req.config).unwrap();
+            assert_eq!(conf["name"], input["network"]["name"], "{name}");
+            seen += 1;
+        }
+        assert!(seen >= 10, "only {seen} captured calls");
+    }
+
     #[test]
     fn the_status_block_is_what_netavark_accepted() {
         let a = attachment(&flatnet_input("setup-run-rm.stdin.json")).unwrap();

@@ -634,19 +634,28 @@ fn a_podman_with_netavark_1_6_or_later_gets_the_plugin_and_the_podman_network() 
         podman.calls()
     );
 
-    // Uninstall refuses while containers use the network, and keeps it with --force.
-    podman.users("flatnet", "web\n");
+    // Uninstall refuses while containers use the network; --force disconnects them (it never
+    // removes a container) and removes the network.
+    podman.users("flatnet", "web\ndb\n");
     let refused = install(&sb, &podman, &["--uninstall"]);
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("web"),
+        String::from_utf8_lossy(&refused.stderr).contains("web db"),
         "{}",
         text(&refused)
     );
     assert!(podman.has_network("flatnet"));
-    podman.users("flatnet", "");
-    let out = install(&sb, &podman, &["--uninstall"]);
+    let out = install(&sb, &podman, &["--uninstall", "--force"]);
     assert!(out.status.success(), "{}", text(&out));
+    for name in ["web", "db"] {
+        let disconnect = format!("network disconnect --force flatnet {name}");
+        assert!(
+            podman.calls().lines().any(|l| l == disconnect),
+            "{}",
+            podman.calls()
+        );
+    }
+    assert!(!podman.calls().contains("rm --force"), "{}", podman.calls());
     assert!(!podman.has_network("flatnet"), "{}", podman.calls());
     let diff = snapshot_diff(&before, &sb.snapshot(&TREES));
     assert!(

@@ -398,12 +398,15 @@ fn install_sh_sets_up_podman_5_and_uninstall_leaves_it_as_it_was() {
         "{ls:?}"
     );
 
-    // While the container exists, uninstall refuses; once it is gone, everything goes.
+    // While the container exists, uninstall refuses; --force disconnects it from the network
+    // (its address comes back) and keeps the container.
     let (ok, text) = install(&["--uninstall"]);
     assert!(!ok, "{text}");
+    let (ok, text) = install(&["--uninstall", "--force"]);
+    assert!(ok, "uninstall --force: {text}");
+    assert!(text.contains("disconnected web"), "{text}");
+    assert!(s.podman(&["container", "exists", "web"]).status.success());
     s.podman_ok(&["rm", "-f", "-t", "0", "web"]);
-    let (ok, text) = install(&["--uninstall"]);
-    assert!(ok, "uninstall: {text}");
     let out = s.podman(&["network", "exists", "flatnet"]);
     assert!(!out.status.success(), "the Podman network is still there");
     let diff = snapshot_diff(&before, &snapshot_at(&s.path(""), &trees));
