@@ -24,19 +24,22 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `req` on flatnetd: `Ok(result_json)` (empty for DEL, GC and STATUS) or the CNI error.
 pub fn exec(req: &Request, request_id: &str) -> Result<String, CniError> {
-    // One container start, one call: a current-thread runtime starts fastest and needs no threads.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    runtime(&req.cni_version)?.block_on(call(req, request_id))
+}
+
+/// One container start, one call: a current-thread runtime starts fastest and needs no threads.
+fn runtime(cni_version: &str) -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .map_err(|e| {
             CniError::new(
-                &req.cni_version,
+                cni_version,
                 Code::Io,
                 format!("cannot start the shim's I/O runtime: {e}"),
             )
-        })?;
-    runtime.block_on(call(req, request_id))
+        })
 }
 
 /// The networks flatnetd serves (`Inspect/ListNetworks`), for the netavark plugin's `create`.
@@ -52,18 +55,7 @@ pub fn networks(socket: &str, request_id: &str) -> Result<Vec<v1::Network>, CniE
         path: String::new(),
         config: Vec::new(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| {
-            CniError::new(
-                LATEST_VERSION,
-                Code::Io,
-                format!("cannot start the shim's I/O runtime: {e}"),
-            )
-        })?;
-    runtime.block_on(async {
+    runtime(LATEST_VERSION)?.block_on(async {
         let channel = flatnet_proto::uds::connect(socket, CONNECT_TIMEOUT)
             .await
             .map_err(|e| unreachable(&probe, &e))?;

@@ -30,21 +30,11 @@ fn main() -> ExitCode {
     let env = cni_env();
     let outcome = match request::parse(&env, io::stdin().lock()) {
         Ok(Invocation::Version(json)) => Ok(json),
-        Ok(Invocation::Exec(req)) => match client::exec(&req, &request_id) {
-            // DEL must succeed even when flatnetd cannot take it now: record it for later.
-            Err(err) if spool::applies(&req, &err) => spool::record(&req, err),
-            other => other,
-        },
+        Ok(Invocation::Exec(req)) => exec_or_spool(&req, &request_id),
         Err(err) => Err(err),
     };
     match outcome {
-        Ok(json) => {
-            if json.is_empty() || print(&json) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Ok(json) => answer(&json),
         Err(err) => {
             report(&env, &request_id, &err);
             print(&err.to_json());
@@ -78,24 +68,15 @@ fn netavark_main(args: &[String], request_id: &str) -> ExitCode {
         }
         Subcommand::Teardown { netns } => {
             let attachment = netavark::attachment(&netavark::read_input(io::stdin().lock())?)?;
+            // Like DEL: a teardown flatnetd cannot take now is recorded and applied later.
             let req = attachment.cni_request(Command::Del, &netns);
-            match client::exec(&req, request_id) {
-                // Like DEL: a teardown flatnetd cannot take now is recorded and applied later.
-                Err(err) if spool::applies(&req, &err) => spool::record(&req, err),
-                other => other,
-            }
-            .map(|_| String::new())
-            .map_err(|e| e.msg)
+            exec_or_spool(&req, request_id)
+                .map(|_| String::new())
+                .map_err(|e| e.msg)
         }
     });
     match reply {
-        Ok(json) => {
-            if json.is_empty() || print(&json) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Ok(json) => answer(&json),
         Err(msg) => {
             // stderr failing as well leaves nothing to tell; stdout still carries the error.
             let _ = writeln!(
@@ -105,6 +86,24 @@ fn netavark_main(args: &[String], request_id: &str) -> ExitCode {
             print(&netavark::error_json(&msg));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs `req` on flatnetd; a DEL it cannot take now is recorded for later instead (DEL must
+/// succeed, see `spool`).
+fn exec_or_spool(req: &request::Request, request_id: &str) -> Result<String, CniError> {
+    match client::exec(req, request_id) {
+        Err(err) if spool::applies(req, &err) => spool::record(req, err),
+        other => other,
+    }
+}
+
+/// Prints a successful reply (nothing for an empty one); fails only if stdout is gone.
+fn answer(json: &str) -> ExitCode {
+    if json.is_empty() || print(json) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
