@@ -9,7 +9,8 @@
 //!
 //! Cleanup: every container carries the label `flatnet-test=<unique id>`; drop removes exactly
 //! those (before the daemon stops, so their DEL still reaches it) and checks that none is left.
-//! Podman's storage is shared between hosts, so tests may run in parallel; the image stays.
+//! Each host has Podman storage of its own (vfs, in its temp dir): no image or container of the
+//! machine's own Podman is touched or added, and the tests may run in parallel.
 
 use crate::{
     bin_dir, command_works, output_within, poll, require_root, run_ok, unique_token, unmet,
@@ -20,7 +21,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The repository of the image every test container runs: busybox-static and its applets,
@@ -87,8 +87,11 @@ pub struct PodmanHost {
     label: String,
     /// The test's containers.conf (`CONTAINERS_CONF`).
     conf: PathBuf,
+    /// The test's storage.conf (`CONTAINERS_STORAGE_CONF`): images, containers and Podman's
+    /// database in the host's temp dir, never in the machine's own Podman storage.
+    storage: PathBuf,
     /// The test image (`IMAGE_REPO:<content hash>`).
-    image: &'static str,
+    image: String,
     next_nginx: AtomicUsize,
 }
 
@@ -133,11 +136,27 @@ impl PodmanHost {
                  cni_plugin_dirs = [{}, {}]\n\
                  [engine]\n\
                  runtime = \"runc\"\n\
+                 tmp_dir = {}\n\
                  [containers]\n\
                  default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n",
                 toml_string(&net_d),
                 toml_string(&bin_dir()),
                 toml_string(Path::new(REFERENCE_PLUGINS)),
+                toml_string(&host.dir().join("podman/tmp")),
+            ),
+        )
+        .expect("the host temp dir is writable");
+        // vfs: plain directories, so nothing stays mounted in the temp dir when it is removed.
+        let storage = host.dir().join("storage.conf");
+        fs::write(
+            &storage,
+            format!(
+                "[storage]\n\
+                 driver = \"vfs\"\n\
+                 graphroot = {}\n\
+                 runroot = {}\n",
+                toml_string(&host.dir().join("podman/root")),
+                toml_string(&host.dir().join("podman/runroot")),
             ),
         )
         .expect("the host temp dir is writable");
@@ -146,7 +165,8 @@ impl PodmanHost {
             host,
             label,
             conf,
-            image: "",
+            storage,
+            image: String::new(),
             next_nginx: AtomicUsize::new(0),
         };
         podman.image = ensure_image(&podman);
@@ -170,6 +190,7 @@ impl PodmanHost {
         cmd.env_clear()
             .env("PATH", PATH)
             .env("CONTAINERS_CONF", &self.conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.storage)
             .arg(format!("--net={}", self.host.netns().path()))
             .arg("podman")
             .args(args);
@@ -219,7 +240,7 @@ impl PodmanHost {
             args.extend(["--network".to_string(), NETWORK.to_string()]);
         }
         args.extend(options.iter().map(|s| s.to_string()));
-        args.push(self.image.to_string());
+        args.push(self.image.clone());
         args.extend(command.iter().map(|s| s.to_string()));
         args
     }
@@ -576,21 +597,16 @@ fn toml_string(path: &Path) -> String {
 /// The test image, imported at most once per test binary and only when Podman lacks it.
 /// `podman import` makes a new image ID every time, so importing on every run would leave one
 /// dangling image per run; a tag derived from the content lets runs share one image.
-fn ensure_image(podman: &PodmanHost) -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let busybox = which("busybox").expect("require_root checked that busybox is in PATH");
-        let binary =
-            fs::read(&busybox).unwrap_or_else(|e| panic!("cannot read {}: {e}", busybox.display()));
-        let applets = APPLETS.join(",");
-        let tag = fnv1a(&[binary.as_slice(), applets.as_bytes()]);
-        let image = format!("{IMAGE_REPO}:{tag:016x}");
-        let exists = podman.podman(&["image", "exists", &image]);
-        if !exists.status.success() {
-            import_image(podman, &busybox, &image);
-        }
-        image
-    })
+/// The test image in this host's own storage (imported once per host: it is 2 MB).
+fn ensure_image(podman: &PodmanHost) -> String {
+    let busybox = which("busybox").expect("require_root checked that busybox is in PATH");
+    let binary =
+        fs::read(&busybox).unwrap_or_else(|e| panic!("cannot read {}: {e}", busybox.display()));
+    let applets = APPLETS.join(",");
+    let tag = fnv1a(&[binary.as_slice(), applets.as_bytes()]);
+    let image = format!("{IMAGE_REPO}:{tag:016x}");
+    import_image(podman, &busybox, &image);
+    image
 }
 
 /// Builds a rootfs of busybox-static and its applets in the host's temp dir and imports it.

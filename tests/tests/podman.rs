@@ -393,3 +393,36 @@ fn podman_bandwidth_chained_after_flatnet() {
     assert_eq!(links_with_prefix(p.ns(), "bwp"), Vec::<String>::new());
     assert_allocations(&p, &[]);
 }
+
+/// The tests' Podman keeps everything in the host's temp dir: the machine's own Podman storage
+/// and runtime state are exactly as they were (no image, no container added).
+#[test]
+fn the_machines_own_podman_storage_is_left_alone() {
+    if !require_podman() {
+        return;
+    }
+    // Storage (images, containers, Podman's database) and runtime state; not
+    // /var/lib/containers/cache, containers/image's cache of blob digests, which `podman import`
+    // updates whatever the storage is.
+    let trees = [
+        "/var/lib/containers/storage",
+        "/run/containers",
+        "/run/libpod",
+    ];
+    let base = std::path::Path::new("/");
+    let before = flatnet_tests::sandbox::snapshot_at(base, &trees);
+    {
+        let p = PodmanHost::start();
+        let web = p.run_idle("web", &[]);
+        assert_attached(&web);
+        p.podman_ok(&["rm", "-f", "-t", "0", &p.container_name("web")]);
+    }
+    let diff = flatnet_tests::sandbox::snapshot_diff(
+        &before,
+        &flatnet_tests::sandbox::snapshot_at(base, &trees),
+    );
+    assert!(
+        diff.is_empty(),
+        "the machine's Podman storage changed:\n{diff}"
+    );
+}

@@ -582,8 +582,9 @@ fn document(
          It needs root, `ip` (iproute2) and Debian's `containernetworking-plugins`; Podman \
          (with `runc` and `busybox-static`) is optional. It only uses network namespaces it \
          creates (`fnb<pid>*`) and removes them, its daemons and its temp dir \
-         (`/tmp/flatnet-bench-<pid>`) afterwards, also on failure or Ctrl-C; the busybox image \
-         `localhost/flatnet-busybox:bench` stays in Podman's storage. Other work on the \
+         (`/tmp/flatnet-bench-<pid>`, which also holds its Podman storage: the machine's own \
+         Podman storage is not touched) afterwards, also on failure or Ctrl-C. Podman 5 runs \
+         need the Debian 13 root of `sudo tests/podman5-root.sh`. Other work on the \
          machine shows up in the numbers: compare the load average above.\n",
     );
     doc.push_str("\n## Notes\n");

@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The image of the benchmark runs (kept afterwards, like the tests' image).
+/// The image of the benchmark runs, in the run's own Podman storage.
 pub const IMAGE: &str = "localhost/flatnet-busybox:bench";
 /// Where Debian's containernetworking-plugins installs the reference plugins.
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -59,6 +59,9 @@ pub fn missing() -> Option<String> {
 /// Podman pointed at the benchmark's host namespace and config.
 struct Podman {
     conf: PathBuf,
+    /// storage.conf: images, containers and Podman's database in the run's temp dir (vfs, so
+    /// nothing stays mounted there), never in the machine's own Podman storage.
+    storage: PathBuf,
     host_netns: PathBuf,
 }
 
@@ -68,6 +71,7 @@ impl Podman {
         cmd.env_clear()
             .env("PATH", PATH)
             .env("CONTAINERS_CONF", &self.conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.storage)
             .arg(format!("--net={}", self.host_netns.display()))
             .arg("podman")
             .args(args);
@@ -199,17 +203,30 @@ pub fn measure(ctx: &Ctx, host_netns: &Path, confs: [&Value; 2], runs: usize) ->
              cni_plugin_dirs = [{}, {}]\n\
              [engine]\n\
              runtime = \"runc\"\n\
+             tmp_dir = {}\n\
              [containers]\n\
              default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n",
             toml_path(&net_d),
             toml_path(&ctx.bin_dir),
             toml_path(Path::new(REFERENCE_PLUGINS)),
+            toml_path(&dir.join("tmp")),
+        ),
+    )
+    .expect("the temp dir is writable");
+    let storage = dir.join("storage.conf");
+    fs::write(
+        &storage,
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = {}\nrunroot = {}\n",
+            toml_path(&dir.join("root")),
+            toml_path(&dir.join("runroot")),
         ),
     )
     .expect("the temp dir is writable");
     let containers = Guard::new(Containers {
         podman: Podman {
             conf,
+            storage,
             host_netns: host_netns.to_path_buf(),
         },
         names: Mutex::new(Vec::new()),
