@@ -39,37 +39,47 @@ const SHIM_TIMEOUT: Duration = Duration::from_secs(60);
 // Preconditions
 // ---------------------------------------------------------------------------------------------
 
-/// `true` when the tests can run: root, `ip`, and `busybox` with `httpd`, `wget`, `timeout`, `kill`.
-///
-/// Otherwise: under `CI=true` this panics (CI runs as root, so a missing precondition is a broken
-/// CI image, never a reason to pass); elsewhere it prints a loud SKIPPED line and returns `false`.
-pub fn require_root() -> bool {
+/// What every integration test needs: root, `ip`, and `busybox` with `httpd`, `wget`, `timeout`,
+/// `kill`. Without them the test fails, saying what is missing: a test that cannot run never
+/// passes (`tests/run.sh` installs what the tests need and counts the tests that could not run).
+pub fn require_root() {
     if effective_uid() != Some(0) {
-        return unmet("needs root: CI runs as root; run the tests with sudo");
+        unmet("needs root: run the tests with tests/run.sh, which runs them with sudo");
     }
     if !command_works(Command::new("ip").arg("-V")) {
-        return unmet("needs the `ip` tool (iproute2) in PATH");
+        unmet("needs the `ip` tool (Debian package iproute2) in PATH");
     }
     let applets = Command::new("busybox").arg("--list").output();
     let applets = match applets {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        _ => return unmet("needs `busybox` in PATH (for httpd and wget)"),
+        _ => unmet("needs `busybox` in PATH (Debian package busybox-static)"),
     };
     let applets: HashSet<&str> = applets.lines().collect();
     for needed in ["httpd", "wget", "timeout", "kill"] {
         if !applets.contains(needed) {
-            return unmet(&format!("needs busybox with the `{needed}` applet"));
+            unmet(&format!("needs busybox with the `{needed}` applet"));
         }
     }
-    true
 }
 
-fn unmet(reason: &str) -> bool {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("\n\n*** flatnet integration test {reason} (CI=true, so this is a failure) ***\n");
+/// Fails the test that cannot run, with the marker `tests/run.sh` counts.
+pub fn unmet(reason: &str) -> ! {
+    panic!("\n\n*** {COULD_NOT_RUN} {reason} ***\n");
+}
+
+/// Starts every message of a test that could not run (see [`unmet`]).
+pub const COULD_NOT_RUN: &str = "flatnet test could not run:";
+
+/// Fails the test unless `tool` is in PATH (`package` is the Debian package that has it).
+pub fn require_tool(tool: &str, package: &str) {
+    let found = PATH
+        .split(':')
+        .any(|dir| Path::new(dir).join(tool).is_file());
+    if !found {
+        unmet(&format!(
+            "needs `{tool}` in PATH (Debian package {package})"
+        ));
     }
-    eprintln!("\n*** SKIPPED ({reason}) ***\n");
-    false
 }
 
 /// The effective uid from /proc (no libc dependency just for geteuid).

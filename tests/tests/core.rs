@@ -1,6 +1,6 @@
 //! Root integration tests: each test starts its own namespaced host with the real `flatnetd` and
 //! drives the real `flatnet` shim as Podman does, then inspects the kernel with `ip -j`.
-//! Without root they print SKIPPED (and fail under CI=true).
+//! Without root they fail, saying what is missing.
 
 use flatnet_tests::*;
 use serde_json::{json, Value};
@@ -11,9 +11,10 @@ use std::time::Duration;
 /// The host's address on the bridge with the default config.
 const GATEWAY: &str = "10.87.1.1";
 
-/// Starts a host, or returns `None` after a loud SKIPPED line (never silently under CI=true).
-fn host() -> Option<Host> {
-    require_root().then(Host::start)
+/// Starts a host (the test fails without root).
+fn host() -> Host {
+    require_root();
+    Host::start()
 }
 
 /// An ipam object for the default subnet restricted to `start..=end`.
@@ -96,7 +97,7 @@ fn fetch(ns: &Netns, url: &str) -> String {
 
 #[test]
 fn add_check_del_lifecycle() {
-    let Some(host) = host() else { return };
+    let host = host();
     let c = host.container("web");
     let conf = host.conf(json!({}));
 
@@ -161,7 +162,7 @@ fn add_check_del_lifecycle() {
 /// off: ADD must still work (the kernel refuses the request to turn it off with EAFNOSUPPORT).
 #[test]
 fn a_network_with_an_mtu_below_ipv6_minimum_works() {
-    let Some(host) = host() else { return };
+    let host = host();
     let c = host.container("small-mtu");
     let conf = host.conf(json!({"mtu": 1200}));
     let result = host.add_ok(&c, &conf);
@@ -176,7 +177,7 @@ fn a_network_with_an_mtu_below_ipv6_minimum_works() {
 
 #[test]
 fn every_cni_version_gets_its_own_result_format() {
-    let Some(host) = host() else { return };
+    let host = host();
     for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         let c = host.container(&format!("v{}", version.replace('.', "")));
         let conf = host.conf(json!({"cniVersion": version}));
@@ -208,7 +209,7 @@ fn every_cni_version_gets_its_own_result_format() {
 
 #[test]
 fn containers_reach_each_other_and_the_host() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let a = host.container("a");
     let b = host.container("b");
@@ -232,7 +233,7 @@ fn containers_reach_each_other_and_the_host() {
 
 #[test]
 fn fixed_ip_and_mac_from_cni_args() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let mac = "02:11:22:33:44:55";
 
@@ -263,7 +264,7 @@ fn fixed_ip_and_mac_from_cni_args() {
 
 #[test]
 fn del_is_idempotent() {
-    let Some(host) = host() else { return };
+    let host = host();
     // One address only: every ADD below gets .10, which proves the DEL before it released it.
     let conf = host.conf(json!({"ipam": ipam_range("10.87.1.10", "10.87.1.10")}));
     let h = host.netns().name().to_string();
@@ -320,7 +321,7 @@ fn del_is_idempotent() {
 
 #[test]
 fn repeated_add_returns_the_same_address() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let c = host.container("repeat");
     let first = host.add_ok(&c, &conf);
@@ -340,7 +341,7 @@ fn repeated_add_returns_the_same_address() {
 
 #[test]
 fn released_addresses_are_handed_out_again() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({"ipam": ipam_range("10.87.1.10", "10.87.1.11")}));
     let a = host.container("a");
     let b = host.container("b");
@@ -372,7 +373,7 @@ fn released_addresses_are_handed_out_again() {
 
 #[test]
 fn failed_add_rolls_back_everything() {
-    let Some(host) = host() else { return };
+    let host = host();
     // One address only, so a leaked reservation shows up as "pool exhausted" below.
     let good = host.conf(json!({"ipam": ipam_range("10.87.1.10", "10.87.1.10")}));
     let mut bad_ipam = ipam_range("10.87.1.10", "10.87.1.10");
@@ -399,7 +400,7 @@ fn failed_add_rolls_back_everything() {
 
 #[test]
 fn state_survives_daemon_restart() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let a = host.container("before");
     let ra = host.add_ok(&a, &conf);
@@ -431,7 +432,7 @@ fn state_survives_daemon_restart() {
 
 #[test]
 fn stopped_daemon_means_try_again_later() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     host.stop_daemon();
     let c = host.container("early");
@@ -448,7 +449,7 @@ fn stopped_daemon_means_try_again_later() {
 
 #[test]
 fn bad_input_gets_the_right_code() {
-    let Some(host) = host() else { return };
+    let host = host();
     let not_a_netns = host.dir().join("not-a-netns");
     std::fs::write(&not_a_netns, "").expect("the host temp dir is writable");
     let not_a_netns = not_a_netns.to_str().expect("temp dir paths are UTF-8");
@@ -501,7 +502,7 @@ fn bad_input_gets_the_right_code() {
 
 #[test]
 fn parallel_adds_get_distinct_addresses() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let containers: Vec<Netns> = (0..20)
         .map(|i| host.container(&format!("par{i}")))

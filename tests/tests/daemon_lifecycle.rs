@@ -1,8 +1,8 @@
 //! The daemon's life around the requests: reconcile at start (after a stop, a crash, a reboot), the
 //! periodic sweep, DELs while the daemon is down (the spool), who may talk to it, a stuck client,
 //! and CNI 1.1 GC and STATUS. Each test runs its own namespaced host with the real `flatnetd` and
-//! drives the real `flatnet` shim as Podman does. Without root they print SKIPPED (and fail under
-//! CI=true).
+//! drives the real `flatnet` shim as Podman does. Without root they fail, saying what is
+//! missing.
 
 use flatnet_tests::*;
 use serde_json::{json, Value};
@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 const GATEWAY_CIDR: &str = "10.87.1.1/24";
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn host() -> Option<Host> {
-    require_root().then(Host::start)
+fn host() -> Host {
+    require_root();
+    Host::start()
 }
 
 /// `ip -n NS ARGS...`, which must succeed.
@@ -170,7 +171,7 @@ impl Drop for Daemon {
 
 #[test]
 fn restart_reconciles_the_kernel_with_the_store() {
-    let Some(host) = host() else { return };
+    let host = host();
     let h = host.netns().name().to_string();
     let conf = host.conf(json!({}));
     let kept = host.container("kept");
@@ -232,7 +233,7 @@ fn restart_reconciles_the_kernel_with_the_store() {
 
 #[test]
 fn allocations_of_an_earlier_boot_are_released_at_start() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let old = host.container("old");
     let daemon = Daemon::start(
@@ -264,7 +265,7 @@ fn allocations_of_an_earlier_boot_are_released_at_start() {
 
 #[test]
 fn periodic_sweep_releases_what_went_away() {
-    let Some(host) = host() else { return };
+    let host = host();
     let h = host.netns().name().to_string();
     let conf = host.conf(json!({}));
     let _daemon = Daemon::start(&host, &["--sweep-interval", "1"], &[]);
@@ -292,7 +293,7 @@ fn periodic_sweep_releases_what_went_away() {
 
 #[test]
 fn sweeps_never_take_an_add_half_way() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let _daemon = Daemon::start(&host, &["--sweep-interval", "1"], &[]);
     let containers: Vec<Netns> = (0..40).map(|i| host.container(&format!("s{i}"))).collect();
@@ -314,7 +315,7 @@ fn sweeps_never_take_an_add_half_way() {
 
 #[test]
 fn del_while_the_daemon_is_down_is_applied_when_it_is_back() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let c = host.container("late");
     let result = host.add_ok(&c, &conf);
@@ -363,7 +364,7 @@ fn del_while_the_daemon_is_down_is_applied_when_it_is_back() {
 
 #[test]
 fn del_spooled_while_running_is_applied_by_the_sweep() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let c = host.container("c");
     let _daemon = Daemon::start(&host, &["--sweep-interval", "1"], &[]);
@@ -446,7 +447,7 @@ fn shim_as_nobody(command: &str, c: &Netns, conf: &Value) -> (i32, Value, String
 
 #[test]
 fn only_root_may_talk_to_the_daemon() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let mine = host.container("mine");
     host.add_ok(&mine, &conf);
@@ -494,7 +495,7 @@ fn only_root_may_talk_to_the_daemon() {
 
 #[test]
 fn a_stuck_client_does_not_stall_the_others() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({}));
     let socket = host.socket_path();
     // One connection that sent the HTTP/2 preface and half a frame, one that sent nothing, and one
@@ -524,7 +525,7 @@ fn a_stuck_client_does_not_stall_the_others() {
 
 #[test]
 fn gc_and_status_speak_cni_1_1() {
-    let Some(host) = host() else { return };
+    let host = host();
     let h = host.netns().name().to_string();
     let conf = host.conf(json!({
         "cniVersion": "1.1.0",
@@ -606,7 +607,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn status_is_51_when_the_state_disk_is_full() {
-    let Some(host) = host() else { return };
+    let host = host();
     let conf = host.conf(json!({"cniVersion": "1.1.0"}));
     host.stop_daemon();
     let state = Tmpfs::mount(host.dir().join("state"), "4m");

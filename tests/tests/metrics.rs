@@ -131,9 +131,7 @@ fn get(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
 
 #[test]
 fn metrics_page_parses_and_moves_with_add_and_del() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let host = Host::start_with_args(&["--metrics-listen", LISTEN]);
     let before = parse(&fetch(&host, "/metrics").expect("the metrics page"));
     for verb in ["ADD", "DEL", "CHECK", "GC", "STATUS"] {

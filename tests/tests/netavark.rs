@@ -1,15 +1,16 @@
 //! The netavark plugin (Podman 5's way in), driven as netavark and Podman drive it: the real
 //! `flatnet` binary with a subcommand, the request JSON on stdin (shaped as in
 //! tests/fixtures/podman-5.4.2), against a real flatnetd in a namespaced host. The kernel is
-//! checked with `ip -n NS -j`. Without root these print SKIPPED (and fail under CI=true).
+//! checked with `ip -n NS -j`. Without root these fail, saying what is missing.
 
 use flatnet_tests::*;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-fn host() -> Option<Host> {
-    require_root().then(Host::start)
+fn host() -> Host {
+    require_root();
+    Host::start()
 }
 
 /// The error message of a failed plugin call (exit 1, `{"error": "..."}` and nothing else).
@@ -53,7 +54,7 @@ fn status_interface(out: &CniOutput) -> (String, String, String, String) {
 
 #[test]
 fn info_and_create_answer_what_podman_expects() {
-    let Some(host) = host() else { return };
+    let host = host();
     let info = host.netavark(&["info"], &json!({}));
     info.assert_ok();
     assert_eq!(info.json.as_ref().unwrap()["api_version"], "1.0.0");
@@ -96,7 +97,7 @@ fn info_and_create_answer_what_podman_expects() {
 
 #[test]
 fn setup_attaches_and_teardown_detaches_at_once() {
-    let Some(host) = host() else { return };
+    let host = host();
     let net = host.podman_network("flatnet", json!({}));
     let c = host.container("web");
     let input = Host::netavark_input(&c, &net, "eth0", None, None);
@@ -166,7 +167,7 @@ fn setup_attaches_and_teardown_detaches_at_once() {
 
 #[test]
 fn static_ip_mac_and_a_second_network_as_eth1() {
-    let Some(host) = host() else { return };
+    let host = host();
     let net = host.podman_network("flatnet", json!({}));
     let net2 = host.podman_network(
         "flatnet2",
@@ -207,7 +208,7 @@ fn static_ip_mac_and_a_second_network_as_eth1() {
 
 #[test]
 fn a_failed_setup_leaves_nothing_and_says_why() {
-    let Some(host) = host() else { return };
+    let host = host();
     let net = host.podman_network(
         "flatnet",
         json!({"subnets": [{"subnet": "10.87.1.0/24", "lease_range": {"start_ip": "10.87.1.10", "end_ip": "10.87.1.20"}}]}),
@@ -242,7 +243,7 @@ fn a_failed_setup_leaves_nothing_and_says_why() {
 
 #[test]
 fn cni_and_netavark_callers_share_one_ipam() {
-    let Some(host) = host() else { return };
+    let host = host();
     // One network name, one subnet, seen by Podman 4 through its conflist and by Podman 5.
     let range = json!({"subnet": "10.87.1.0/24", "rangeStart": "10.87.1.10", "rangeEnd": "10.87.1.29", "routes": [{"dst": "0.0.0.0/0"}]});
     let conf = host.conf(json!({"ipam": range}));
@@ -286,7 +287,7 @@ fn cni_and_netavark_callers_share_one_ipam() {
 
 #[test]
 fn with_the_daemon_down_setup_fails_at_once_and_teardown_is_kept_for_later() {
-    let Some(host) = host() else { return };
+    let host = host();
     let net = host.podman_network("flatnet", json!({}));
     let c = host.container("web");
     let input = Host::netavark_input(&c, &net, "eth0", None, None);
@@ -316,7 +317,7 @@ fn with_the_daemon_down_setup_fails_at_once_and_teardown_is_kept_for_later() {
 /// what is wrong.
 #[test]
 fn bad_plugin_input_is_refused_with_a_message() {
-    let Some(host) = host() else { return };
+    let host = host();
     let net = host.podman_network("flatnet", json!({}));
     let c = host.container("web");
     let good = Host::netavark_input(&c, &net, "eth0", None, None);

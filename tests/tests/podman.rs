@@ -1,7 +1,7 @@
 //! Podman end-to-end tests: the real Podman 4.3 (CNI backend, runc) runs containers on the
 //! `flatnet` network of a namespaced host served by the real flatnetd, and the tests check what
 //! Podman (`podman inspect`), the kernel (`ip -n`, `tc -n`) and the daemon (`flatnetctl`) show.
-//! Without root or Podman they print SKIPPED (and fail under CI=true).
+//! Without root or Podman they fail, saying what is missing.
 
 use flatnet_tests::ctl::allocations;
 use flatnet_tests::podman::*;
@@ -11,14 +11,16 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Mutex;
 
-/// Starts a Podman host, or returns `None` after a loud SKIPPED line.
-fn podman_host() -> Option<PodmanHost> {
-    require_podman().then(PodmanHost::start)
+/// Starts a Podman host (the test fails when Podman or root is missing).
+fn podman_host() -> PodmanHost {
+    require_podman();
+    PodmanHost::start()
 }
 
 /// A Podman host whose conflist chains `plugin` after flatnet.
-fn podman_host_chained(plugin: Value) -> Option<PodmanHost> {
-    require_podman().then(|| PodmanHost::with_chain(&[plugin]))
+fn podman_host_chained(plugin: Value) -> PodmanHost {
+    require_podman();
+    PodmanHost::with_chain(&[plugin])
 }
 
 /// Asserts that `ip` is a host address of 10.87.1.0/24 other than the gateway.
@@ -100,7 +102,7 @@ fn assert_one_veth_per_running_container(p: &PodmanHost) {
 
 #[test]
 fn podman_container_gets_a_flat_address() {
-    let Some(p) = podman_host() else { return };
+    let p = podman_host();
     let token = unique_token("flatnet-page");
     let web = p.run_httpd("web", &[], &token);
 
@@ -119,7 +121,7 @@ fn podman_container_gets_a_flat_address() {
 
 #[test]
 fn podman_host_gateway_proxies_to_a_container() {
-    let Some(p) = podman_host() else { return };
+    let p = podman_host();
     let token = unique_token("flatnet-page");
     let web = p.run_httpd("web", &[], &token);
     let ip = assert_attached(&web);
@@ -137,7 +139,7 @@ fn podman_host_gateway_proxies_to_a_container() {
 
 #[test]
 fn podman_containers_reach_each_other() {
-    let Some(p) = podman_host() else { return };
+    let p = podman_host();
     let (token_a, token_b) = (unique_token("page-a"), unique_token("page-b"));
     let a = p.run_httpd("a", &[], &token_a);
     let b = p.run_httpd("b", &[], &token_b);
@@ -152,7 +154,7 @@ fn podman_containers_reach_each_other() {
 
 #[test]
 fn podman_rm_and_stop_release_the_address() {
-    let Some(p) = podman_host() else { return };
+    let p = podman_host();
     const FIXED: &str = "10.87.1.40";
 
     // rm -f: the link goes, the daemon forgets, and the address can be had again.
@@ -180,7 +182,7 @@ fn podman_rm_and_stop_release_the_address() {
 
 #[test]
 fn podman_static_ip_and_mac_are_honoured() {
-    let Some(p) = podman_host() else { return };
+    let p = podman_host();
     let mac = "02:11:22:33:44:55";
 
     let fixed = p.run_idle("fixed", &["--ip", "10.87.1.50", "--mac-address", mac]);
@@ -212,7 +214,7 @@ fn podman_static_ip_and_mac_are_honoured() {
 
 #[test]
 fn podman_restart_keeps_working() {
-    let Some(p) = podman_host() else { return };
+    let p = podman_host();
     let token = unique_token("flatnet-page");
     let web = p.run_httpd("web", &[], &token);
     let before = assert_attached(&web);
@@ -238,7 +240,7 @@ fn podman_restart_keeps_working() {
 
 #[test]
 fn podman_parallel_starts_get_distinct_addresses() {
-    let Some(p) = podman_host() else { return };
+    let p = podman_host();
     let names: Vec<String> = (0..20).map(|i| format!("par{i}")).collect();
     let started = Mutex::new(Vec::new());
     for_each_parallel(&names, 8, |name| {
@@ -274,9 +276,7 @@ fn podman_parallel_starts_get_distinct_addresses() {
 #[test]
 fn podman_portmap_chained_after_flatnet() {
     let portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
-    let Some(p) = podman_host_chained(portmap) else {
-        return;
-    };
+    let p = podman_host_chained(portmap);
     let client = p.client();
     let token = unique_token("flatnet-page");
     let web = p.run_httpd("web", &["-p", "18080:80"], &token);
@@ -311,9 +311,7 @@ fn nat_rules(p: &PodmanHost) -> String {
 #[test]
 fn podman_tuning_chained_after_flatnet() {
     let tuning = json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.rp_filter": "2"}});
-    let Some(p) = podman_host_chained(tuning) else {
-        return;
-    };
+    let p = podman_host_chained(tuning);
     let c = p.run_idle("tuned", &[]);
     assert_attached(&c);
 
@@ -338,9 +336,7 @@ fn podman_bandwidth_chained_after_flatnet() {
         "ingressRate": 1_000_000, "ingressBurst": 100_000,
         "egressRate": 1_000_000, "egressBurst": 100_000,
     });
-    let Some(p) = podman_host_chained(bandwidth) else {
-        return;
-    };
+    let p = podman_host_chained(bandwidth);
     let token = unique_token("flatnet-page");
     let web = p.run_httpd("web", &[], &token);
     let ip = assert_attached(&web);
@@ -398,9 +394,7 @@ fn podman_bandwidth_chained_after_flatnet() {
 /// and runtime state are exactly as they were (no image, no container added).
 #[test]
 fn the_machines_own_podman_storage_is_left_alone() {
-    if !require_podman() {
-        return;
-    }
+    require_podman();
     // Storage (images, containers, Podman's database) and runtime state; not
     // /var/lib/containers/cache, containers/image's cache of blob digests, which `podman import`
     // updates whatever the storage is.

@@ -1,7 +1,7 @@
 //! End to end with real Podman 5 (5.4 with netavark 1.14, from Debian 13) in a session of its own
 //! (see `flatnet_tests::podman5`): `podman run --network flatnet` through the netavark plugin and a
 //! real flatnetd. Needs root and the root built by `tests/podman5-root.sh`; without them these
-//! print SKIPPED (and fail under CI=true).
+//! fail, saying what is missing.
 
 use flatnet_tests::podman5::{require_podman5, Podman5, BIN, IMAGE};
 use flatnet_tests::sandbox::{snapshot_at, snapshot_diff};
@@ -13,13 +13,11 @@ fn httpd(body: &str) -> String {
     format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www")
 }
 
-fn session() -> Option<Podman5> {
-    if !require_podman5() {
-        return None;
-    }
+fn session() -> Podman5 {
+    require_podman5();
     let s = Podman5::start();
     s.install_plugin_by_hand();
-    Some(s)
+    s
 }
 
 /// The container's address and MAC on `network`, as `podman inspect` shows them.
@@ -60,7 +58,7 @@ fn fn_links(s: &Podman5) -> Vec<String> {
 
 #[test]
 fn run_is_reachable_over_http_and_rm_gives_the_address_back() {
-    let Some(s) = session() else { return };
+    let s = session();
     s.podman_ok(&[
         "run",
         "-d",
@@ -113,7 +111,7 @@ fn run_is_reachable_over_http_and_rm_gives_the_address_back() {
 
 #[test]
 fn ip_and_mac_address_are_honoured() {
-    let Some(s) = session() else { return };
+    let s = session();
     s.podman_ok(&[
         "run",
         "-d",
@@ -141,7 +139,7 @@ fn ip_and_mac_address_are_honoured() {
 
 #[test]
 fn stop_start_and_restart_attach_again() {
-    let Some(s) = session() else { return };
+    let s = session();
     s.podman_ok(&[
         "run",
         "-d",
@@ -172,7 +170,7 @@ fn stop_start_and_restart_attach_again() {
 
 #[test]
 fn network_connect_and_disconnect_a_second_flatnet_network() {
-    let Some(s) = session() else { return };
+    let s = session();
     s.podman_ok(&[
         "network",
         "create",
@@ -219,7 +217,7 @@ fn network_connect_and_disconnect_a_second_flatnet_network() {
 
 #[test]
 fn ten_started_in_parallel_get_ten_addresses() {
-    let Some(s) = session() else { return };
+    let s = session();
     let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
     let failed = Mutex::new(Vec::new());
     flatnet_tests::for_each_parallel(&names, 10, |name| {
@@ -247,7 +245,7 @@ fn ten_started_in_parallel_get_ten_addresses() {
 
 #[test]
 fn a_failed_setup_exits_126_with_flatnets_message_and_leaves_nothing() {
-    let Some(s) = session() else { return };
+    let s = session();
     let out = s.podman(&[
         "run",
         "--rm",
@@ -287,7 +285,7 @@ fn a_failed_setup_exits_126_with_flatnets_message_and_leaves_nothing() {
 
 #[test]
 fn with_flatnetd_down_run_fails_at_once_and_rm_is_applied_later() {
-    let Some(s) = session() else { return };
+    let s = session();
     s.podman_ok(&[
         "run",
         "-d",
@@ -321,9 +319,7 @@ fn with_flatnetd_down_run_fails_at_once_and_rm_is_applied_later() {
 /// `--uninstall` leaves the root's files as they were.
 #[test]
 fn install_sh_sets_up_podman_5_and_uninstall_leaves_it_as_it_was() {
-    if !require_podman5() {
-        return;
-    }
+    require_podman5();
     let s = Podman5::start();
     s.copy_binaries();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
