@@ -16,8 +16,9 @@
 //!
 //! Crash safety: ADD records the allocation before its kernel work (flushing while that work runs)
 //! and replies only once both are done; a failed ADD removes the veth, then the record. DEL removes
-//! the record and holds the address in memory until the [`deleter`] has deleted the veth, takes the
-//! address off the container while the removal is made durable, and replies after both. So a
+//! the record and holds the address in memory until the [`deleter`] has deleted the veth, sets the
+//! container end aside (down, without its address, renamed) while the removal is made durable, and
+//! replies after both. So a
 //! SIGKILL at any point leaves either an `fn-*` link nobody owns (removed by reconcile before the
 //! next request is served) or an allocation whose veth exists (kept, released by a later DEL) or
 //! whose veth is gone (released by reconcile): never an address that is live in a container and
