@@ -123,40 +123,11 @@ impl PodmanHost {
         fs::write(net_d.join("90-flatnet.conflist"), conflist.to_string())
             .expect("the host temp dir is writable");
 
-        let conf = host.dir().join("containers.conf");
-        fs::write(
-            &conf,
-            format!(
-                "[network]\n\
-                 network_backend = \"cni\"\n\
-                 network_config_dir = {}\n\
-                 cni_plugin_dirs = [{}, {}]\n\
-                 [engine]\n\
-                 runtime = \"runc\"\n\
-                 tmp_dir = {}\n\
-                 [containers]\n\
-                 default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n",
-                toml_string(&net_d),
-                toml_string(&bin_dir()),
-                toml_string(Path::new(REFERENCE_PLUGINS)),
-                toml_string(&host.dir().join("podman/tmp")),
-            ),
-        )
-        .expect("the host temp dir is writable");
-        // vfs: plain directories, so nothing stays mounted in the temp dir when it is removed.
-        let storage = host.dir().join("storage.conf");
-        fs::write(
-            &storage,
-            format!(
-                "[storage]\n\
-                 driver = \"vfs\"\n\
-                 graphroot = {}\n\
-                 runroot = {}\n",
-                toml_string(&host.dir().join("podman/root")),
-                toml_string(&host.dir().join("podman/runroot")),
-            ),
-        )
-        .expect("the host temp dir is writable");
+        let (conf, storage) = write_config(
+            &host.dir().join("podman"),
+            &net_d,
+            [&bin_dir(), Path::new(REFERENCE_PLUGINS)],
+        );
 
         let mut podman = PodmanHost {
             host,
@@ -582,6 +553,46 @@ pub fn httpd_command(token: &str) -> [String; 3] {
 }
 
 /// `s` as a TOML basic string (temp paths hold no quotes or backslashes; checked).
+/// A private Podman 4 configuration in `dir`, as the tests and the benchmark run Podman: a
+/// containers.conf (CNI backend with the networks of `net_d` and the plugins of `plugin_dirs`,
+/// runc, fixed rlimits, Podman's tmp_dir in `dir`) and a storage.conf (vfs, so nothing stays
+/// mounted in `dir` when it is removed; graphroot and runroot in `dir`). Returns their paths, for
+/// `CONTAINERS_CONF` and `CONTAINERS_STORAGE_CONF`.
+pub fn write_config(dir: &Path, net_d: &Path, plugin_dirs: [&Path; 2]) -> (PathBuf, PathBuf) {
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let conf = dir.join("containers.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[network]\n\
+             network_backend = \"cni\"\n\
+             network_config_dir = {}\n\
+             cni_plugin_dirs = [{}, {}]\n\
+             [engine]\n\
+             runtime = \"runc\"\n\
+             tmp_dir = {}\n\
+             [containers]\n\
+             default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n",
+            toml_string(net_d),
+            toml_string(plugin_dirs[0]),
+            toml_string(plugin_dirs[1]),
+            toml_string(&dir.join("tmp")),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
+    let storage = dir.join("storage.conf");
+    fs::write(
+        &storage,
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = {}\nrunroot = {}\n",
+            toml_string(&dir.join("root")),
+            toml_string(&dir.join("runroot")),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", storage.display()));
+    (conf, storage)
+}
+
 fn toml_string(path: &Path) -> String {
     let s = path.to_str().expect("temp dir paths are UTF-8");
     assert!(
@@ -591,10 +602,8 @@ fn toml_string(path: &Path) -> String {
     format!("\"{s}\"")
 }
 
-/// The test image, imported at most once per test binary and only when Podman lacks it.
-/// `podman import` makes a new image ID every time, so importing on every run would leave one
-/// dangling image per run; a tag derived from the content lets runs share one image.
-/// The test image in this host's own storage (imported once per host: it is 2 MB).
+/// The test image in this host's own storage (imported once per host: it is 2 MB), tagged with a
+/// hash of its content.
 fn ensure_image(podman: &PodmanHost) -> String {
     let busybox = which("busybox").expect("require_root checked that busybox is in PATH");
     let binary =

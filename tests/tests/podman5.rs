@@ -20,6 +20,15 @@ fn session() -> Podman5 {
     s
 }
 
+/// `podman run -d --name NAME --network flatnet OPTIONS IMAGE COMMAND`, which must succeed.
+fn run_detached(s: &Podman5, name: &str, options: &[&str], command: &[&str]) {
+    let mut args = vec!["run", "-d", "--name", name, "--network", "flatnet"];
+    args.extend_from_slice(options);
+    args.push(IMAGE);
+    args.extend_from_slice(command);
+    s.podman_ok(&args);
+}
+
 /// The container's address and MAC on `network`, as `podman inspect` shows them.
 fn inspect(s: &Podman5, name: &str, network: &str) -> (String, String) {
     let out = s.podman_ok(&[
@@ -59,18 +68,7 @@ fn fn_links(s: &Podman5) -> Vec<String> {
 #[test]
 fn run_is_reachable_over_http_and_rm_gives_the_address_back() {
     let s = session();
-    s.podman_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--network",
-        "flatnet",
-        IMAGE,
-        "sh",
-        "-c",
-        &httpd("hello"),
-    ]);
+    run_detached(&s, "web", &[], &["sh", "-c", &httpd("hello")]);
     let (ip, mac) = inspect(&s, "web", "flatnet");
     assert!(ip.starts_with("10.87.1."), "{ip}");
     assert_eq!(mac.len(), 17, "{mac}");
@@ -93,40 +91,19 @@ fn run_is_reachable_over_http_and_rm_gives_the_address_back() {
     // `podman rm` gives the address back: another container can take it at once.
     s.podman_ok(&["rm", "-f", "-t", "0", "web"]);
     assert_eq!(held(&s), Vec::<(String, String)>::new());
-    s.podman_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "again",
-        "--network",
-        "flatnet",
-        "--ip",
-        &ip,
-        IMAGE,
-        "sleep",
-        "60",
-    ]);
+    run_detached(&s, "again", &["--ip", &ip], &["sleep", "60"]);
     assert_eq!(inspect(&s, "again", "flatnet").0, ip);
 }
 
 #[test]
 fn ip_and_mac_address_are_honoured() {
     let s = session();
-    s.podman_ok(&[
-        "run",
-        "-d",
-        "--name",
+    run_detached(
+        &s,
         "fixed",
-        "--network",
-        "flatnet",
-        "--ip",
-        "10.87.1.50",
-        "--mac-address",
-        "02:00:00:00:06:32",
-        IMAGE,
-        "sleep",
-        "60",
-    ]);
+        &["--ip", "10.87.1.50", "--mac-address", "02:00:00:00:06:32"],
+        &["sleep", "60"],
+    );
     assert_eq!(
         inspect(&s, "fixed", "flatnet"),
         ("10.87.1.50".to_string(), "02:00:00:00:06:32".to_string())
@@ -140,18 +117,7 @@ fn ip_and_mac_address_are_honoured() {
 #[test]
 fn stop_start_and_restart_attach_again() {
     let s = session();
-    s.podman_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--network",
-        "flatnet",
-        IMAGE,
-        "sh",
-        "-c",
-        &httpd("up"),
-    ]);
+    run_detached(&s, "web", &[], &["sh", "-c", &httpd("up")]);
     s.podman_ok(&["stop", "-t", "0", "web"]);
     assert_eq!(
         held(&s),
@@ -186,17 +152,7 @@ fn network_connect_and_disconnect_a_second_flatnet_network() {
         "mtu=1400",
         "flatnet2",
     ]);
-    s.podman_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--network",
-        "flatnet",
-        IMAGE,
-        "sleep",
-        "60",
-    ]);
+    run_detached(&s, "web", &[], &["sleep", "60"]);
     s.podman_ok(&["network", "connect", "flatnet2", "web"]);
     let (ip2, _) = inspect(&s, "web", "flatnet2");
     let last: u8 = ip2.rsplit('.').next().unwrap().parse().unwrap();
@@ -286,17 +242,7 @@ fn a_failed_setup_exits_126_with_flatnets_message_and_leaves_nothing() {
 #[test]
 fn with_flatnetd_down_run_fails_at_once_and_rm_is_applied_later() {
     let s = session();
-    s.podman_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "--network",
-        "flatnet",
-        IMAGE,
-        "sleep",
-        "60",
-    ]);
+    run_detached(&s, "web", &[], &["sleep", "60"]);
     s.stop_daemon();
     let out = s.podman(&["run", "--rm", "--network", "flatnet", IMAGE, "true"]);
     assert_eq!(out.status.code(), Some(126), "{out:?}");

@@ -130,15 +130,6 @@ fn conflist(conf: &Value) -> Value {
     json!({"cniVersion": version, "name": name, "plugins": [plugin]})
 }
 
-fn toml_path(p: &Path) -> String {
-    let s = p.to_str().expect("temp paths are UTF-8");
-    assert!(
-        !s.contains(['"', '\\']) && !s.chars().any(char::is_control),
-        "path {s:?} cannot go into containers.conf unescaped"
-    );
-    format!("\"{s}\"")
-}
-
 /// Imports [`IMAGE`] (busybox-static as `/bin/busybox`, `sh` and `true`) unless it exists.
 fn ensure_image(podman: &Podman, dir: &Path) -> Result<(), String> {
     if podman.run_ok(&["image", "exists", IMAGE]).is_ok() {
@@ -193,36 +184,11 @@ pub fn measure(ctx: &Ctx, host_netns: &Path, confs: [&Value; 2], runs: usize) ->
         )
         .expect("the temp dir is writable");
     }
-    let conf = dir.join("containers.conf");
-    fs::write(
-        &conf,
-        format!(
-            "[network]\n\
-             network_backend = \"cni\"\n\
-             network_config_dir = {}\n\
-             cni_plugin_dirs = [{}, {}]\n\
-             [engine]\n\
-             runtime = \"runc\"\n\
-             tmp_dir = {}\n\
-             [containers]\n\
-             default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n",
-            toml_path(&net_d),
-            toml_path(&ctx.bin_dir),
-            toml_path(Path::new(REFERENCE_PLUGINS)),
-            toml_path(&dir.join("tmp")),
-        ),
-    )
-    .expect("the temp dir is writable");
-    let storage = dir.join("storage.conf");
-    fs::write(
-        &storage,
-        format!(
-            "[storage]\ndriver = \"vfs\"\ngraphroot = {}\nrunroot = {}\n",
-            toml_path(&dir.join("root")),
-            toml_path(&dir.join("runroot")),
-        ),
-    )
-    .expect("the temp dir is writable");
+    let (conf, storage) = flatnet_tests::podman::write_config(
+        &dir,
+        &net_d,
+        [&ctx.bin_dir, Path::new(REFERENCE_PLUGINS)],
+    );
     let containers = Guard::new(Containers {
         podman: Podman {
             conf,
