@@ -201,10 +201,14 @@ const TREES: [&str; 6] = ["/etc", "/opt", "/usr/local", "/var/lib", "/var/log", 
 /// A stand-in `podman` for install.sh (first on its PATH, outside the sandbox's trees): it
 /// reports `backend` as the network backend until Flatnet's CNI drop-in exists, then `cni`, and
 /// records every call. Like the real one, `system reset` deletes the network configs in
-/// /etc/cni/net.d. With `netavark` (a version), it runs a stand-in netavark of that version, lists
-/// the files of /usr/local/libexec/netavark as network plugins, and keeps Podman networks and the
-/// containers using them (`users(network, names)`) in files of its own. The machine's own Podman is
-/// never asked or changed.
+/// /etc/cni/net.d and the images. With `netavark` (a version), it runs a stand-in netavark of that
+/// version, lists the files of /usr/local/libexec/netavark as network plugins, and keeps Podman
+/// networks and the containers using them (`users(network, names)`) in files of its own. Its
+/// containers start unless told otherwise (`set("runtime-broken")`: only with `--runtime runc`;
+/// `set("runc-missing")`: not with runc either); `set("no-cni")` makes it a Podman built without
+/// CNI, `set("info-fails")` one whose `podman info` fails. A stand-in `apt-get` fails and records
+/// that it was called: the machine's packages are never changed. The machine's own Podman is never
+/// asked or changed.
 struct FakePodman {
     dir: PathBuf,
 }
@@ -232,15 +236,36 @@ impl FakePodman {
         let script = format!(
             r#"#!/bin/sh
 echo "$*" >> {d}/calls
+if [ -f {d}/info-fails ]; then
+  echo 'Error: default OCI runtime "runc" not found: invalid argument' >&2; exit 125
+fi
 case "$1 $2" in
+  "--root "*)
+    if [ -f {d}/no-cni ]; then
+      echo 'Error: cni support is not enabled in this build, only netavark. Got unsupported network backend "cni"' >&2; exit 125
+    fi
+    echo cni ;;
   "info --format")
     case "$3" in
       *NetworkBackendInfo.Path*) echo "{netavark_path}" ;;
       *Plugins.Network*) ls /usr/local/libexec/netavark 2>/dev/null | tr '
 ' ' '; echo ;;
+      *OCIRuntime.Name*) echo crun ;;
       *) if [ -f /etc/containers/containers.conf.d/90-flatnet.conf ]; then echo cni; else echo {backend}; fi ;;
     esac ;;
-  "system reset") rm -f /etc/cni/net.d/90-flatnet.conflist ;;
+  "run --rm")
+    case "$*" in
+      *"--runtime runc"*)
+        if [ -f {d}/runc-missing ]; then echo 'Error: default OCI runtime "runc" not found: invalid argument' >&2; exit 125; fi ;;
+      *)
+        if [ -f {d}/runtime-broken ] && [ ! -f /etc/containers/containers.conf.d/91-flatnet-runc.conf ]; then
+          echo 'Error: crun: cgroups in hybrid mode not supported: OCI runtime error' >&2; exit 126
+        fi ;;
+    esac ;;
+  "image exists") [ -f {d}/image ] ;;
+  "import -q") cat >/dev/null; touch {d}/image; echo sha256:0 ;;
+  "image rm") rm -f {d}/image ;;
+  "system reset") rm -f /etc/cni/net.d/90-flatnet.conflist {d}/image ;;
   "network exists") [ -f "{d}/network-$3" ] ;;
   "network create") touch "{d}/network-$5"; echo "$5" ;;
   "network inspect") echo flatnet ;;
@@ -251,12 +276,27 @@ esac
 "#
         );
         std::fs::write(dir.join("podman"), script).unwrap();
+        std::fs::write(
+            dir.join("apt-get"),
+            format!("#!/bin/sh\necho \"apt-get $*\" >> {d}/calls\necho 'apt-get is not run by the tests' >&2\nexit 100\n"),
+        )
+        .unwrap();
         run(Command::new("chmod")
             .arg("+x")
             .arg(dir.join("podman"))
+            .arg(dir.join("apt-get"))
             .arg(dir.join("netavark"))
             .stderr(Stdio::null()));
         FakePodman { dir }
+    }
+
+    /// Makes the stand-in behave as `what` says (see the type's doc).
+    fn set(&self, what: &str) {
+        std::fs::write(self.dir.join(what), "").unwrap();
+    }
+
+    fn has_image(&self) -> bool {
+        self.dir.join("image").exists()
     }
 
     fn calls(&self) -> String {
@@ -278,10 +318,16 @@ impl Drop for FakePodman {
     }
 }
 
-/// Runs `deploy/install.sh ARGS` inside the sandbox, with the stand-in podman first on PATH.
+/// Runs `deploy/install.sh ARGS` inside the sandbox, with the stand-in podman first on PATH. An
+/// install runs with `--no-self-check`: the self-check starts a real container, so it is tested
+/// with Debian's real Podmans (tests/podman5.rs, and the fresh-root run of `.ci/run`).
 fn install(sb: &Sandbox, podman: &FakePodman, args: &[&str]) -> Output {
     let mut cmd = sb.command(repo().join("deploy/install.sh"));
-    cmd.args(args).env(
+    cmd.args(args);
+    if !args.contains(&"--uninstall") {
+        cmd.arg("--no-self-check");
+    }
+    cmd.env(
         "PATH",
         format!(
             "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -659,4 +705,165 @@ fn a_netavark_older_than_1_6_is_explained_and_nothing_changes() {
     );
     let out = install(&sb, &podman, &["--uninstall"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+const RUNC_DROPIN: &str = "/etc/containers/containers.conf.d/91-flatnet-runc.conf";
+const CNI_DROPIN: &str = "/etc/containers/containers.conf.d/90-flatnet.conf";
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn podman_runc_is_checked_before_it_is_written() {
+    require_root();
+    let sb = Sandbox::start();
+    let podman = FakePodman::new("cni");
+    podman.set("runc-missing");
+    let before = sb.snapshot(&TREES);
+    let bin = bin_dir().display().to_string();
+    let out = install(&sb, &podman, &["--bin-dir", &bin, "--podman-runc"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("flatnet: error: Podman cannot start a container with runc")
+            && stderr(&out).contains("\"runc\" not found"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !sb.path(RUNC_DROPIN).exists(),
+        "runc was written as Podman's runtime although it cannot start a container"
+    );
+    // Nothing was installed before the check: nothing to take back but the check's image.
+    assert!(!sb.path("/usr/local/bin/flatnetd").exists(), "{}", text(&out));
+    let out = install(&sb, &podman, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!podman.has_image(), "the self-check image is left");
+    let diff = snapshot_diff(&before, &sb.snapshot(&TREES));
+    assert!(diff.is_empty(), "a refused install changed files:\n{diff}");
+}
+
+#[test]
+fn a_runtime_that_cannot_start_containers_is_switched_to_runc_and_uninstall_takes_it_back() {
+    require_root();
+    let sb = Sandbox::start();
+    let podman = FakePodman::new("cni");
+    podman.set("runtime-broken");
+    let before = sb.snapshot(&TREES);
+    let bin = bin_dir().display().to_string();
+    let out = install(&sb, &podman, &["--bin-dir", &bin]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("cgroups in hybrid mode not supported")
+            && stdout(&out).contains("Podman now uses runc"),
+        "{}",
+        text(&out)
+    );
+    let dropin = std::fs::read_to_string(sb.path(RUNC_DROPIN)).unwrap_or_default();
+    assert!(dropin.contains("runtime = \"runc\""), "{dropin}");
+    // Checked with a container before it was written.
+    assert!(
+        podman
+            .calls()
+            .lines()
+            .any(|l| l.starts_with("run --rm --network none --runtime runc")),
+        "{}",
+        podman.calls()
+    );
+    let out = install(&sb, &podman, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("back to its own runtime"),
+        "{}",
+        text(&out)
+    );
+    assert!(!podman.has_image(), "the self-check image is left");
+    let diff = snapshot_diff(&before, &sb.snapshot(&TREES));
+    assert!(diff.is_empty(), "uninstall left changes:\n{diff}");
+}
+
+#[test]
+fn a_podman_without_cni_is_never_offered_or_switched_to_it() {
+    require_root();
+    let sb = Sandbox::start();
+    let podman = FakePodman::with_netavark("netavark", Some("1.4.0"));
+    podman.set("no-cni");
+    let before = sb.snapshot(&TREES);
+    let bin = bin_dir().display().to_string();
+    let plain = install(&sb, &podman, &["--bin-dir", &bin]);
+    assert!(plain.status.success(), "{}", text(&plain));
+    assert!(
+        !stdout(&plain).contains("--configure-podman")
+            && stdout(&plain).contains("no CNI backend")
+            && stdout(&plain).contains("cni support is not enabled"),
+        "{}",
+        text(&plain)
+    );
+    let asked = install(&sb, &podman, &["--bin-dir", &bin, "--configure-podman"]);
+    assert!(!asked.status.success(), "{}", text(&asked));
+    assert!(
+        stderr(&asked).contains("flatnet: error: --configure-podman: this Podman has no CNI backend"),
+        "{}",
+        text(&asked)
+    );
+    assert!(!sb.path(CNI_DROPIN).exists(), "{}", text(&asked));
+    assert!(
+        !podman.calls().contains("system reset"),
+        "{}",
+        podman.calls()
+    );
+    let out = install(&sb, &podman, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let diff = snapshot_diff(&before, &sb.snapshot(&TREES));
+    assert!(diff.is_empty(), "{diff}");
+}
+
+#[test]
+fn a_failing_podman_info_is_named_and_nothing_is_installed() {
+    require_root();
+    let sb = Sandbox::start();
+    let podman = FakePodman::new("cni");
+    podman.set("info-fails");
+    let before = sb.snapshot(&TREES);
+    let bin = bin_dir().display().to_string();
+    let out = install(&sb, &podman, &["--bin-dir", &bin]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("flatnet: error: Podman does not work here")
+            && stderr(&out).contains("\"runc\" not found")
+            && !text(&out).contains("network backend ('')"),
+        "{}",
+        text(&out)
+    );
+    let diff = snapshot_diff(&before, &sb.snapshot(&TREES));
+    assert!(diff.is_empty(), "{diff}");
+}
+
+#[test]
+fn uninstall_names_what_podman_system_reset_destroys_whenever_it_mentions_it() {
+    require_root();
+    let sb = Sandbox::start();
+    let podman = FakePodman::new("netavark");
+    let bin = bin_dir().display().to_string();
+    let asked = install(&sb, &podman, &["--bin-dir", &bin, "--configure-podman"]);
+    assert!(asked.status.success(), "{}", text(&asked));
+    let out = install(&sb, &podman, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("podman system reset"), "{said}");
+    assert!(
+        said.contains("DELETES ALL of root's containers, images and volumes"),
+        "{said}"
+    );
+    assert!(!sb.path(CNI_DROPIN).exists());
+    assert_eq!(
+        podman.calls().matches("system reset").count(),
+        1,
+        "uninstall ran podman system reset: {}",
+        podman.calls()
+    );
 }

@@ -260,13 +260,18 @@ fn with_flatnetd_down_run_fails_at_once_and_rm_is_applied_later() {
     assert!(ls.status.success());
 }
 
-/// The README's install, inside the Debian 13 root: deploy/install.sh finds netavark 1.14, installs
-/// the plugin and creates the Podman network; `podman run --network flatnet` works as on Podman 4;
-/// `--uninstall` leaves the root's files as they were.
-#[test]
-fn install_sh_sets_up_podman_5_and_uninstall_leaves_it_as_it_was() {
-    require_podman5();
-    let s = Podman5::start();
+/// Where install.sh works in the session, compared before and after.
+const INSTALL_TREES: [&str; 6] = [
+    "/etc",
+    "/opt/cni",
+    "/usr/local",
+    "/var/lib/flatnet",
+    "/var/log",
+    "/run/flatnet",
+];
+
+/// The project's binaries and deploy/install.sh with what it installs, into the session.
+fn copy_install_sh(s: &Podman5) {
     s.copy_binaries();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -280,31 +285,46 @@ fn install_sh_sets_up_podman_5_and_uninstall_leaves_it_as_it_was() {
             std::fs::copy(entry.path(), src.join(dir).join(entry.file_name())).unwrap();
         }
     }
-    let trees = [
-        "/etc",
-        "/opt/cni",
-        "/usr/local",
-        "/var/lib/flatnet",
-        "/var/log",
-        "/run/flatnet",
-    ];
-    let before = snapshot_at(&s.path(""), &trees);
-    let install = |args: &[&str]| {
-        let out = s.run(s.command("/opt/flatnet-src/deploy/install.sh").args(args));
-        let text = format!(
-            "{}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+}
+
+/// `deploy/install.sh ARGS` in the session: whether it exited 0, and all it said.
+fn install_sh(s: &Podman5, args: &[&str]) -> (bool, String) {
+    let out = s.run(s.command("/opt/flatnet-src/deploy/install.sh").args(args));
+    let text = format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The README's install, inside the Debian 13 root: deploy/install.sh finds netavark 1.14, installs
+/// the plugin and creates the Podman network; `podman run --network flatnet` works as on Podman 4;
+/// `--uninstall` leaves the root's files as they were.
+#[test]
+fn install_sh_sets_up_podman_5_and_uninstall_leaves_it_as_it_was() {
+    require_podman5();
+    let s = Podman5::start();
+    copy_install_sh(&s);
+    let before = snapshot_at(&s.path(""), &INSTALL_TREES);
+    let install = |args: &[&str]| install_sh(&s, args);
     let (ok, text) = install(&["--bin-dir", BIN]);
     assert!(ok, "install.sh: {text}");
     assert!(
         text.contains("netavark plugin") && text.contains("1.14"),
         "{text}"
     );
+    assert!(
+        text.contains("self-check passed: a container on the network flatnet answered http://10.87.1."),
+        "{text}"
+    );
+    // The self-check's container is gone; its image stays until --uninstall.
+    assert_eq!(s.podman_ok(&["ps", "--all", "--format", "{{.Names}}"]), "");
+    assert!(s
+        .podman(&["image", "exists", "localhost/flatnet-selfcheck"])
+        .status
+        .success());
     assert!(s.path("/usr/local/libexec/netavark/flatnet").is_file());
     assert!(!s.path("/opt/cni/bin/flatnet").exists(), "{text}");
     assert_eq!(
@@ -351,11 +371,80 @@ fn install_sh_sets_up_podman_5_and_uninstall_leaves_it_as_it_was() {
     s.podman_ok(&["rm", "-f", "-t", "0", "web"]);
     let out = s.podman(&["network", "exists", "flatnet"]);
     assert!(!out.status.success(), "the Podman network is still there");
-    let diff = snapshot_diff(&before, &snapshot_at(&s.path(""), &trees));
+    assert!(
+        !s.podman(&["image", "exists", "localhost/flatnet-selfcheck"])
+            .status
+            .success(),
+        "uninstall left the self-check image"
+    );
+    let diff = snapshot_diff(&before, &snapshot_at(&s.path(""), &INSTALL_TREES));
     assert!(
         diff.is_empty(),
         "install and uninstall changed the root's files:\n{diff}"
     );
     assert_eq!(fn_links(&s), Vec::<String>::new());
     assert!(!flatnet_tests::link_exists(s.netns().name(), "flatnet-br0"));
+}
+
+/// Debian 13's Podman runs crun, which cannot start a container on this kernel's cgroup layout:
+/// install.sh finds that out with a real container, makes Podman use runc (after checking that runc
+/// starts one), passes its self-check, and `--uninstall` gives Podman its own runtime back.
+#[test]
+fn install_sh_gives_a_podman_whose_runtime_fails_runc_and_uninstall_takes_it_back() {
+    require_podman5();
+    let s = Podman5::start();
+    copy_install_sh(&s);
+    // The root as Debian ships it: no runtime or rlimits chosen in containers.conf.
+    let out = s.sh("sed -i -e '/^runtime = /d' -e '/^default_ulimits = /d' /etc/containers/containers.conf");
+    assert!(out.status.success(), "{out:?}");
+    let crun = s.podman(&["run", "--rm", "--network", "none", IMAGE, "true"]);
+    assert!(
+        !crun.status.success(),
+        "crun starts containers here: this test needs a machine where it cannot"
+    );
+    let before = snapshot_at(&s.path(""), &INSTALL_TREES);
+    let (ok, text) = install_sh(&s, &["--bin-dir", BIN]);
+    assert!(ok, "install.sh: {text}");
+    assert!(
+        text.contains("Podman cannot start a container with its runtime crun")
+            && text.contains("Podman now uses runc")
+            && text.contains("self-check passed"),
+        "{text}"
+    );
+    s.podman_ok(&["run", "--rm", "--network", "none", IMAGE, "true"]);
+    let (ok, text) = install_sh(&s, &["--uninstall"]);
+    assert!(ok, "uninstall: {text}");
+    assert!(text.contains("back to its own runtime"), "{text}");
+    let diff = snapshot_diff(&before, &snapshot_at(&s.path(""), &INSTALL_TREES));
+    assert!(diff.is_empty(), "uninstall left changes:\n{diff}");
+}
+
+/// A self-check that fails (here the host cannot reach the container: an nftables rule in the
+/// session's own namespace drops it) makes install.sh exit 1 with what failed, and take back what
+/// it changed in Podman: the Podman network it created is gone.
+#[test]
+fn a_failed_self_check_says_so_and_takes_back_the_podman_network() {
+    require_podman5();
+    let s = Podman5::start();
+    copy_install_sh(&s);
+    let out = s.sh(
+        "nft add table ip block && nft add chain ip block out '{ type filter hook output priority 0; }' \
+         && nft add rule ip block out ip daddr 10.87.0.0/16 tcp dport 80 drop",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (ok, text) = install_sh(&s, &["--bin-dir", BIN]);
+    assert!(!ok, "install.sh succeeded although nothing answered: {text}");
+    assert!(
+        text.contains("flatnet: error: self-check: the container at 10.87.1.")
+            && text.contains("did not answer")
+            && text.contains("took back: podman-network flatnet"),
+        "{text}"
+    );
+    assert!(
+        !s.podman(&["network", "exists", "flatnet"]).status.success(),
+        "the Podman network is left: {text}"
+    );
+    assert_eq!(s.podman_ok(&["ps", "--all", "--format", "{{.Names}}"]), "");
+    let (ok, text) = install_sh(&s, &["--uninstall"]);
+    assert!(ok, "uninstall: {text}");
 }
