@@ -200,7 +200,9 @@ candidate_podman_major() {
 # What Flatnet and its self-check need from the distribution. Podman itself when it is missing:
 # Podman 5 with netavark (Flatnet is its plugin); Podman 4 with the CNI network parts and without
 # netavark (Debian 12's and Ubuntu 24.04's netavark 1.4 runs no plugins, and Podman 4 picks netavark
-# whenever it is installed on a fresh store).
+# whenever it is installed on a fresh store). Either with runc rather than crun: crun cannot start a
+# container on a cgroup v1 hybrid layout (WSL2, older kernels), and Podman runs runc when crun is
+# not installed, with no setting of ours.
 install_packages() {
     command -v apt-get >/dev/null 2>&1 || return 0
     apt_install "Flatnet's host networking" iproute2
@@ -209,8 +211,8 @@ install_packages() {
         major=$(candidate_podman_major)
         case "$major" in
             "") say "this distribution offers no Podman: Flatnet is installed as a CNI plugin only" ;;
-            4) apt_install "Podman, with its CNI network backend" podman containernetworking-plugins ;;
-            *) apt_install "Podman, with netavark" podman netavark ;;
+            4) apt_install "Podman, with its CNI network backend" podman containernetworking-plugins runc ;;
+            *) apt_install "Podman, with netavark" podman netavark runc ;;
         esac
     fi
     if command -v podman >/dev/null 2>&1; then
@@ -530,7 +532,7 @@ flatnet: flatnetd's log: $(daemon_log_hint)"
         # httpd may take a moment to listen: up to 10 s.
         deadline=$((SECONDS + 10))
         while [ "$SECONDS" -lt "$deadline" ]; do
-            body=$(busybox wget -q -T 2 -O - "http://$addr/" 2>/dev/null || true)
+            body=$(http_get "$addr" 2>/dev/null || true)
             [ -z "$body" ] || break
             sleep 0.1
         done
@@ -541,6 +543,12 @@ flatnet: flatnetd's log: $(daemon_log_hint)"
     [ "$body" = "flatnet self-check" ] || die "self-check: the container at $addr did not answer http://$addr/ from this host
 flatnet: is something filtering $BRIDGE? flatnetd's log: $(daemon_log_hint)"
     say "self-check passed: a container on the network $PODMAN_NETWORK answered http://$addr/ (and was removed)"
+}
+
+# The body of http://ADDR/, with bash alone (no HTTP client needed), within 2 s.
+http_get() {
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/80" && printf "GET / HTTP/1.0\r\nHost: %s\r\n\r\n" "$1" >&3 && cat <&3' _ "$1" |
+        tr -d '\r' | sed '1,/^$/d'
 }
 
 daemon_log_hint() {
