@@ -682,7 +682,7 @@ uninstall_all() {
     say "Flatnet removed"
     if [ -n "${packages// /}" ]; then
         say "the distribution packages installed for it stay (Podman may be in use): ${packages% }"
-        say "to remove them too: sudo apt-get purge ${packages% } (Podman's containers and images stay in /var/lib/containers)"
+        say "to remove them too: sudo apt-get purge ${packages% } && sudo apt-get autoremove"
     fi
 }
 

@@ -3,7 +3,8 @@
 //! overlays on the machine's own directories (every write lands in a temp dir of the sandbox)
 //! and `/run` is an empty tmpfs (no systemd, no other runtime state). `deploy/install.sh` runs
 //! inside it with nsenter exactly as it runs on a host, whatever the machine itself holds, and
-//! several sandboxes never see each other. Processes, mounts, links and files all go on drop.
+//! several sandboxes never see each other. A Flatnet installed on the machine is not in the
+//! sandbox's view. Processes, mounts, links and files all go on drop.
 
 use crate::{poll, unique_token};
 use std::collections::BTreeMap;
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 /// The directories overlaid on the machine's (they must exist on the machine).
 const OVERLAID: [&str; 4] = ["/etc", "/opt", "/usr/local", "/var"];
+/// Where install.sh keeps the list of what it installed.
+const INSTALLED_MANIFEST: &str = "/var/lib/flatnet/install-manifest";
 /// Files larger than this are compared by size and metadata only.
 const HASHED_UP_TO: u64 = 256 * 1024;
 
@@ -80,7 +83,30 @@ impl Sandbox {
         }
         sandbox.mount_ns = fs::read_link(format!("/proc/{pid}/ns/mnt"))
             .unwrap_or_else(|e| panic!("cannot read the sandbox's mount namespace: {e}"));
+        sandbox.hide_installed_flatnet();
         sandbox
+    }
+
+    /// A Flatnet that `deploy/install.sh` installed on the machine itself is taken out of the
+    /// sandbox's view (only there: the overlays record the removals), so that the sandbox starts
+    /// as a host without Flatnet whatever the machine holds: every file and directory its
+    /// manifest lists, and its state directory.
+    fn hide_installed_flatnet(&self) {
+        let manifest = fs::read_to_string(self.path(INSTALLED_MANIFEST)).unwrap_or_default();
+        for line in manifest.lines() {
+            if let Some(file) = line.strip_prefix("file ") {
+                let _ = fs::remove_file(self.path(file));
+            }
+        }
+        let mut dirs: Vec<&str> = manifest
+            .lines()
+            .filter_map(|l| l.strip_prefix("dir "))
+            .collect();
+        dirs.reverse();
+        for dir in dirs {
+            let _ = fs::remove_dir(self.path(dir));
+        }
+        self.remove("/var/lib/flatnet");
     }
 
     /// `program` run inside the sandbox (its mount and network namespace), as root on its host.

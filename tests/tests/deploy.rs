@@ -739,7 +739,11 @@ fn podman_runc_is_checked_before_it_is_written() {
         "runc was written as Podman's runtime although it cannot start a container"
     );
     // Nothing was installed before the check: nothing to take back but the check's image.
-    assert!(!sb.path("/usr/local/bin/flatnetd").exists(), "{}", text(&out));
+    assert!(
+        !sb.path("/usr/local/bin/flatnetd").exists(),
+        "{}",
+        text(&out)
+    );
     let out = install(&sb, &podman, &["--uninstall"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!podman.has_image(), "the self-check image is left");
@@ -806,7 +810,8 @@ fn a_podman_without_cni_is_never_offered_or_switched_to_it() {
     let asked = install(&sb, &podman, &["--bin-dir", &bin, "--configure-podman"]);
     assert!(!asked.status.success(), "{}", text(&asked));
     assert!(
-        stderr(&asked).contains("flatnet: error: --configure-podman: this Podman has no CNI backend"),
+        stderr(&asked)
+            .contains("flatnet: error: --configure-podman: this Podman has no CNI backend"),
         "{}",
         text(&asked)
     );

@@ -316,9 +316,13 @@ fn install_sh_sets_up_podman_5_and_uninstall_leaves_it_as_it_was() {
         "{text}"
     );
     assert!(
-        text.contains("self-check passed: a container on the network flatnet answered http://10.87.1."),
+        text.contains(
+            "self-check passed: a container on the network flatnet answered http://10.87.1."
+        ),
         "{text}"
     );
+    // Podman 5 has no CNI backend: switching to it is never suggested.
+    assert!(!text.contains("--configure-podman"), "{text}");
     // The self-check's container is gone; its image stays until --uninstall.
     assert_eq!(s.podman_ok(&["ps", "--all", "--format", "{{.Names}}"]), "");
     assert!(s
@@ -395,7 +399,9 @@ fn install_sh_gives_a_podman_whose_runtime_fails_runc_and_uninstall_takes_it_bac
     let s = Podman5::start();
     copy_install_sh(&s);
     // The root as Debian ships it: no runtime or rlimits chosen in containers.conf.
-    let out = s.sh("sed -i -e '/^runtime = /d' -e '/^default_ulimits = /d' /etc/containers/containers.conf");
+    let out = s.sh(
+        "sed -i -e '/^runtime = /d' -e '/^default_ulimits = /d' /etc/containers/containers.conf",
+    );
     assert!(out.status.success(), "{out:?}");
     let crun = s.podman(&["run", "--rm", "--network", "none", IMAGE, "true"]);
     assert!(
@@ -433,7 +439,10 @@ fn a_failed_self_check_says_so_and_takes_back_the_podman_network() {
     );
     assert!(out.status.success(), "{out:?}");
     let (ok, text) = install_sh(&s, &["--bin-dir", BIN]);
-    assert!(!ok, "install.sh succeeded although nothing answered: {text}");
+    assert!(
+        !ok,
+        "install.sh succeeded although nothing answered: {text}"
+    );
     assert!(
         text.contains("flatnet: error: self-check: the container at 10.87.1.")
             && text.contains("did not answer")
