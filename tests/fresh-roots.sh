@@ -80,7 +80,7 @@ make_root() { # make_root SUITE DIR
         chroot "$2" update-ca-certificates >/dev/null 2>&1 || fail "$1: update-ca-certificates failed"
     fi
     echo '. "$HOME/.cargo/env"' >>"$2/root/.profile"
-    mkdir -p "$2/root/.cargo" "$2/root/.rustup" "$2$REPO"
+    mkdir -p "$2/root/.cargo" "$2/root/.rustup"
 }
 
 # Starts the machine; sets MACHINE to the pid (as this host sees it) of its PID 1.
@@ -104,6 +104,7 @@ mount -t sysfs sysfs \$R/sys
 mount --rbind /sys/fs/cgroup \$R/sys/fs/cgroup
 mount -t tmpfs tmpfs \$R/run
 mount -t tmpfs tmpfs \$R/tmp
+mkdir -p \$R$REPO
 mount --bind $REPO \$R$REPO
 mount --bind $CARGO_HOME \$R/root/.cargo
 mount --bind $RUSTUP_HOME \$R/root/.rustup
