@@ -40,7 +40,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod deleter;
+mod locks;
 pub mod reconcile;
+
+use crate::host::{enable_forwarding, unix_now};
+use crate::veth::{is_flatnet_veth, veth_name, veth_name_salted, NAME_SALTS};
+use locks::{KeyGuard, KeyLocks};
 
 /// The longest a request waits for its turn (the gate, its attachment's lock, its network's lock)
 /// before it is answered with code 11. A request holds its network for well under a millisecond and
@@ -157,69 +162,6 @@ impl Error {
 
 /// How long an ADD waits for the deletion of a previous veth of the same name.
 const KERNEL_WAIT: Duration = Duration::from_secs(10);
-
-/// The host veth name for a container interface: `fn-` and 8 hex digits of a stable hash, so DEL finds
-/// it even when nothing was recorded.
-pub fn veth_name(container_id: &str, ifname: &str) -> String {
-    veth_name_salted(container_id, ifname, 0)
-}
-
-/// How many other names an ADD tries when its veth name is another container's: 32-bit names
-/// collide now and then with thousands of containers (about 1% of the time with 10,000), and two
-/// collisions for one container are already unlikely.
-const NAME_SALTS: u8 = 8;
-
-/// [`veth_name`], or with `salt` > 0 another name of the same shape for the same interface.
-fn veth_name_salted(container_id: &str, ifname: &str, salt: u8) -> String {
-    // FNV-1a, 64 bit, folded to 32: stable across versions and builds, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let salted = (salt > 0).then_some([0, salt]).into_iter().flatten();
-    for b in container_id
-        .bytes()
-        .chain([0])
-        .chain(ifname.bytes())
-        .chain(salted)
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("fn-{:08x}", (h ^ (h >> 32)) as u32)
-}
-
-/// Whether `name` has the shape of a host veth Flatnet makes: `fn-` and 8 lower-case hex digits.
-/// Only such links are ever removed as orphans (`fn-` is reserved: no bridge may use it).
-pub fn is_flatnet_veth(name: &str) -> bool {
-    name.len() == 11
-        && name.starts_with("fn-")
-        && name[3..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// The kernel's id of the current boot.
-///
-/// Testing aid: `FLATNET_BOOT_ID`, when set and not empty, replaces it, so a test can make
-/// allocations that look as if they were made in an earlier boot. Never set it in production:
-/// allocations from "another boot" are released at start.
-pub fn current_boot_id() -> String {
-    if let Some(fake) = std::env::var("FLATNET_BOOT_ID")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-    {
-        return fake.trim().to_string();
-    }
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
 
 /// How long a request may still wait for its turn: [`LOCK_WAIT`], or less when its deadline is
 /// nearer.
@@ -1206,63 +1148,6 @@ fn cni_result(
     }
 }
 
-/// The gateway role needs IPv4 forwarding in the daemon's namespace, as the reference bridge plugin
-/// enables it. Failure is logged, not fatal: container-to-container and host-to-container traffic
-/// does not need it.
-fn enable_forwarding() {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
-        return;
-    }
-    if let Err(e) = std::fs::write(PATH, "1") {
-        tracing::warn!(error = %e, "could not enable IPv4 forwarding");
-    }
-}
-
-/// Async locks by key, created on first use and dropped when nobody holds or waits for them (so
-/// the table does not grow with every container ever seen).
-#[derive(Default)]
-struct KeyLocks {
-    table: std::sync::Mutex<HashMap<AllocKey, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyLocks {
-    async fn lock(&self, key: AllocKey) -> KeyGuard<'_> {
-        let lock = {
-            // Held only to look up or insert, never across an await.
-            let mut table = self.table.lock().expect("key lock table poisoned");
-            table.entry(key.clone()).or_default().clone()
-        };
-        let guard = lock.lock_owned().await;
-        KeyGuard {
-            locks: self,
-            key,
-            guard: Some(guard),
-        }
-    }
-}
-
-/// Holds one key of a [`KeyLocks`]; removes the key's lock when it was the last one using it.
-struct KeyGuard<'a> {
-    locks: &'a KeyLocks,
-    key: AllocKey,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut table = self.locks.table.lock().expect("key lock table poisoned");
-        // Only the table's own reference left: nobody holds or waits for this key.
-        if table
-            .get(&self.key)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            table.remove(&self.key);
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1916,30 +1801,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// One attachment's requests wait for each other; other attachments do not; the table
-    /// forgets a key once nobody holds or waits for it.
-    #[tokio::test]
-    async fn attachment_locks_serialise_one_attachment_only() {
-        let locks = KeyLocks::default();
-        let key = |c: &str| AllocKey {
-            network: "n".into(),
-            container_id: c.into(),
-            ifname: "eth0".into(),
-        };
-        let a = locks.lock(key("a")).await;
-        let again = tokio::time::timeout(Duration::from_millis(50), locks.lock(key("a"))).await;
-        assert!(again.is_err(), "a second lock of the same key must wait");
-        let b = tokio::time::timeout(Duration::from_millis(50), locks.lock(key("b"))).await;
-        assert!(b.is_ok(), "another key must not wait");
-        drop(b);
-        assert_eq!(locks.table.lock().unwrap().len(), 1, "only a is held");
-        drop(a);
-        assert!(locks.table.lock().unwrap().is_empty());
-        let _a = tokio::time::timeout(Duration::from_millis(50), locks.lock(key("a")))
-            .await
-            .expect("free again after it was released");
-    }
-
     #[tokio::test]
     async fn status_is_51_when_the_database_fails() {
         let e = Engine::new(FakeNetlink::default(), BrokenDisk::default(), "boot".into());
@@ -1953,45 +1814,5 @@ pub(crate) mod tests {
         assert_eq!(err.code(), Code::Io, "{err}");
         assert!(e.store().list(None).unwrap().is_empty());
         assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
-    }
-
-    #[test]
-    fn flatnet_veth_names() {
-        assert!(is_flatnet_veth(&veth_name("c", "eth0")));
-        assert!(is_flatnet_veth("fn-deadbeef"));
-        for other in [
-            "fn-",
-            "fn-DEADBEEF",
-            "fn-deadbee",
-            "fn-deadbeef0",
-            "xn-deadbeef",
-            "fn-user",
-        ] {
-            assert!(!is_flatnet_veth(other), "{other}");
-        }
-    }
-
-    #[test]
-    fn veth_names_are_stable_and_short() {
-        let n = veth_name(
-            "f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1",
-            "eth0",
-        );
-        assert_eq!(n.len(), 11);
-        assert!(n.starts_with("fn-"));
-        assert_eq!(
-            n,
-            veth_name(
-                "f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1",
-                "eth0"
-            )
-        );
-        assert_ne!(
-            n,
-            veth_name(
-                "f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1",
-                "eth1"
-            )
-        );
     }
 }

@@ -2,11 +2,13 @@
 //! (`engine::reconcile` is the work done without a request); `config`, `result`, `ipam` and
 //! `netlink` are its parts; `spool` reads the DELs the shim recorded while the daemon was away;
 //! `server` and `inspect` are the gRPC edge; `events` announces allocation changes (for
-//! `Inspect.Watch`) and `metrics` counts requests for Prometheus.
+//! `Inspect.Watch`) and `metrics` counts requests for Prometheus; `veth` names the host veth ends
+//! and `host` reads the boot id, the clock and IPv4 forwarding.
 
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod host;
 pub mod inspect;
 pub mod ipam;
 pub mod metrics;
@@ -14,3 +16,4 @@ pub mod netlink;
 pub mod result;
 pub mod server;
 pub mod spool;
+pub mod veth;

@@ -7,11 +7,12 @@
 //! The socket is bound before reconciling, so a request that arrives during start-up waits in the
 //! listen queue instead of failing (the same as with systemd socket activation).
 //!
-//! Testing aid: `FLATNET_BOOT_ID` replaces the kernel's boot id (see `engine::current_boot_id`).
+//! Testing aid: `FLATNET_BOOT_ID` replaces the kernel's boot id (see `host::current_boot_id`).
 
 use anyhow::{bail, Context};
 use flatnet_daemon::engine::reconcile::Pass;
-use flatnet_daemon::engine::{current_boot_id, Engine};
+use flatnet_daemon::engine::Engine;
+use flatnet_daemon::host::current_boot_id;
 use flatnet_daemon::inspect::{network_usage, pending_releases, DaemonInfo, InspectService};
 use flatnet_daemon::ipam::{SledStore, Store};
 use flatnet_daemon::metrics::{self, Gauges, Metrics, NetworkGauge};

@@ -2,6 +2,7 @@
 //! rules both sides must agree on (error codes, supported versions, CNI_ARGS, the DEL spool).
 
 pub mod cni;
+pub mod fnv;
 pub mod spool;
 pub mod uds;
 

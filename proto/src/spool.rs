@@ -74,17 +74,11 @@ pub fn dir_for_socket(socket: &Path) -> PathBuf {
 
 /// `<16 hex digits>.json`: FNV-1a (64 bit) of network, container id and interface.
 pub fn file_name(network: &str, container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = network
-        .bytes()
-        .chain([0])
-        .chain(container_id.bytes())
-        .chain([0])
-        .chain(ifname.bytes());
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::fnv::fnv1a64(&[
+        network.as_bytes(),
+        container_id.as_bytes(),
+        ifname.as_bytes(),
+    ]);
     format!("{h:016x}.json")
 }
 
@@ -205,6 +199,12 @@ mod tests {
             config: r#"{"cniVersion":"1.0.0","name":"flatnet"}"#.into(),
             spooled_unix_ms: 1,
         }
+    }
+
+    #[test]
+    fn file_names_are_what_earlier_versions_made() {
+        // A shim of a newer version must find (and replace) what an older one spooled.
+        assert_eq!(file_name("flatnet", "c1", "eth0"), "f644ea4323ffebe4.json");
     }
 
     #[test]

@@ -173,13 +173,24 @@ fn next_serial() -> usize {
     SERIAL.fetch_add(1, Ordering::SeqCst)
 }
 
+/// FNV-1a (64 bit) over `parts`, a 0 byte after each but the last: the hash the project uses for
+/// names that must be stable across builds (written here again, so that the tests check the
+/// names flatnetd and the shim make rather than share their code).
+pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        let separator = (i > 0).then_some(0u8);
+        for b in separator.into_iter().chain(part.iter().copied()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// A Podman-like 64-hex container ID derived from a label (FNV-1a, repeated), stable per label.
 pub fn container_id_for(label: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in label.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = fnv1a64(&[label.as_bytes()]);
     (0..4u64)
         .map(|i| format!("{:016x}", h.rotate_left(16 * i as u32) ^ i))
         .collect()
@@ -904,8 +915,25 @@ impl Drop for Host {
             delete_netns(&name);
         }
         self.ns.delete();
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            eprintln!("warning: cannot remove {}: {e}", self.dir.display());
+        // Podman's `container cleanup`, which conmon starts when a container exits, may still be
+        // writing into the dir's Podman storage for a moment: try again until it has finished.
+        let mut last = None;
+        let removed = poll(Duration::from_secs(10), || {
+            match fs::remove_dir_all(&self.dir) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => {
+                    last = Some(e);
+                    false
+                }
+            }
+        });
+        if !removed {
+            eprintln!(
+                "warning: cannot remove {}: {}",
+                self.dir.display(),
+                last.map(|e| e.to_string()).unwrap_or_default()
+            );
         }
     }
 }

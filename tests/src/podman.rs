@@ -609,7 +609,7 @@ fn ensure_image(podman: &PodmanHost) -> String {
     let binary =
         fs::read(&busybox).unwrap_or_else(|e| panic!("cannot read {}: {e}", busybox.display()));
     let applets = APPLETS.join(",");
-    let tag = fnv1a(&[binary.as_slice(), applets.as_bytes()]);
+    let tag = crate::fnv1a64(&[binary.as_slice(), applets.as_bytes()]);
     let image = format!("{IMAGE_REPO}:{tag:016x}");
     import_image(podman, &busybox, &image);
     image
@@ -642,18 +642,6 @@ fn import_image(podman: &PodmanHost, busybox: &Path, image: &str) {
         tar.to_str().expect("temp dir paths are UTF-8"),
         image,
     ]);
-}
-
-/// 64-bit FNV-1a over `parts` (each followed by a 0 byte): stable across builds, unlike std's.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in part.iter().chain([0u8].iter()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// The first `name` in PATH.

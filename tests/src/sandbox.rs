@@ -199,7 +199,7 @@ fn walk(at: &Path, name: &str, out: &mut BTreeMap<String, String>) {
         let content = (meta.len() <= HASHED_UP_TO)
             .then(|| fs::read(at).ok())
             .flatten()
-            .map(|bytes| format!(" fnv {:016x}", fnv(&bytes)))
+            .map(|bytes| format!(" fnv {:016x}", crate::fnv1a64(&[&bytes])))
             .unwrap_or_default();
         out.insert(
             name.to_string(),
@@ -208,12 +208,6 @@ fn walk(at: &Path, name: &str, out: &mut BTreeMap<String, String>) {
     } else {
         out.insert(name.to_string(), format!("special {owner}"));
     }
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// What differs between two snapshots, one line per path.

@@ -398,17 +398,11 @@ fn del_spooled_while_running_is_applied_by_the_sweep() {
 
 /// The spool file name the shim uses (FNV-1a 64 of network, container id and interface).
 fn spool_file_name(network: &str, container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in network
-        .bytes()
-        .chain([0])
-        .chain(container_id.bytes())
-        .chain([0])
-        .chain(ifname.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = fnv1a64(&[
+        network.as_bytes(),
+        container_id.as_bytes(),
+        ifname.as_bytes(),
+    ]);
     format!("{h:016x}.json")
 }
 

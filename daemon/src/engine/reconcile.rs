@@ -27,13 +27,13 @@
 //!
 //! Then every spooled DEL is applied; a file is deleted only after its DEL succeeded.
 
-use super::{
-    bridge_spec, is_flatnet_veth, unix_now, Command, Engine, Error, NetConf, Request, Store,
-};
+use super::{bridge_spec, Command, Engine, Error, NetConf, Request, Store};
 use crate::events::EventKind;
+use crate::host::unix_now;
 use crate::ipam::AllocSummary;
 use crate::netlink::{LinkState, Netlink};
 use crate::spool::Spool;
+use crate::veth::is_flatnet_veth;
 use flatnet_proto::cni::Code;
 use flatnet_proto::spool::SpooledDel;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -423,8 +423,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 mod tests {
     use super::*;
     use crate::engine::tests::{engine, req};
-    use crate::engine::veth_name;
     use crate::ipam::MemStore;
+    use crate::veth::veth_name;
     use serde_json::json;
 
     /// The engine tests' network with room for a few more containers.
