@@ -1,0 +1,116 @@
+//! CHECK: what `prevResult` says against the record and the kernel.
+
+use super::*;
+
+impl<N: Netlink, S: Store> Engine<N, S> {
+    pub(super) async fn check(&self, conf: &NetConf, req: &Request) -> Result<(), Error> {
+        let key = Self::key(conf, req)?;
+        let prev = conf.prev_result.as_ref().ok_or_else(|| {
+            Error::Config(ConfigError {
+                code: Code::InvalidConfig,
+                msg: "CHECK needs prevResult in the network configuration".into(),
+            })
+        })?;
+        let prev = CniResult::from_prev_result(prev).map_err(|msg| {
+            Error::Config(ConfigError {
+                code: Code::Decode,
+                msg,
+            })
+        })?;
+        let netns = Netns::open(&req.netns)?;
+        let _attachment = self.attachment_lock(&key, req.deadline).await?;
+        let alloc = self.store.get(&key)?.ok_or_else(|| {
+            Error::UnknownContainer(format!(
+                "container {} has no {} on network {}",
+                key.container_id, key.ifname, key.network
+            ))
+        })?;
+        let failed = |msg: String| Err(Error::CheckFailed(msg));
+        let address =
+            Ipv4Network::new(alloc.address, alloc.prefix).expect("stored prefix is valid");
+        let prev_ip = prev.ips.iter().find(|i| {
+            i.interface
+                .and_then(|n| prev.interfaces.get(n))
+                .is_none_or(|intf| intf.name == req.ifname)
+        });
+        match prev_ip {
+            Some(i) if i.address == address.to_string() => {}
+            Some(i) => {
+                return failed(format!(
+                    "prevResult says {} but flatnet assigned {address}",
+                    i.address
+                ))
+            }
+            None => return failed(format!("prevResult has no address for {}", req.ifname)),
+        }
+
+        let Some(bridge) = self.nl.link(&conf.bridge).await? else {
+            return failed(format!("bridge {} does not exist", conf.bridge));
+        };
+        if !bridge.up {
+            return failed(format!("bridge {} is down", conf.bridge));
+        }
+        if conf.is_gateway {
+            let gw = Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix())
+                .expect("valid prefix");
+            if !self.nl.addresses(bridge.index).await?.contains(&gw) {
+                return failed(format!(
+                    "bridge {} does not hold the gateway address {gw}",
+                    conf.bridge
+                ));
+            }
+        }
+        match self.nl.link(&alloc.host_veth).await? {
+            None => return failed(format!("host interface {} does not exist", alloc.host_veth)),
+            Some(l) if l.master != Some(bridge.index) => {
+                return failed(format!(
+                    "host interface {} is not on bridge {}",
+                    alloc.host_veth, conf.bridge
+                ))
+            }
+            Some(_) => {}
+        }
+        let Some(view) = self.nl.inspect_container(&netns, &req.ifname).await? else {
+            return failed(format!(
+                "interface {} does not exist in {}",
+                req.ifname, req.netns
+            ));
+        };
+        if !view.link.up {
+            return failed(format!("interface {} in {} is down", req.ifname, req.netns));
+        }
+        if let Some(intf) = prev
+            .interfaces
+            .iter()
+            .find(|i| i.name == req.ifname && !i.mac.is_empty())
+        {
+            if !intf
+                .mac
+                .eq_ignore_ascii_case(&cni::format_mac(&view.link.mac))
+            {
+                return failed(format!(
+                    "interface {} has MAC {} but prevResult says {}",
+                    req.ifname,
+                    cni::format_mac(&view.link.mac),
+                    intf.mac
+                ));
+            }
+        }
+        if !view.addrs.contains(&address) {
+            return failed(format!(
+                "interface {} in {} does not hold {address}",
+                req.ifname, req.netns
+            ));
+        }
+        for route in &conf.ipam.routes {
+            let gw = conf.ipam.route_gateway(route);
+            if !view.routes.contains(&(route.dst, Some(gw))) {
+                return failed(format!(
+                    "route {} via {gw} is missing in {}",
+                    route.dst, req.netns
+                ));
+            }
+        }
+        Ok(())
+    }
+}
