@@ -2,7 +2,7 @@
 //! Every check that can refuse a request on its input alone lives here, so bad input is refused
 //! before any state is touched.
 
-use flatnet_proto::cni::{self, Code};
+use flatnet_proto::cni;
 use ipnetwork::Ipv4Network;
 use serde_json::{Map, Value};
 use std::net::Ipv4Addr;
@@ -16,13 +16,26 @@ pub const DEFAULT_SUBNET: &str = "10.87.1.0/24";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}")]
 pub struct ConfigError {
-    pub code: Code,
+    pub kind: ConfigKind,
     pub msg: String,
+}
+
+/// What is wrong with a configuration; its CNI code is chosen in `crate::error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKind {
+    /// Not JSON, not an object, or too large.
+    Decode,
+    /// A `cniVersion` Flatnet does not speak.
+    Version,
+    /// A field Flatnet does not support.
+    Unsupported,
+    /// A value that is wrong.
+    Invalid,
 }
 
 fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError {
-        code: Code::InvalidConfig,
+        kind: ConfigKind::Invalid,
         msg: msg.into(),
     }
 }
@@ -91,7 +104,7 @@ impl NetConf {
     pub fn parse(raw: &[u8]) -> Result<NetConf, ConfigError> {
         if raw.len() > cni::MAX_CONFIG_BYTES {
             return Err(ConfigError {
-                code: Code::Decode,
+                kind: ConfigKind::Decode,
                 msg: format!(
                     "network configuration is {} bytes, more than the {} flatnet accepts",
                     raw.len(),
@@ -100,12 +113,12 @@ impl NetConf {
             });
         }
         let value: Value = serde_json::from_slice(raw).map_err(|e| ConfigError {
-            code: Code::Decode,
+            kind: ConfigKind::Decode,
             msg: format!("network configuration is not valid JSON: {e}"),
         })?;
         let Value::Object(obj) = value else {
             return Err(ConfigError {
-                code: Code::Decode,
+                kind: ConfigKind::Decode,
                 msg: "network configuration must be a JSON object".into(),
             });
         };
@@ -116,7 +129,7 @@ impl NetConf {
         let cni_version = req_str(obj, "cniVersion")?;
         if cni::result_format(&cni_version).is_none() {
             return Err(ConfigError {
-                code: Code::IncompatibleVersion,
+                kind: ConfigKind::Version,
                 msg: cni::unsupported_version_msg(&cni_version),
             });
         }
@@ -150,7 +163,7 @@ impl NetConf {
         let is_gateway = opt_bool(obj, "isGateway")?.unwrap_or(true);
         if opt_bool(obj, "ipMasq")?.unwrap_or(false) {
             return Err(ConfigError {
-                code: Code::UnsupportedField,
+                kind: ConfigKind::Unsupported,
                 msg:
                     "ipMasq is not supported by flatnet yet: containers are reached on their flat \
                       address; remove ipMasq or set it to false"
@@ -468,6 +481,7 @@ fn parse_valid_attachments(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flatnet_proto::cni::Code;
     use serde_json::json;
 
     fn parse(v: Value) -> Result<NetConf, ConfigError> {
@@ -510,7 +524,7 @@ mod tests {
         let c = NetConf::parse(raw.as_bytes()).unwrap();
         assert_eq!(c.ipam.subnet.to_string(), "10.87.1.0/24");
         let e = parse(with(json!({"ipam": {"type": "host-local"}}))).unwrap_err();
-        assert_eq!(e.code, Code::InvalidConfig);
+        assert_eq!(e.code(), Code::InvalidConfig);
         assert!(e.msg.contains("remove ipam.type"), "{}", e.msg);
     }
 
@@ -550,7 +564,7 @@ mod tests {
             json!({"aliases": {name: [""]}}),
         ] {
             let err = parse(with(json!({"runtimeConfig": bad}))).unwrap_err();
-            assert_eq!(err.code, Code::InvalidConfig, "{err:?}");
+            assert_eq!(err.code(), Code::InvalidConfig, "{err:?}");
         }
     }
 
@@ -653,9 +667,9 @@ mod tests {
         ];
         for (v, code) in cases {
             let e = parse(v.clone()).expect_err(&v.to_string());
-            assert_eq!(e.code, code, "{v}: {}", e.msg);
+            assert_eq!(e.code(), code, "{v}: {}", e.msg);
         }
-        assert_eq!(NetConf::parse(b"{").unwrap_err().code, Code::Decode);
-        assert_eq!(NetConf::parse(b"[]").unwrap_err().code, Code::Decode);
+        assert_eq!(NetConf::parse(b"{").unwrap_err().code(), Code::Decode);
+        assert_eq!(NetConf::parse(b"[]").unwrap_err().code(), Code::Decode);
     }
 }

@@ -26,15 +26,15 @@
 //! whose veth is gone (released by reconcile): never an address that is live in a container and
 //! free in the store.
 
-use crate::config::{ConfigError, NetConf};
+use crate::config::{ConfigError, ConfigKind, NetConf};
+pub use crate::error::Error;
 use crate::events::{EventKind, Events};
-use crate::ipam::{self, AllocKey, Allocation, IpamError, Store, StoreError};
+use crate::ipam::{self, AllocKey, Allocation, IpamError, Store};
 use crate::netlink::{
-    random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, NetlinkError, Netns, NetnsError,
-    VethSpec,
+    random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, NetlinkError, Netns, VethSpec,
 };
 use crate::result::{CniResult, Interface, IpConfig, RouteOut};
-use flatnet_proto::cni::{self, Code};
+use flatnet_proto::cni;
 use ipnetwork::Ipv4Network;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -100,71 +100,6 @@ pub struct Request {
     pub config: Vec<u8>,
     /// When the caller stops waiting for the answer (from gRPC's `grpc-timeout`), if it said.
     pub deadline: Option<Instant>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Environment(String),
-    #[error(transparent)]
-    Netns(#[from] NetnsError),
-    #[error(transparent)]
-    Ipam(#[from] IpamError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error("{0}")]
-    AlreadyAttached(String),
-    /// The host veth name is another container's (a hash collision): nothing was created.
-    #[error("{0}")]
-    NameTaken(String),
-    #[error("{0}")]
-    UnknownContainer(String),
-    #[error("{0}")]
-    CheckFailed(String),
-    #[error("{0}")]
-    IncompatibleVersion(String),
-    #[error("{0}")]
-    NotAvailable(String),
-    /// The daemon itself cannot serve (STATUS code 51).
-    #[error("{0}")]
-    Unavailable(String),
-    /// The request could not get its turn in time (code 11).
-    #[error("{0}")]
-    Busy(String),
-    #[error("{error}; undoing the partial attachment also failed: {undo}")]
-    RollbackFailed { error: Box<Error>, undo: String },
-}
-
-impl Error {
-    /// The CNI code the runtime sees for this error.
-    pub fn code(&self) -> Code {
-        match self {
-            Error::Config(e) => e.code,
-            Error::Environment(_) | Error::Netns(_) => Code::InvalidEnvironment,
-            Error::Ipam(IpamError::OutsideRange { .. }) => Code::InvalidEnvironment,
-            Error::Ipam(IpamError::Exhausted { .. } | IpamError::Taken { .. }) => {
-                Code::AddressUnavailable
-            }
-            Error::Ipam(IpamError::Store(e)) | Error::Store(e) => match e {
-                StoreError::AddressHeld { .. } => Code::AddressUnavailable,
-                StoreError::Db(_) => Code::Io,
-                StoreError::Corrupt(_) => Code::Internal,
-            },
-            Error::Netlink(_) => Code::Kernel,
-            Error::AlreadyAttached(_) | Error::NameTaken(_) => Code::AlreadyAttached,
-            Error::UnknownContainer(_) => Code::UnknownContainer,
-            Error::CheckFailed(_) => Code::CheckFailed,
-            Error::IncompatibleVersion(_) => Code::IncompatibleVersion,
-            Error::NotAvailable(_) => Code::PluginNotAvailable,
-            Error::Unavailable(_) => Code::PluginNotAvailableLimited,
-            Error::Busy(_) => Code::TryAgainLater,
-            Error::RollbackFailed { error, .. } => error.code(),
-        }
-    }
 }
 
 /// How long an ADD waits for the deletion of a previous veth of the same name.
@@ -454,7 +389,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             let overlap = theirs.contains(ours.network()) || ours.contains(theirs.network());
             if overlap && !self.store.list(Some(&other.name))?.is_empty() {
                 return Err(Error::Config(ConfigError {
-                    code: Code::InvalidConfig,
+                    kind: ConfigKind::Invalid,
                     msg: format!(
                         "subnet {ours} of network {} overlaps subnet {theirs} of network {}, which holds addresses: give each network a subnet of its own",
                         conf.name, other.name
@@ -519,8 +454,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::ipam::MemStore;
+    use crate::ipam::{MemStore, StoreError};
     use crate::netlink::ContainerView;
+    use flatnet_proto::cni::Code;
     use serde_json::{json, Value};
     use std::sync::Mutex;
 

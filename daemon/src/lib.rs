@@ -1,12 +1,13 @@
 //! flatnetd: the Flatnet host daemon. `engine` is where requests become kernel work and addresses
 //! (`engine::reconcile` is the work done without a request); `config`, `result`, `ipam` and
-//! `netlink` are its parts; `spool` reads the DELs the shim recorded while the daemon was away;
-//! `server` and `inspect` are the gRPC edge; `events` announces allocation changes (for
+//! `netlink` are its parts; `error` is the one place a CNI code is chosen; `spool` reads the DELs
+//! the shim recorded while the daemon was away; `server` and `inspect` are the gRPC edge; `events` announces allocation changes (for
 //! `Inspect.Watch`) and `metrics` counts requests for Prometheus; `veth` names the host veth ends
 //! and `host` reads the boot id, the clock and IPv4 forwarding.
 
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod events;
 pub mod host;
 pub mod inspect;

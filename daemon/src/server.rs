@@ -7,6 +7,7 @@
 //! cut off between creating a veth and recording (or rolling back) its allocation.
 
 use crate::engine::{Command, Engine, Request};
+use crate::error::Error;
 use crate::ipam::{AllocKey, Store};
 use crate::metrics::Metrics;
 use crate::netlink::Netlink;
@@ -81,6 +82,19 @@ impl<N, S> CniService<N, S> {
     pub fn new(engine: Arc<Engine<N, S>>, metrics: Arc<Metrics>) -> Self {
         CniService { engine, metrics }
     }
+
+    /// The answer to a request refused before the engine saw it (counted like any other).
+    fn refuse(
+        &self,
+        verb: &'static str,
+        started: Instant,
+        error: Error,
+    ) -> tonic::Response<CniReply> {
+        let code = error.code();
+        self.metrics
+            .record(verb, started.elapsed(), Some(code.as_u32()));
+        tonic::Response::new(error_reply(code, error.to_string()))
+    }
 }
 
 fn command(c: i32) -> Option<Command> {
@@ -128,9 +142,7 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
         if let Err(msg) = authorize(&request) {
             tracing::warn!(request_id, verb, container_id = %request.get_ref().container_id,
                 "refused: {msg}");
-            self.metrics
-                .record(verb, started.elapsed(), Some(Code::Io.as_u32()));
-            return Ok(tonic::Response::new(error_reply(Code::Io, msg)));
+            return Ok(self.refuse(verb, started, Error::NotRoot(msg)));
         }
         let deadline = deadline(request.metadata(), started);
         let req = request.into_inner();
@@ -141,16 +153,11 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
                 container_id = %req.container_id,
                 "request without a known CNI command"
             );
-            let code = Code::InvalidEnvironment;
-            self.metrics
-                .record(verb, started.elapsed(), Some(code.as_u32()));
-            return Ok(tonic::Response::new(error_reply(
-                code,
-                format!(
-                    "unknown CNI command {}: expected ADD, DEL, CHECK, GC or STATUS",
-                    req.command
-                ),
-            )));
+            let msg = format!(
+                "unknown CNI command {}: expected ADD, DEL, CHECK, GC or STATUS",
+                req.command
+            );
+            return Ok(self.refuse(verb, started, Error::UnknownCommand(msg)));
         };
         let network = serde_json::from_slice::<NameOnly>(&req.config)
             .ok()
@@ -190,12 +197,8 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(request_id, verb, network, error = %e, "request task failed");
-                self.metrics
-                    .record(verb, started.elapsed(), Some(Code::Internal.as_u32()));
-                return Ok(tonic::Response::new(error_reply(
-                    Code::Internal,
-                    format!("flatnetd failed internally on {verb}: {e}"),
-                )));
+                let msg = format!("flatnetd failed internally on {verb}: {e}");
+                return Ok(self.refuse(verb, started, Error::Internal(msg)));
             }
         };
         let took = started.elapsed();

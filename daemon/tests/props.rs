@@ -380,9 +380,9 @@ fn check_parse(raw: &[u8]) -> Result<(), TestCaseError> {
                 Code::InvalidConfig,
             ];
             prop_assert!(
-                allowed.contains(&e.code),
+                allowed.contains(&e.code()),
                 "config refusal with code {:?}: {}",
-                e.code,
+                e.code(),
                 e.msg
             );
             prop_assert!(!e.msg.is_empty(), "refusal without a message");

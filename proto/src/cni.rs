@@ -36,7 +36,8 @@ pub enum Code {
     Kernel,
     /// CHECK found the attachment different from what prevResult says.
     CheckFailed,
-    /// The daemon's own state store failed.
+    /// flatnetd failed internally: its state store holds something it cannot read, or a request
+    /// failed in a way it did not foresee.
     Internal,
 }
 

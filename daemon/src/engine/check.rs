@@ -7,13 +7,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let key = Self::key(conf, req)?;
         let prev = conf.prev_result.as_ref().ok_or_else(|| {
             Error::Config(ConfigError {
-                code: Code::InvalidConfig,
+                kind: ConfigKind::Invalid,
                 msg: "CHECK needs prevResult in the network configuration".into(),
             })
         })?;
         let prev = CniResult::from_prev_result(prev).map_err(|msg| {
             Error::Config(ConfigError {
-                code: Code::Decode,
+                kind: ConfigKind::Decode,
                 msg,
             })
         })?;

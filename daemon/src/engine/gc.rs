@@ -10,7 +10,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     pub(super) async fn gc(&self, conf: &NetConf, deadline: Option<Instant>) -> Result<(), Error> {
         let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
             Error::Config(ConfigError {
-                code: Code::InvalidConfig,
+                kind: ConfigKind::Invalid,
                 msg: "GC needs cni.dev/valid-attachments in the network configuration".into(),
             })
         })?;
