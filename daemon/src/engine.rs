@@ -30,9 +30,7 @@ use crate::config::{ConfigError, ConfigKind, NetConf};
 pub use crate::error::Error;
 use crate::events::{EventKind, Events};
 use crate::ipam::{self, AllocKey, Allocation, IpamError, Store};
-use crate::netlink::{
-    random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, NetlinkError, Netns, VethSpec,
-};
+use crate::netlink::{random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, Netns, VethSpec};
 use crate::result::{CniResult, Interface, IpConfig, RouteOut};
 use flatnet_proto::cni;
 use ipnetwork::Ipv4Network;
@@ -456,6 +454,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::ipam::{MemStore, StoreError};
     use crate::netlink::ContainerView;
+    use crate::netlink::NetlinkError;
     use flatnet_proto::cni::Code;
     use serde_json::{json, Value};
     use std::sync::Mutex;
@@ -476,7 +475,7 @@ pub(crate) mod tests {
             if self.fail_on.lock().unwrap().contains(op)
                 || self.fail_once.lock().unwrap().remove(op)
             {
-                return Err(NetlinkError::Conflict(format!("injected failure in {op}")));
+                return Err(NetlinkError::Gone(format!("injected failure in {op}")));
             }
             Ok(())
         }

@@ -43,6 +43,12 @@ pub enum Error {
     Busy(String),
     #[error("{error}; undoing the partial attachment also failed: {undo}")]
     RollbackFailed { error: Box<Error>, undo: String },
+    /// The container's namespace has an interface of the name asked for already.
+    #[error("{0}")]
+    InterfaceExists(String),
+    /// Links that had to go could not be removed.
+    #[error("{0}")]
+    LinksLeft(String),
     /// The caller is not root (the socket is root's, and flatnetd checks `SO_PEERCRED`).
     #[error("{0}")]
     NotRoot(String),
@@ -69,7 +75,7 @@ impl Error {
                 StoreError::Db(_) => Code::Io,
                 StoreError::Corrupt(_) => Code::Internal,
             },
-            Error::Netlink(_) => Code::Kernel,
+            Error::Netlink(_) | Error::InterfaceExists(_) | Error::LinksLeft(_) => Code::Kernel,
             Error::AlreadyAttached(_) | Error::NameTaken(_) => Code::AlreadyAttached,
             Error::UnknownContainer(_) => Code::UnknownContainer,
             Error::CheckFailed(_) => Code::CheckFailed,

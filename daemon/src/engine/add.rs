@@ -238,8 +238,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 .link(&conf.bridge)
                 .await?
                 .is_none_or(|l| l.index != bridge.index);
-            let leftover = first.errno() == Some(nix::libc::EEXIST)
-                && self.nl.link(host_veth).await?.is_some();
+            let leftover = first.exists() && self.nl.link(host_veth).await?.is_some();
             if stale_bridge {
                 bridge = self.bridge(conf, true).await?;
                 spec.bridge_index = bridge.index;
@@ -257,11 +256,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 }
                 self.nl.delete_link(host_veth).await?;
                 self.release_quarantine(host_veth);
-            } else if first.errno() == Some(nix::libc::EEXIST) {
-                return Err(Error::Netlink(NetlinkError::Conflict(format!(
+            } else if first.exists() {
+                return Err(Error::InterfaceExists(format!(
                     "an interface named {ifname} already exists in {}: choose another CNI_IFNAME",
                     netns.path
-                ))));
+                )));
             } else {
                 return Err(first.into());
             }

@@ -66,11 +66,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             tracing::info!(network = %conf.name, released, links_removed, "GC released stale attachments");
         }
         if !failures.is_empty() {
-            return Err(Error::Netlink(NetlinkError::Conflict(format!(
+            return Err(Error::LinksLeft(format!(
                 "GC could not remove {} interface(s): {}",
                 failures.len(),
                 failures.join("; ")
-            ))));
+            )));
         }
         Ok(())
     }

@@ -1,0 +1,599 @@
+//! The real [`Netlink`]: one long-lived rtnetlink socket in the daemon's namespace, a deletion
+//! lane, and short-lived sockets inside container namespaces. Each operation is bounded in time
+//! once, by [`bounded`].
+
+use super::socket::*;
+use super::*;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkExtentMask, LinkMessage,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+/// The real [`Netlink`], on rtnetlink.
+pub struct RtNetlink {
+    main: Socket,
+    /// Link deletions only, on a socket and thread of their own (see [`deletion_lane`]).
+    deletions: rtnetlink::Handle,
+}
+
+impl RtNetlink {
+    /// Opens the netlink sockets of the daemon's own namespace. Must run inside a tokio runtime.
+    pub fn new() -> std::io::Result<RtNetlink> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(RtNetlink {
+            main: Socket::new(handle),
+            deletions: deletion_lane()?,
+        })
+    }
+}
+
+impl RtNetlink {
+    async fn set_hairpin(&self, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_name(name)
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )]))
+            .build();
+        self.main
+            .handle
+            .link()
+            .change(msg)
+            .execute()
+            .await
+            .map_err(kernel(format!("turning on hairpin mode on {name}")))
+    }
+}
+
+impl Netlink for RtNetlink {
+    async fn links(&self) -> Result<Vec<(String, LinkState)>, NetlinkError> {
+        bounded(|| "listing links".into(), async {
+            // Without statistics (the largest part of each message).
+            let mut request = LinkMessage::default();
+            request
+                .attributes
+                .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+            let msgs = dump(
+                &self.main,
+                RouteNetlinkMessage::GetLink(request),
+                "listing links",
+            )
+            .await?;
+            Ok(msgs
+                .into_iter()
+                .filter_map(|m| match m {
+                    RouteNetlinkMessage::NewLink(m) => {
+                        link_name(&m).map(|name| (name, link_state(&m)))
+                    }
+                    _ => None,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn link_names(&self) -> Result<HashSet<String>, NetlinkError> {
+        // /proc/<pid>/net/dev lists the links of that process's namespace, which is the daemon's:
+        // only throwaway threads ever enter another one (see `ns_handle`). The kernel writes it at
+        // about 2 µs per link, against 10-20 µs per link for a netlink dump (every attribute of
+        // every link), which is most of a start-up with 10,000 veths.
+        const PATH: &str = "/proc/self/net/dev";
+        let read = tokio::task::spawn_blocking(|| std::fs::read_to_string(PATH))
+            .await
+            .map_err(|e| NetlinkError::Io {
+                op: format!("reading {PATH}"),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| NetlinkError::Io {
+                op: format!("reading {PATH}"),
+                source,
+            })?;
+        Ok(proc_net_dev_names(&read))
+    }
+
+    async fn enslave(
+        &self,
+        name: &str,
+        bridge_index: u32,
+        hairpin: bool,
+    ) -> Result<(), NetlinkError> {
+        bounded(
+            || format!("putting {name} on bridge {bridge_index}"),
+            async {
+                self.main
+                    .handle
+                    .link()
+                    .change(
+                        LinkUnspec::new_with_name(name)
+                            .controller(bridge_index)
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(kernel(format!("putting {name} on bridge {bridge_index}")))?;
+                if hairpin {
+                    self.set_hairpin(name).await?;
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<LinkState, NetlinkError> {
+        bounded(
+            || format!("setting up bridge {}", spec.name),
+            async {
+        let name = spec.name.as_str();
+        let existing = get_link(&self.main.handle, name).await?;
+        let state = match existing {
+            Some(state) => {
+                if state.kind.as_deref() != Some("bridge") {
+                    return Err(NetlinkError::WrongKind(format!(
+                        "link {name} exists but is a {} device, not a bridge: remove it or choose another bridge name",
+                        state.kind.as_deref().unwrap_or("plain")
+                    )));
+                }
+                if !state.up {
+                    self.main
+                        .handle
+                        .link()
+                        .change(LinkUnspec::new_with_index(state.index).up().build())
+                        .execute()
+                        .await
+                        .map_err(kernel(format!("bringing bridge {name} up")))?;
+                }
+                state
+            }
+            None => {
+                let mut builder = LinkBridge::new(name).address(random_mac().to_vec());
+                if let Some(mtu) = spec.mtu {
+                    builder = builder.mtu(mtu);
+                }
+                exists_ok(
+                    self.main
+                        .handle
+                        .link()
+                        .add(builder.build())
+                        .execute()
+                        .await
+                        .map_err(kernel(format!("creating bridge {name}"))),
+                )?;
+                get_link(&self.main.handle, name).await?.ok_or_else(|| {
+                    NetlinkError::Gone(format!("bridge {name} vanished right after it was created"))
+                })?
+            }
+        };
+        if let Some(gw) = spec.gateway {
+            exists_ok(
+                self.main
+                    .handle
+                    .address()
+                    .add(state.index, IpAddr::V4(gw.ip()), gw.prefix())
+                    .execute()
+                    .await
+                    .map_err(kernel(format!("adding gateway {gw} to bridge {name}"))),
+            )?;
+        }
+        Ok(state)
+        },
+        )
+        .await
+    }
+
+    async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+        bounded(|| format!("creating veth {}", spec.host), async {
+            // The peer is brought up from inside its namespace (configure_container): asking for IFF_UP
+            // while creating it in another namespace fails with ENOTCONN on current kernels.
+            // One queue each way on both ends. A veth otherwise gets one per possible CPU, each with
+            // its sysfs objects to create at ADD and remove at deletion (measured on 2 CPUs: 7% of
+            // the daemon's CPU time under ADD+DEL load); they serve only XDP, which Flatnet does not use.
+            let mut peer = LinkUnspec::new_with_name(&spec.ifname)
+                .address(spec.container_mac.to_vec())
+                .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+                .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+                .setns_by_fd(spec.netns.file.as_raw_fd());
+            let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                .name(spec.host.clone())
+                .address(spec.host_mac.to_vec())
+                .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+                .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+                .controller(spec.bridge_index);
+            if let Some(mtu) = spec.mtu {
+                peer = peer.mtu(mtu);
+                host = host.mtu(mtu);
+            }
+            let msg = host
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+                .build();
+            self.main
+                .handle
+                .link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(kernel(format!(
+                    "creating veth {} with peer {} in {}",
+                    spec.host, spec.ifname, spec.netns.path
+                )))?;
+            // Up, without an IPv6 link-local address: Flatnet is IPv4, and address generation,
+            // duplicate address detection and MLD reports for every new bridge port are kernel work
+            // on the ADD path that nobody uses. (The kernel takes this only for an existing link.)
+            let up = |no_autoconf: bool| {
+                let mut msg = LinkUnspec::new_with_name(&spec.host);
+                if no_autoconf {
+                    msg = msg.append_extra_attribute(no_ipv6_autoconf());
+                }
+                self.main.handle.link().change(msg.up().build()).execute()
+            };
+            match up(true).await {
+                // No IPv6 on this link (MTU below 1280, or IPv6 off in the kernel): nothing to turn off.
+                Err(e) if errno_of(&e) == Some(nix::libc::EAFNOSUPPORT) => up(false).await,
+                other => other,
+            }
+            .map_err(kernel(format!("bringing {} up", spec.host)))?;
+            if spec.hairpin {
+                self.set_hairpin(&spec.host).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn configure_container(
+        &self,
+        netns: &Netns,
+        spec: &ContainerSpec,
+    ) -> Result<LinkState, NetlinkError> {
+        bounded(
+            || format!("configuring {} in {}", spec.ifname, netns.path),
+            async {
+                let socket = ns_socket(netns).await?;
+                let handle = &socket.handle;
+                let link = get_link(handle, &spec.ifname).await?.ok_or_else(|| {
+                    NetlinkError::Gone(format!(
+                        "interface {} is missing in {} right after it was created",
+                        spec.ifname, netns.path
+                    ))
+                })?;
+                let addr = handle
+                    .address()
+                    .add(
+                        link.index,
+                        IpAddr::V4(spec.address.ip()),
+                        spec.address.prefix(),
+                    )
+                    .execute();
+                // No automatic IPv6 link-local address on the container's side either: its duplicate
+                // address detection, router solicitations and MLD reports would be flooded by the bridge to
+                // every other container on the network, kernel work that grows with the network's size
+                // (measured: a 1,000-port bridge made each ADD ~5 ms slower). Sent before `up`, on the same
+                // socket, so the kernel applies it before the interface comes up.
+                let no_autoconf = handle
+                    .link()
+                    .change(
+                        LinkUnspec::new_with_index(link.index)
+                            .append_extra_attribute(no_ipv6_autoconf())
+                            .build(),
+                    )
+                    .execute();
+                let up = handle
+                    .link()
+                    .change(LinkUnspec::new_with_index(link.index).up().build())
+                    .execute();
+                let lo = handle
+                    .link()
+                    .change(LinkUnspec::new_with_name("lo").up().build())
+                    .execute();
+                let (no_autoconf, addr, up, lo) = futures::join!(no_autoconf, addr, up, lo);
+                match no_autoconf {
+                    // No IPv6 on this link (MTU below 1280, or IPv6 off in the kernel): nothing to turn off.
+                    Err(e) if errno_of(&e) == Some(nix::libc::EAFNOSUPPORT) => {}
+                    other => other.map_err(kernel(format!(
+                        "turning off IPv6 address generation on {} in {}",
+                        spec.ifname, netns.path
+                    )))?,
+                }
+                addr.map_err(kernel(format!(
+                    "adding {} to {}",
+                    spec.address, spec.ifname
+                )))?;
+                up.map_err(kernel(format!(
+                    "bringing {} up in {}",
+                    spec.ifname, netns.path
+                )))?;
+                lo.map_err(kernel(format!("bringing lo up in {}", netns.path)))?;
+                for (dst, gw) in &spec.routes {
+                    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(dst.network(), dst.prefix())
+                        .gateway(*gw)
+                        .output_interface(link.index)
+                        .build();
+                    exists_ok(
+                        handle
+                            .route()
+                            .add(route)
+                            .execute()
+                            .await
+                            .map_err(kernel(format!(
+                                "adding route {dst} via {gw} in {}",
+                                netns.path
+                            ))),
+                    )?;
+                }
+                Ok(link)
+            },
+        )
+        .await
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        bounded(|| format!("deleting link {name}"), async {
+            let res = self
+                .deletions
+                .link()
+                .del_with_message(LinkUnspec::new_with_name(name).build())
+                .execute()
+                .await;
+            match res {
+                Ok(()) => Ok(true),
+                Err(e)
+                    if matches!(
+                        errno_of(&e),
+                        Some(nix::libc::ENODEV) | Some(nix::libc::ENOENT)
+                    ) =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(kernel(format!("deleting link {name}"))(e)),
+            }
+        })
+        .await
+    }
+
+    async fn park_container_end(
+        &self,
+        netns: &Netns,
+        ifname: &str,
+        host_veth: &str,
+        address: Option<Ipv4Network>,
+    ) -> Result<bool, NetlinkError> {
+        bounded(
+            || format!("setting {ifname} in {} aside", netns.path),
+            async {
+                // The host end is looked up while the namespace is entered.
+                let (host, socket) =
+                    futures::join!(get_link(&self.main.handle, host_veth), ns_socket(netns));
+                let Some(host) = host? else {
+                    return Ok(false);
+                };
+                let socket = socket?;
+                let handle = &socket.handle;
+                let Some(link) = get_link(handle, ifname).await? else {
+                    return Ok(false);
+                };
+                if link.kind.as_deref() != Some("veth") || link.peer != Some(host.index) {
+                    return Ok(false);
+                }
+                // Three requests on one socket, sent together and applied by the kernel in this order: down
+                // first (kernels before 6.x rename only links that are down; routes through it go too),
+                // then the address, then the name.
+                let down = handle
+                    .link()
+                    .change(LinkUnspec::new_with_index(link.index).down().build())
+                    .execute();
+                let unaddressed = async {
+                    let Some(address) = address else {
+                        return Ok(());
+                    };
+                    let msg = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
+                        .index(link.index)
+                        .address(address.ip(), address.prefix())
+                        .build();
+                    match handle.address().del(msg).execute().await {
+                        // EADDRNOTAVAIL: the address is not there (any more).
+                        Err(e) if errno_of(&e) == Some(nix::libc::EADDRNOTAVAIL) => Ok(()),
+                        other => other,
+                    }
+                };
+                let renamed = handle
+                    .link()
+                    .change(
+                        LinkUnspec::new_with_index(link.index)
+                            .name(host_veth.to_string())
+                            .build(),
+                    )
+                    .execute();
+                let (down, unaddressed, renamed) = futures::join!(down, unaddressed, renamed);
+                let at = &netns.path;
+                down.map_err(kernel(format!("taking {ifname} down in {at}")))?;
+                unaddressed.map_err(kernel(format!("removing the address of {ifname} in {at}")))?;
+                renamed.map_err(kernel(format!("renaming {ifname} to {host_veth} in {at}")))?;
+                Ok(true)
+            },
+        )
+        .await
+    }
+
+    async fn delete_links(&self, names: &[String]) -> Vec<(String, NetlinkError)> {
+        match tokio::time::timeout(KERNEL_TIMEOUT, async {
+            if names.len() == 1 {
+                return match self.delete_link(&names[0]).await {
+                    Ok(_) => Vec::new(),
+                    Err(e) => vec![(names[0].clone(), e)],
+                };
+            }
+            let moves = names.iter().map(|name| {
+                self.deletions
+                    .link()
+                    .change(
+                        LinkUnspec::new_with_name(name)
+                            .link_group(DELETE_GROUP)
+                            .build(),
+                    )
+                    .execute()
+            });
+            let moved = futures::future::join_all(moves).await;
+            let mut failed = Vec::new();
+            for (name, result) in names.iter().zip(moved) {
+                match result {
+                    Ok(()) => {}
+                    Err(e)
+                        if matches!(errno_of(&e), Some(nix::libc::ENODEV | nix::libc::ENOENT)) => {}
+                    Err(e) => {
+                        failed.push((name.clone(), kernel(format!("deleting link {name}"))(e)))
+                    }
+                }
+            }
+            let group = LinkMessageBuilder::<LinkUnspec>::new()
+                .link_group(DELETE_GROUP)
+                .build();
+            match self
+                .deletions
+                .link()
+                .del_with_message(group)
+                .execute()
+                .await
+            {
+                Ok(()) => failed,
+                Err(e) if matches!(errno_of(&e), Some(nix::libc::ENODEV | nix::libc::ENOENT)) => {
+                    failed
+                }
+                // The batch failed as a whole: fall back to one link at a time.
+                Err(_) => {
+                    let mut failed = Vec::new();
+                    for name in names {
+                        if let Err(e) = self.delete_link(name).await {
+                            failed.push((name.clone(), e));
+                        }
+                    }
+                    failed
+                }
+            }
+        })
+        .await
+        {
+            Ok(failed) => failed,
+            Err(_) => names
+                .iter()
+                .map(|name| {
+                    let op = format!("deleting link {name}");
+                    (name.clone(), NetlinkError::Timeout { op })
+                })
+                .collect(),
+        }
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+        bounded(|| format!("looking up link {name}"), async {
+            get_link(&self.main.handle, name).await
+        })
+        .await
+    }
+
+    async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
+        bounded(|| format!("listing addresses of link {index}"), async {
+            get_addresses(&self.main, index).await
+        })
+        .await
+    }
+
+    async fn inspect_container(
+        &self,
+        netns: &Netns,
+        ifname: &str,
+    ) -> Result<Option<ContainerView>, NetlinkError> {
+        bounded(|| format!("inspecting {ifname} in {}", netns.path), async {
+            let socket = ns_socket(netns).await?;
+            let Some(link) = get_link(&socket.handle, ifname).await? else {
+                return Ok(None);
+            };
+            let addrs = get_addresses(&socket, link.index).await?;
+            let routes = get_routes(&socket, link.index).await?;
+            Ok(Some(ContainerView {
+                link,
+                addrs,
+                routes,
+            }))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_dev_names_reads_every_interface() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n\
+flatnet-br0:  1234      10    0    0    0     0          0         0     5678      20    0    0    0     0       0          0\n\
+fn-0a1b2c3d:1234567890 10    0    0    0     0          0         0     5678      20    0    0    0     0       0          0\n";
+        let names = proc_net_dev_names(text);
+        let mut names: Vec<_> = names.into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["flatnet-br0", "fn-0a1b2c3d", "lo"]);
+    }
+
+    /// Many dumps at once on one socket (the kernel refuses a second dump on a socket with EBUSY
+    /// while the first runs): every one of them answers, none fails.
+    #[tokio::test]
+    async fn concurrent_dumps_on_one_socket_all_answer() {
+        let nl = RtNetlink::new().expect("a netlink socket");
+        let lo = nl
+            .link("lo")
+            .await
+            .unwrap()
+            .expect("every namespace has lo");
+        for _ in 0..20 {
+            let dumps = (0..16).map(|i| {
+                let nl = &nl;
+                async move {
+                    match i % 3 {
+                        0 => nl.links().await.map(|l| l.len()),
+                        1 => nl.addresses(lo.index).await.map(|a| a.len()),
+                        _ => get_routes(&nl.main, lo.index).await.map(|r| r.len()),
+                    }
+                }
+            });
+            for (i, answer) in futures::future::join_all(dumps)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                let n = answer.unwrap_or_else(|e| panic!("dump {i} failed: {e}"));
+                if i % 3 == 0 {
+                    assert!(n >= 1, "a link dump without lo");
+                }
+            }
+        }
+    }
+
+    /// The real file, in this process's namespace: it always has `lo`.
+    #[tokio::test]
+    async fn link_names_lists_this_namespace() {
+        let nl = RtNetlink::new().expect("a netlink socket");
+        let names = nl
+            .link_names()
+            .await
+            .expect("/proc/self/net/dev is readable");
+        assert!(names.contains("lo"), "{names:?}");
+        let dumped: HashSet<String> = nl
+            .links()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, dumped);
+    }
+}
