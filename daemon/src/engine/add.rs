@@ -1,7 +1,21 @@
 //! ADD: the address is chosen and recorded under the network's lock, then the kernel work (veth
-//! pair, the container end's address and routes) runs after it; a failure undoes both.
+//! pair, the container end's address and routes) runs after it, while the record is made durable;
+//! a failure undoes both. In order: [`Engine::add`] waits for its turn, re-attaches what is attached
+//! already ([`Engine::existing_attachment`]), chooses the address
+//! ([`Engine::choose_address`]), records it, runs [`Engine::attach`] (the netlink calls) beside the
+//! flush, and commits or undoes ([`Engine::undo_add`]).
 
 use super::*;
+
+/// What one ADD attaches: the container's interface, its address and MACs.
+struct Attachment<'a> {
+    conf: &'a NetConf,
+    netns: &'a Netns,
+    key: &'a AllocKey,
+    address: Ipv4Network,
+    mac: [u8; 6],
+    host_mac: [u8; 6],
+}
 
 impl<N: Netlink, S: Store> Engine<N, S> {
     pub(super) async fn add(&self, conf: &NetConf, req: &Request) -> Result<String, Error> {
@@ -27,63 +41,25 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             ));
         }
         let _attachment = self.attachment_lock(&key, req.deadline).await?;
-        let mut _guard = self.lock(&conf.name, req.deadline).await?;
+        let guard = self.lock(&conf.name, req.deadline).await?;
         let t_lock = t0.elapsed();
-
-        if let Some(existing) = self.store.get(&key)? {
-            let same =
-                existing.netns == req.netns && requested.is_none_or(|ip| ip == existing.address);
-            if !same {
-                return Err(Error::AlreadyAttached(format!(
-                    "container {} already has {} on network {} (address {}, namespace {}): delete it first",
-                    key.container_id, key.ifname, key.network, existing.address, existing.netns
-                )));
-            }
-            if self.nl.link(&existing.host_veth).await?.is_some() {
-                return Ok(existing.result.render(&conf.cni_version));
-            }
-            // The record outlived its interface (the link was removed behind our back): it is
-            // released, and the container is attached anew.
-            if let Some(stale) = self.store.remove(&key)? {
-                self.events.announce(EventKind::Released, &stale);
-            }
+        if let Some(result) = self.existing_attachment(conf, req, &key, requested).await? {
+            return Ok(result);
         }
-
         self.check_overlap(conf)?;
-        let choose = || {
-            ipam::choose_excluding(&self.store, &conf.name, &conf.ipam, requested, &|ip| {
-                self.is_quarantined(&conf.name, ip)
-            })
+        let (ip, guard) = self
+            .choose_address(conf, &key, requested, guard, req.deadline)
+            .await?;
+        let a = Attachment {
+            conf,
+            netns: &netns,
+            key: &key,
+            address: Ipv4Network::new(ip, conf.ipam.subnet.prefix())
+                .expect("prefix comes from a valid subnet"),
+            mac: args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac),
+            host_mac: random_mac(),
         };
-        let ip = match choose() {
-            // The address asked for, or the last free ones, may only be waiting for the deletion of
-            // a veth whose DEL has already answered: wait for those deletions, then choose again.
-            Err(e @ (IpamError::Taken { .. } | IpamError::Exhausted { .. })) => {
-                let waiting = self.quarantined_veths(&conf.name, requested);
-                if waiting.is_empty() {
-                    return Err(e.into());
-                }
-                // Without the network lock: the other requests need not wait with this one.
-                drop(_guard);
-                for veth in &waiting {
-                    self.deleter.wait_gone(veth, KERNEL_WAIT).await;
-                }
-                _guard = self.lock(&conf.name, req.deadline).await?;
-                if self.store.get(&key)?.is_some() {
-                    return Err(Error::Busy(format!(
-                        "another ADD for container {} on {} finished first; try again",
-                        key.container_id, key.ifname
-                    )));
-                }
-                choose()?
-            }
-            other => other?,
-        };
-        let mac = args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac);
-        let host_mac = random_mac();
         let bridge = self.bridge(conf, false).await?;
-        let address = Ipv4Network::new(ip, conf.ipam.subnet.prefix())
-            .expect("prefix comes from a valid subnet");
         let mut alloc = Allocation {
             network: conf.name.clone(),
             container_id: req.container_id.clone(),
@@ -96,16 +72,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             netns: req.netns.clone(),
             created_unix: unix_now(),
             boot_id: self.boot_id.clone(),
-            result: cni_result(
-                conf,
-                &bridge.mac,
-                &host_veth,
-                host_mac,
-                &req.ifname,
-                mac,
-                &netns.path,
-                address,
-            ),
+            result: cni_result(&a, &bridge.mac, &host_veth),
         };
         // Recorded before the kernel work, so that making it durable overlaps with that work. A
         // record whose veth never comes (this ADD fails, or the daemon dies half way) is removed
@@ -117,33 +84,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let t_recorded = t0.elapsed();
         // The address is taken in the store: other requests on this network may go on while the
         // kernel work and the durable write run (the attachment's own lock is still held).
-        drop(_guard);
+        drop(guard);
         let (attached, flushed) = tokio::join!(
             async {
-                // Another container's veth may have this name: then the next name is tried.
-                let mut veth = host_veth.clone();
-                let mut salt = 0;
-                loop {
-                    let r = self
-                        .attach(
-                            conf,
-                            &netns,
-                            &key,
-                            &veth,
-                            address,
-                            mac,
-                            host_mac,
-                            bridge.clone(),
-                        )
-                        .await;
-                    match r {
-                        Err(Error::NameTaken(_)) if salt < NAME_SALTS => {
-                            salt += 1;
-                            veth = veth_name_salted(&req.container_id, &req.ifname, salt);
-                        }
-                        r => break (r, veth, t0.elapsed()),
-                    }
-                }
+                let (r, veth) = self.attach_salted(&a, &host_veth, &bridge).await;
+                (r, veth, t0.elapsed())
             },
             async { (self.store.flush().await, t0.elapsed()) }
         );
@@ -167,25 +112,124 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(Error::from(e)),
         };
-        let host_veth = veth;
-        let failure = match committed {
+        match committed {
             Ok(()) => {
                 self.events.announce(EventKind::Added, &alloc);
-                return Ok(alloc.result.render(&conf.cni_version));
+                Ok(alloc.result.render(&conf.cni_version))
             }
-            Err(e) => e,
+            Err(failure) => Err(self.undo_add(conf, &key, ip, &veth, failure).await),
+        }
+    }
+
+    /// The result of an ADD for what is attached already (a runtime may send ADD again), or
+    /// `None` when there is nothing to re-attach: no record, or a record whose interface was
+    /// removed behind Flatnet's back (released here, so the container is attached anew).
+    async fn existing_attachment(
+        &self,
+        conf: &NetConf,
+        req: &Request,
+        key: &AllocKey,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Option<String>, Error> {
+        let Some(existing) = self.store.get(key)? else {
+            return Ok(None);
         };
-        // Undo: the veth pair first (deleting the host end removes the peer and the address in the
-        // container too), then the record. If the veth cannot be deleted, its address is held back
-        // (quarantined) until the interface is gone. A name that is another container's was never
-        // created: that veth is not ours to delete.
+        let same = existing.netns == req.netns && requested.is_none_or(|ip| ip == existing.address);
+        if !same {
+            return Err(Error::AlreadyAttached(format!(
+                "container {} already has {} on network {} (address {}, namespace {}): delete it first",
+                key.container_id, key.ifname, key.network, existing.address, existing.netns
+            )));
+        }
+        if self.nl.link(&existing.host_veth).await?.is_some() {
+            return Ok(Some(existing.result.render(&conf.cni_version)));
+        }
+        if let Some(stale) = self.store.remove(key)? {
+            self.events.announce(EventKind::Released, &stale);
+        }
+        Ok(None)
+    }
+
+    /// The address for this ADD, chosen under the network's lock (`guard`, given back). When the
+    /// address asked for, or the last free ones, only wait for the deletion of a veth whose DEL
+    /// has already answered, it waits for those deletions without the lock and chooses again.
+    async fn choose_address(
+        &self,
+        conf: &NetConf,
+        key: &AllocKey,
+        requested: Option<Ipv4Addr>,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        deadline: Option<Instant>,
+    ) -> Result<(Ipv4Addr, tokio::sync::OwnedMutexGuard<()>), Error> {
+        let choose = || {
+            ipam::choose_excluding(&self.store, &conf.name, &conf.ipam, requested, &|ip| {
+                self.is_quarantined(&conf.name, ip)
+            })
+        };
+        match choose() {
+            Err(e @ (IpamError::Taken { .. } | IpamError::Exhausted { .. })) => {
+                let waiting = self.quarantined_veths(&conf.name, requested);
+                if waiting.is_empty() {
+                    return Err(e.into());
+                }
+                // Without the network lock: the other requests need not wait with this one.
+                drop(guard);
+                for veth in &waiting {
+                    self.deleter.wait_gone(veth, KERNEL_WAIT).await;
+                }
+                let guard = self.lock(&conf.name, deadline).await?;
+                if self.store.get(key)?.is_some() {
+                    return Err(Error::Busy(format!(
+                        "another ADD for container {} on {} finished first; try again",
+                        key.container_id, key.ifname
+                    )));
+                }
+                Ok((choose()?, guard))
+            }
+            other => Ok((other?, guard)),
+        }
+    }
+
+    /// [`Engine::attach`] under the interface's veth name, or, when that name is another
+    /// container's, under the next salted one: the outcome and the name used.
+    async fn attach_salted(
+        &self,
+        a: &Attachment<'_>,
+        host_veth: &str,
+        bridge: &LinkState,
+    ) -> (Result<LinkState, Error>, String) {
+        let mut veth = host_veth.to_string();
+        let mut salt = 0;
+        loop {
+            match self.attach(a, &veth, bridge.clone()).await {
+                Err(Error::NameTaken(_)) if salt < NAME_SALTS => {
+                    salt += 1;
+                    veth = veth_name_salted(&a.key.container_id, &a.key.ifname, salt);
+                }
+                r => return (r, veth),
+            }
+        }
+    }
+
+    /// Undoes a failed ADD and gives the error to answer: the veth pair first (deleting the host
+    /// end removes the peer and the address in the container too), then the record. If the veth
+    /// cannot be deleted, its address is held back (quarantined) until the interface is gone. A
+    /// name that is another container's was never created: that veth is not ours to delete.
+    async fn undo_add(
+        &self,
+        conf: &NetConf,
+        key: &AllocKey,
+        ip: Ipv4Addr,
+        host_veth: &str,
+        failure: Error,
+    ) -> Error {
         let undo = match failure {
             Error::NameTaken(_) => Ok(false),
-            _ => self.nl.delete_link(&host_veth).await,
+            _ => self.nl.delete_link(host_veth).await,
         };
-        let _ = self.store.remove(&key);
+        let _ = self.store.remove(key);
         match undo {
-            Ok(_) => Err(failure),
+            Ok(_) => failure,
             Err(undo) => {
                 self.quarantine
                     .lock()
@@ -193,42 +237,37 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     .push(Quarantined {
                         network: conf.name.clone(),
                         address: ip,
-                        host_veth: host_veth.clone(),
+                        host_veth: host_veth.to_string(),
                     });
                 tracing::error!(host_veth, address = %ip, error = %undo,
                     "cannot undo a failed ADD; its address is held back until the interface is gone");
-                Err(Error::RollbackFailed {
+                Error::RollbackFailed {
                     error: Box::new(failure),
                     undo: undo.to_string(),
-                })
+                }
             }
         }
     }
 
     /// The kernel side of ADD: veth pair, container address and routes. Returns the bridge the veth
     /// went on (another one than `bridge` if the bridge had to be recreated).
-    #[allow(clippy::too_many_arguments)]
     async fn attach(
         &self,
-        conf: &NetConf,
-        netns: &Netns,
-        key: &AllocKey,
+        a: &Attachment<'_>,
         host_veth: &str,
-        address: Ipv4Network,
-        mac: [u8; 6],
-        host_mac: [u8; 6],
         mut bridge: LinkState,
     ) -> Result<LinkState, Error> {
+        let (conf, netns, key) = (a.conf, a.netns, a.key);
         let ifname = key.ifname.as_str();
         let mut spec = VethSpec {
             host: host_veth.to_string(),
-            host_mac,
+            host_mac: a.host_mac,
             bridge_index: bridge.index,
             mtu: conf.mtu,
             hairpin: conf.hairpin_mode,
             netns,
             ifname: ifname.to_string(),
-            container_mac: mac,
+            container_mac: a.mac,
         };
         if let Err(first) = self.nl.create_veth(&spec).await {
             // The bridge may have been removed since it was cached, or a link of ours may be left
@@ -277,7 +316,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 netns,
                 &ContainerSpec {
                     ifname: ifname.to_string(),
-                    address,
+                    address: a.address,
                     routes,
                 },
             )
@@ -287,17 +326,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 }
 
 /// The CNI result of an attachment: bridge, host veth, container interface; its address and routes.
-#[allow(clippy::too_many_arguments)]
-fn cni_result(
-    conf: &NetConf,
-    bridge_mac: &[u8],
-    host_veth: &str,
-    host_mac: [u8; 6],
-    ifname: &str,
-    mac: [u8; 6],
-    sandbox: &str,
-    address: Ipv4Network,
-) -> CniResult {
+fn cni_result(a: &Attachment<'_>, bridge_mac: &[u8], host_veth: &str) -> CniResult {
+    let conf = a.conf;
     CniResult {
         interfaces: vec![
             Interface {
@@ -307,17 +337,17 @@ fn cni_result(
             },
             Interface {
                 name: host_veth.to_string(),
-                mac: cni::format_mac(&host_mac),
+                mac: cni::format_mac(&a.host_mac),
                 sandbox: None,
             },
             Interface {
-                name: ifname.to_string(),
-                mac: cni::format_mac(&mac),
-                sandbox: Some(sandbox.to_string()),
+                name: a.key.ifname.clone(),
+                mac: cni::format_mac(&a.mac),
+                sandbox: Some(a.netns.path.clone()),
             },
         ],
         ips: vec![IpConfig {
-            address: address.to_string(),
+            address: a.address.to_string(),
             gateway: Some(conf.ipam.gateway.to_string()),
             interface: Some(2),
         }],
