@@ -214,6 +214,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
     }
 
+    /// The kernel side the engine works through.
+    pub fn netlink(&self) -> &N {
+        &self.nl
+    }
+
     pub fn store(&self) -> &S {
         &self.store
     }
@@ -453,147 +458,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 pub(crate) mod tests {
     use super::*;
     use crate::ipam::{MemStore, StoreError};
-    use crate::netlink::ContainerView;
-    use crate::netlink::NetlinkError;
+    use crate::netlink::fake::FakeNetlink;
     use flatnet_proto::cni::Code;
     use serde_json::{json, Value};
-    use std::sync::Mutex;
-
-    /// Records what was asked and keeps links in memory; `fail_on` makes one operation fail.
-    #[derive(Default)]
-    pub(crate) struct FakeNetlink {
-        pub(crate) ops: Mutex<Vec<String>>,
-        pub(crate) links: Mutex<HashMap<String, LinkState>>,
-        pub(crate) fail_on: Mutex<HashSet<&'static str>>,
-        /// Like `fail_on`, for the next call of the operation only.
-        pub(crate) fail_once: Mutex<HashSet<&'static str>>,
-    }
-
-    impl FakeNetlink {
-        fn record(&self, op: &'static str, detail: String) -> Result<(), NetlinkError> {
-            self.ops.lock().unwrap().push(format!("{op} {detail}"));
-            if self.fail_on.lock().unwrap().contains(op)
-                || self.fail_once.lock().unwrap().remove(op)
-            {
-                return Err(NetlinkError::Gone(format!("injected failure in {op}")));
-            }
-            Ok(())
-        }
-        pub(crate) fn ops(&self) -> Vec<String> {
-            self.ops.lock().unwrap().clone()
-        }
-        pub(crate) fn has_link(&self, name: &str) -> bool {
-            self.links.lock().unwrap().contains_key(name)
-        }
-        pub(crate) fn remove_link(&self, name: &str) {
-            self.links.lock().unwrap().remove(name);
-        }
-        pub(crate) fn master_of(&self, name: &str) -> Option<u32> {
-            self.links.lock().unwrap().get(name).and_then(|l| l.master)
-        }
-        pub(crate) fn add_link(&self, name: &str, master: Option<u32>) -> LinkState {
-            let mut links = self.links.lock().unwrap();
-            let index = links.values().map(|l| l.index).max().unwrap_or(9) + 1;
-            let state = LinkState {
-                index,
-                mac: vec![2, 0, 0, 0, 0, links.len() as u8],
-                master,
-                up: true,
-                kind: None,
-                peer: None,
-            };
-            links.insert(name.to_string(), state.clone());
-            state
-        }
-    }
-
-    impl Netlink for FakeNetlink {
-        async fn links(&self) -> Result<Vec<(String, LinkState)>, NetlinkError> {
-            self.record("links", String::new())?;
-            Ok(self
-                .links
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(n, l)| (n.clone(), l.clone()))
-                .collect())
-        }
-        async fn link_names(&self) -> Result<HashSet<String>, NetlinkError> {
-            self.record("link_names", String::new())?;
-            Ok(self.links.lock().unwrap().keys().cloned().collect())
-        }
-        async fn enslave(&self, name: &str, bridge: u32, _: bool) -> Result<(), NetlinkError> {
-            self.record("enslave", format!("{name} {bridge}"))?;
-            if let Some(l) = self.links.lock().unwrap().get_mut(name) {
-                l.master = Some(bridge);
-            }
-            Ok(())
-        }
-        async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<LinkState, NetlinkError> {
-            self.record("ensure_bridge", spec.name.clone())?;
-            if let Some(l) = self.links.lock().unwrap().get(&spec.name) {
-                return Ok(l.clone());
-            }
-            Ok(self.add_link(&spec.name, None))
-        }
-        async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
-            self.record("create_veth", spec.host.clone())?;
-            if self.has_link(&spec.host) {
-                return Err(NetlinkError::Io {
-                    op: format!("creating {}", spec.host),
-                    source: std::io::Error::from_raw_os_error(nix::libc::EEXIST),
-                });
-            }
-            self.add_link(&spec.host, Some(spec.bridge_index));
-            Ok(())
-        }
-        async fn configure_container(
-            &self,
-            _: &Netns,
-            spec: &ContainerSpec,
-        ) -> Result<LinkState, NetlinkError> {
-            self.record("configure_container", spec.address.to_string())?;
-            Ok(LinkState {
-                index: 2,
-                mac: vec![2, 1, 1, 1, 1, 1],
-                master: None,
-                up: true,
-                kind: None,
-                peer: None,
-            })
-        }
-        async fn park_container_end(
-            &self,
-            _: &Netns,
-            ifname: &str,
-            host_veth: &str,
-            address: Option<Ipv4Network>,
-        ) -> Result<bool, NetlinkError> {
-            let address = address.map(|a| a.to_string()).unwrap_or_default();
-            self.record(
-                "park_container_end",
-                format!("{ifname} {address} {host_veth}"),
-            )?;
-            Ok(self.has_link(host_veth))
-        }
-        async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
-            self.record("delete_link", name.to_string())?;
-            Ok(self.links.lock().unwrap().remove(name).is_some())
-        }
-        async fn link(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
-            Ok(self.links.lock().unwrap().get(name).cloned())
-        }
-        async fn addresses(&self, _: u32) -> Result<Vec<Ipv4Network>, NetlinkError> {
-            Ok(vec!["10.87.1.1/24".parse().unwrap()])
-        }
-        async fn inspect_container(
-            &self,
-            _: &Netns,
-            _: &str,
-        ) -> Result<Option<ContainerView>, NetlinkError> {
-            Ok(None)
-        }
-    }
 
     pub(crate) fn engine() -> Engine<FakeNetlink, MemStore> {
         Engine::new(FakeNetlink::default(), MemStore::default(), "boot".into())

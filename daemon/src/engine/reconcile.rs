@@ -436,7 +436,7 @@ mod tests {
 
     /// Makes the allocation of `container` look as if it was made `secs` ago in boot `boot`.
     fn age(
-        e: &Engine<crate::engine::tests::FakeNetlink, MemStore>,
+        e: &Engine<crate::netlink::fake::FakeNetlink, MemStore>,
         container: &str,
         secs: u64,
         boot: &str,
@@ -452,7 +452,7 @@ mod tests {
         e.store().insert(&a).unwrap();
     }
 
-    fn held(e: &Engine<crate::engine::tests::FakeNetlink, MemStore>) -> Vec<String> {
+    fn held(e: &Engine<crate::netlink::fake::FakeNetlink, MemStore>) -> Vec<String> {
         let mut v: Vec<String> = e
             .store()
             .list(None)

@@ -12,6 +12,8 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 mod rt;
 mod socket;
 

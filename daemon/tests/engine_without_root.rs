@@ -1,0 +1,106 @@
+//! The engine driven from outside the crate, without root: the recording fake netlink (feature
+//! `fake`) and the in-memory store stand in for the kernel and sled, and requests go through
+//! `Engine::exec` exactly as the gRPC edge sends them.
+
+use flatnet_daemon::engine::{Command, Engine, Request};
+use flatnet_daemon::ipam::{MemStore, Store};
+use flatnet_daemon::netlink::fake::FakeNetlink;
+use flatnet_daemon::veth::veth_name;
+use flatnet_proto::cni::Code;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn conf() -> Value {
+    json!({"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet",
+           "ipam": {"subnet": "10.87.1.0/24", "rangeStart": "10.87.1.10", "rangeEnd": "10.87.1.12"}})
+}
+
+fn request(command: Command, container: &str, conf: &Value) -> Request {
+    Request {
+        command,
+        container_id: container.into(),
+        // A real network namespace that needs no privilege to open.
+        netns: "/proc/self/ns/net".into(),
+        ifname: "eth0".into(),
+        args: format!("IgnoreUnknown=1;K8S_POD_NAME={container}"),
+        config: conf.to_string().into_bytes(),
+        deadline: None,
+    }
+}
+
+fn engine() -> Engine<FakeNetlink, MemStore> {
+    Engine::new(FakeNetlink::default(), MemStore::default(), "boot".into())
+}
+
+#[tokio::test]
+async fn add_check_del_through_exec() {
+    let e = engine();
+    let add = e
+        .exec(&request(Command::Add, "c1", &conf()))
+        .await
+        .expect("ADD");
+    let result: Value = serde_json::from_str(&add).unwrap();
+    assert_eq!(result["ips"][0]["address"], "10.87.1.10/24");
+    assert_eq!(result["interfaces"][1]["name"], veth_name("c1", "eth0"));
+    assert_eq!(
+        e.store().list(None).unwrap().len(),
+        1,
+        "one allocation recorded"
+    );
+
+    let mut check_conf = conf();
+    check_conf["prevResult"] = result.clone();
+    // The fake shows no container side, so CHECK finds the interface missing: code 103.
+    let check = e
+        .exec(&request(Command::Check, "c1", &check_conf))
+        .await
+        .unwrap_err();
+    assert_eq!(check.code(), Code::CheckFailed, "{check}");
+
+    e.exec(&request(Command::Del, "c1", &check_conf))
+        .await
+        .expect("DEL");
+    e.drain_deletions(Duration::from_secs(5)).await;
+    assert!(e.store().list(None).unwrap().is_empty());
+    assert_eq!(e.pending_deletions(), 0);
+}
+
+#[tokio::test]
+async fn a_full_pool_is_code_100_and_changes_nothing() {
+    let e = engine();
+    for c in ["a", "b", "c"] {
+        e.exec(&request(Command::Add, c, &conf()))
+            .await
+            .unwrap_or_else(|err| panic!("ADD {c}: {err}"));
+    }
+    let before = e.store().list(None).unwrap().len();
+    let err = e
+        .exec(&request(Command::Add, "d", &conf()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AddressUnavailable, "{err}");
+    assert_eq!(e.store().list(None).unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn a_failing_kernel_is_code_102_and_leaves_no_record() {
+    let e = engine();
+    e.nl_fail_on("configure_container");
+    let err = e
+        .exec(&request(Command::Add, "c1", &conf()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Kernel, "{err}");
+    assert!(e.store().list(None).unwrap().is_empty());
+}
+
+/// Reaching into the engine's fake from outside.
+trait FailOn {
+    fn nl_fail_on(&self, op: &'static str);
+}
+
+impl FailOn for Engine<FakeNetlink, MemStore> {
+    fn nl_fail_on(&self, op: &'static str) {
+        self.netlink().fail_on.lock().unwrap().insert(op);
+    }
+}
