@@ -1,0 +1,303 @@
+//! The durable [`Store`]: sled, with writes made durable by one shared flush.
+
+use super::*;
+
+/// Allocations in sled: tree `allocations` (key → JSON record), tree `addresses`
+/// (network + address → key), tree `meta` (round-robin position per network, the STATUS probe),
+/// tree `networks` (network name → JSON [`NetworkRecord`]).
+pub struct SledStore {
+    db: sled::Db,
+    flushes: Arc<GroupFlush>,
+    allocs: sled::Tree,
+    pub(super) addrs: sled::Tree,
+    meta: sled::Tree,
+    networks: sled::Tree,
+}
+
+/// sled's page cache (see [`SledStore::open`]).
+const CACHE_BYTES: u64 = 8 << 20;
+
+impl SledStore {
+    /// Whether no flush runs or waits (for the tests of the shared flush).
+    #[cfg(test)]
+    pub(super) fn flusher_idle(&self) -> bool {
+        let st = self.flushes.state.lock().unwrap();
+        st.waiting.is_empty() && !st.running
+    }
+
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        // sled's page cache defaults to 1 GiB and would hold the whole database in the daemon's
+        // memory; 8 MiB keeps the hot part (the OS page cache serves the rest) and the daemon small.
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
+        Ok(SledStore {
+            flushes: Arc::default(),
+            allocs: db.open_tree("allocations")?,
+            addrs: db.open_tree("addresses")?,
+            meta: db.open_tree("meta")?,
+            networks: db.open_tree("networks")?,
+            db,
+        })
+    }
+}
+
+/// Group commit: concurrent [`Store::flush`] calls share one sled flush instead of each starting
+/// its own. A caller queues itself after its writes; one task at a time takes everyone queued,
+/// flushes (which makes every write made before it durable) and answers them all; whoever queued
+/// meanwhile goes into the next flush.
+#[derive(Default)]
+struct GroupFlush {
+    state: std::sync::Mutex<FlushQueue>,
+}
+
+#[derive(Default)]
+struct FlushQueue {
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    running: bool,
+}
+
+async fn group_flush(db: sled::Db, flushes: Arc<GroupFlush>) {
+    /// Should the flush panic, the next caller starts a new task instead of waiting for this one.
+    struct Running(Arc<GroupFlush>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                if let Ok(mut st) = self.0.state.lock() {
+                    st.running = false;
+                }
+            }
+        }
+    }
+    let _running = Running(flushes.clone());
+    loop {
+        let batch = {
+            let mut st = flushes.state.lock().expect("flush state poisoned");
+            if st.waiting.is_empty() {
+                st.running = false;
+                return;
+            }
+            std::mem::take(&mut st.waiting)
+        };
+        let result = db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        for tx in batch {
+            let _ = tx.send(result.clone());
+        }
+    }
+}
+
+pub(super) fn addr_key(network: &str, ip: Ipv4Addr) -> Vec<u8> {
+    [network.as_bytes(), b"\0", &ip.octets()].concat()
+}
+
+fn last_key(network: &str) -> Vec<u8> {
+    [b"last\0".as_slice(), network.as_bytes()].concat()
+}
+
+fn decode(bytes: &[u8]) -> Result<Allocation, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
+        self.allocs
+            .get(key.encode())?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+        Ok(self.addrs.contains_key(addr_key(network, ip))?)
+    }
+
+    fn last_handed_out(&self, network: &str) -> Result<Option<Ipv4Addr>, StoreError> {
+        Ok(self
+            .meta
+            .get(last_key(network))?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok().map(Ipv4Addr::from)))
+    }
+
+    fn insert(&self, alloc: &Allocation) -> Result<(), StoreError> {
+        use sled::transaction::{ConflictableTransactionError as Abortable, TransactionError};
+        use sled::Transactional;
+        let key = alloc.key().encode();
+        let akey = addr_key(&alloc.network, alloc.address);
+        let value = serde_json::to_vec(alloc).expect("Allocation is plain data");
+        let res = (&self.allocs, &self.addrs, &self.meta).transaction(|(allocs, addrs, meta)| {
+            if let Some(owner) = addrs.get(&akey)? {
+                if owner.as_ref() != key.as_slice() {
+                    return Err(Abortable::Abort(
+                        String::from_utf8_lossy(&owner).replace('\0', "/"),
+                    ));
+                }
+            }
+            allocs.insert(key.as_slice(), value.as_slice())?;
+            addrs.insert(akey.as_slice(), key.as_slice())?;
+            meta.insert(last_key(&alloc.network), &alloc.address.octets())?;
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(owner)) => Err(StoreError::AddressHeld {
+                ip: alloc.address,
+                owner,
+            }),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    fn remove(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
+        use sled::transaction::ConflictableTransactionError as Abortable;
+        use sled::Transactional;
+        let k = key.encode();
+        let removed = (&self.allocs, &self.addrs).transaction(|(allocs, addrs)| {
+            let Some(v) = allocs.remove(k.as_slice())? else {
+                return Ok(None);
+            };
+            let alloc = decode(&v).map_err(Abortable::Abort)?;
+            let akey = addr_key(&alloc.network, alloc.address);
+            // Only drop the address index if it still points at this allocation.
+            if addrs
+                .get(&akey)?
+                .is_some_and(|owner| owner.as_ref() == k.as_slice())
+            {
+                addrs.remove(akey)?;
+            }
+            Ok(Some(alloc))
+        });
+        removed.map_err(|e| match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => e.into(),
+        })
+    }
+
+    fn list(&self, network: Option<&str>) -> Result<Vec<Allocation>, StoreError> {
+        let prefix = network
+            .map(|n| [n.as_bytes(), b"\0"].concat())
+            .unwrap_or_default();
+        self.allocs
+            .scan_prefix(prefix)
+            .map(|kv| decode(&kv?.1))
+            .collect()
+    }
+
+    fn summaries(&self) -> Result<Vec<AllocSummary>, StoreError> {
+        self.allocs
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv?.1).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Outside a tokio runtime (some tests) there is no flusher task to hand the work to.
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.db.flush_async().await?;
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut st = self.flushes.state.lock().expect("flush state poisoned");
+            st.waiting.push(tx);
+            !std::mem::replace(&mut st.running, true)
+        };
+        if start {
+            tokio::spawn(group_flush(self.db.clone(), self.flushes.clone()));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(msg)))),
+            Err(_) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(
+                "the database's flusher stopped",
+            )))),
+        }
+    }
+
+    fn network(&self, name: &str) -> Result<Option<NetworkRecord>, StoreError> {
+        self.networks
+            .get(name.as_bytes())?
+            .map(|v| decode_network(&v))
+            .transpose()
+    }
+
+    fn networks(&self) -> Result<Vec<NetworkRecord>, StoreError> {
+        self.networks
+            .iter()
+            .map(|kv| decode_network(&kv?.1))
+            .collect()
+    }
+
+    fn put_network(&self, record: &NetworkRecord) -> Result<bool, StoreError> {
+        let value = serde_json::to_vec(record).expect("NetworkRecord is plain data");
+        if self
+            .networks
+            .get(record.name.as_bytes())?
+            .is_some_and(|old| old.as_ref() == value.as_slice())
+        {
+            return Ok(false);
+        }
+        self.networks.insert(record.name.as_bytes(), value)?;
+        Ok(true)
+    }
+
+    fn repair_index(&self, allocs: &[AllocSummary]) -> Result<usize, StoreError> {
+        // One pass over the index (no lookup per record): what the allocations claim, what the
+        // index says, then the differences.
+        let mut claimed: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
+        for a in allocs {
+            let akey = addr_key(&a.network, a.address);
+            let key = a.key().encode();
+            if let Some(other) = claimed.get(&akey) {
+                // Two records for one address: nothing here can tell which is right; say so loudly.
+                tracing::error!(address = %a.address, network = %a.network,
+                    first = %String::from_utf8_lossy(other).replace('\0', "/"),
+                    second = %String::from_utf8_lossy(&key).replace('\0', "/"),
+                    "two allocations hold the same address");
+                continue;
+            }
+            claimed.insert(akey, key);
+        }
+        let mut wrong: Vec<sled::IVec> = Vec::new();
+        for kv in self.addrs.iter() {
+            let (akey, owner) = kv?;
+            match claimed.get(akey.as_ref()) {
+                Some(key) if key.as_slice() == owner.as_ref() => {
+                    claimed.remove(akey.as_ref());
+                }
+                Some(_) => {}
+                None => wrong.push(akey),
+            }
+        }
+        let fixed = wrong.len() + claimed.len();
+        for akey in wrong {
+            self.addrs.remove(akey)?;
+        }
+        for (akey, key) in claimed {
+            self.addrs.insert(akey, key)?;
+        }
+        Ok(fixed)
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        // About the size of an allocation record, so a disk without room for one more fails here.
+        let mut value = vec![0u8; 1024];
+        value[..8].copy_from_slice(&now.to_be_bytes());
+        self.meta.insert(b"probe", value)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn decode_network(bytes: &[u8]) -> Result<NetworkRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("network record: {e}")))
+}
