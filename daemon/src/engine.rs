@@ -47,6 +47,8 @@ mod gc;
 mod locks;
 pub mod reconcile;
 mod status;
+#[cfg(any(test, feature = "fake"))]
+pub mod testing;
 
 use crate::host::{enable_forwarding, unix_now};
 use crate::veth::{is_flatnet_veth, veth_name, veth_name_salted, NAME_SALTS};
@@ -457,32 +459,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::engine::testing::{conf, engine, req};
     use crate::ipam::{MemStore, StoreError};
     use crate::netlink::fake::FakeNetlink;
     use flatnet_proto::cni::Code;
     use serde_json::{json, Value};
-
-    pub(crate) fn engine() -> Engine<FakeNetlink, MemStore> {
-        Engine::new(FakeNetlink::default(), MemStore::default(), "boot".into())
-    }
-
-    pub(crate) fn req(command: Command, container: &str, conf: Value) -> Request {
-        Request {
-            command,
-            container_id: container.into(),
-            // A real network namespace that needs no privilege to open.
-            netns: "/proc/self/ns/net".into(),
-            ifname: "eth0".into(),
-            args: format!("IgnoreUnknown=1;K8S_POD_NAME={container}"),
-            config: conf.to_string().into_bytes(),
-            deadline: None,
-        }
-    }
-
-    pub(crate) fn conf() -> Value {
-        json!({"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet",
-               "ipam": {"subnet": "10.87.1.0/24", "rangeStart": "10.87.1.10", "rangeEnd": "10.87.1.11"}})
-    }
 
     #[tokio::test]
     async fn add_records_and_del_releases() {

@@ -2,41 +2,20 @@
 //! `fake`) and the in-memory store stand in for the kernel and sled, and requests go through
 //! `Engine::exec` exactly as the gRPC edge sends them.
 
-use flatnet_daemon::engine::{Command, Engine, Request};
+use flatnet_daemon::engine::testing::{conf, engine, req as request};
+use flatnet_daemon::engine::{Command, Engine};
 use flatnet_daemon::ipam::{MemStore, Store};
 use flatnet_daemon::netlink::fake::FakeNetlink;
 use flatnet_daemon::veth::veth_name;
 use flatnet_proto::cni::Code;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
-
-fn conf() -> Value {
-    json!({"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet",
-           "ipam": {"subnet": "10.87.1.0/24", "rangeStart": "10.87.1.10", "rangeEnd": "10.87.1.12"}})
-}
-
-fn request(command: Command, container: &str, conf: &Value) -> Request {
-    Request {
-        command,
-        container_id: container.into(),
-        // A real network namespace that needs no privilege to open.
-        netns: "/proc/self/ns/net".into(),
-        ifname: "eth0".into(),
-        args: format!("IgnoreUnknown=1;K8S_POD_NAME={container}"),
-        config: conf.to_string().into_bytes(),
-        deadline: None,
-    }
-}
-
-fn engine() -> Engine<FakeNetlink, MemStore> {
-    Engine::new(FakeNetlink::default(), MemStore::default(), "boot".into())
-}
 
 #[tokio::test]
 async fn add_check_del_through_exec() {
     let e = engine();
     let add = e
-        .exec(&request(Command::Add, "c1", &conf()))
+        .exec(&request(Command::Add, "c1", conf()))
         .await
         .expect("ADD");
     let result: Value = serde_json::from_str(&add).unwrap();
@@ -52,12 +31,12 @@ async fn add_check_del_through_exec() {
     check_conf["prevResult"] = result.clone();
     // The fake shows no container side, so CHECK finds the interface missing: code 103.
     let check = e
-        .exec(&request(Command::Check, "c1", &check_conf))
+        .exec(&request(Command::Check, "c1", check_conf.clone()))
         .await
         .unwrap_err();
     assert_eq!(check.code(), Code::CheckFailed, "{check}");
 
-    e.exec(&request(Command::Del, "c1", &check_conf))
+    e.exec(&request(Command::Del, "c1", check_conf))
         .await
         .expect("DEL");
     e.drain_deletions(Duration::from_secs(5)).await;
@@ -68,14 +47,14 @@ async fn add_check_del_through_exec() {
 #[tokio::test]
 async fn a_full_pool_is_code_100_and_changes_nothing() {
     let e = engine();
-    for c in ["a", "b", "c"] {
-        e.exec(&request(Command::Add, c, &conf()))
+    for c in ["a", "b"] {
+        e.exec(&request(Command::Add, c, conf()))
             .await
             .unwrap_or_else(|err| panic!("ADD {c}: {err}"));
     }
     let before = e.store().list(None).unwrap().len();
     let err = e
-        .exec(&request(Command::Add, "d", &conf()))
+        .exec(&request(Command::Add, "d", conf()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AddressUnavailable, "{err}");
@@ -87,7 +66,7 @@ async fn a_failing_kernel_is_code_102_and_leaves_no_record() {
     let e = engine();
     e.nl_fail_on("configure_container");
     let err = e
-        .exec(&request(Command::Add, "c1", &conf()))
+        .exec(&request(Command::Add, "c1", conf()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Kernel, "{err}");

@@ -422,14 +422,14 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::tests::{engine, req};
+    use crate::engine::testing::{engine, req};
     use crate::ipam::MemStore;
     use crate::veth::veth_name;
     use serde_json::json;
 
     /// The engine tests' network with room for a few more containers.
     fn conf() -> serde_json::Value {
-        let mut c = crate::engine::tests::conf();
+        let mut c = crate::engine::testing::conf();
         c["ipam"]["rangeEnd"] = json!("10.87.1.30");
         c
     }
