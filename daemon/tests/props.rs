@@ -6,8 +6,8 @@
 //! rule the README promises (the next free address after the last one handed out).
 
 use flatnet_daemon::config::{IpamConf, NetConf};
-use flatnet_daemon::ipam::{self, AllocKey, Allocation, IpamError, MemStore, SledStore, Store};
-use flatnet_daemon::result::CniResult;
+use flatnet_daemon::ipam::testing::allocation;
+use flatnet_daemon::ipam::{self, AllocKey, IpamError, MemStore, SledStore, Store};
 use flatnet_proto::cni::{self, CniArgs, Code, SUPPORTED_VERSIONS};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -637,28 +637,6 @@ fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
         ],
         1..max,
     )
-}
-
-fn allocation(container: &str, ip: Ipv4Addr, prefix: u8) -> Allocation {
-    Allocation {
-        aliases: Vec::new(),
-        network: "n".into(),
-        container_id: container.into(),
-        ifname: "eth0".into(),
-        address: ip,
-        prefix,
-        container_name: None,
-        host_veth: "fn-00000000".into(),
-        netns: "/run/netns/x".into(),
-        created_unix: 0,
-        boot_id: "b".into(),
-        result: CniResult {
-            interfaces: vec![],
-            ips: vec![],
-            routes: vec![],
-            dns: json!({}),
-        },
-    }
 }
 
 /// The model's round-robin answer: the first assignable, free address after `last` in cyclic order

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 mod mem_store;
 mod sled_store;
+#[cfg(any(test, feature = "fake"))]
+pub mod testing;
 
 #[cfg(test)]
 use sled_store::addr_key;
@@ -305,25 +307,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn alloc(container: &str, ip: Ipv4Addr) -> Allocation {
-        Allocation {
-            aliases: Vec::new(),
-            network: "n".into(),
-            container_id: container.into(),
-            ifname: "eth0".into(),
-            address: ip,
-            prefix: 24,
-            container_name: None,
-            host_veth: "fn-00000000".into(),
-            netns: "/run/netns/x".into(),
-            created_unix: 0,
-            boot_id: "b".into(),
-            result: CniResult {
-                interfaces: vec![],
-                ips: vec![],
-                routes: vec![],
-                dns: serde_json::json!({}),
-            },
-        }
+        super::testing::allocation(container, ip, 24)
     }
 
     #[test]

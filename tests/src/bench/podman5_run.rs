@@ -6,7 +6,6 @@
 
 use super::cleanup::{Cleanup, Guard};
 use super::podman_run::Outcome;
-use super::stats::summarize;
 use super::Ctx;
 use flatnet_tests::podman5::{root_dir, Podman5, IMAGE};
 use std::time::{Duration, Instant};
@@ -82,14 +81,7 @@ pub fn measure(ctx: &Ctx, runs: usize) -> (Outcome, String) {
     }
     drop(session);
     (
-        Outcome::Measured {
-            runs: [
-                summarize(&samples[0]),
-                summarize(&samples[1]),
-                summarize(&samples[2]),
-            ],
-            failures,
-        },
+        Outcome::measured(&samples, failures),
         version.trim_start_matches("podman version ").to_string(),
     )
 }

@@ -37,6 +37,16 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The runs measured: the samples of each kind (none, flatnet, reference) and the failures.
+    pub fn measured(samples: &[Vec<Duration>; 3], failures: [u64; 3]) -> Outcome {
+        Outcome::Measured {
+            runs: samples.each_ref().map(|s| summarize(s)),
+            failures,
+        }
+    }
+}
+
 /// Why Podman cannot run here, if it cannot.
 pub fn missing() -> Option<String> {
     for (tool, arg, package) in [
@@ -252,14 +262,7 @@ pub fn measure(ctx: &Ctx, host_netns: &Path, confs: [&Value; 2], runs: usize) ->
         }
     }
     drop(containers);
-    Outcome::Measured {
-        runs: [
-            summarize(&samples[0]),
-            summarize(&samples[1]),
-            summarize(&samples[2]),
-        ],
-        failures,
-    }
+    Outcome::measured(&samples, failures)
 }
 
 fn name_of(conf: &Value) -> String {

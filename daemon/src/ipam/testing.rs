@@ -1,0 +1,28 @@
+//! Allocations for tests (the crate's own, and others' with the feature `fake`).
+
+use super::Allocation;
+use crate::result::CniResult;
+use std::net::Ipv4Addr;
+
+/// An allocation of `ip/prefix` on network `n` for `container`'s `eth0`, with an empty result.
+pub fn allocation(container: &str, ip: Ipv4Addr, prefix: u8) -> Allocation {
+    Allocation {
+        aliases: Vec::new(),
+        network: "n".into(),
+        container_id: container.into(),
+        ifname: "eth0".into(),
+        address: ip,
+        prefix,
+        container_name: None,
+        host_veth: "fn-00000000".into(),
+        netns: "/run/netns/x".into(),
+        created_unix: 0,
+        boot_id: "b".into(),
+        result: CniResult {
+            interfaces: vec![],
+            ips: vec![],
+            routes: vec![],
+            dns: serde_json::json!({}),
+        },
+    }
+}
