@@ -14,7 +14,7 @@ case "$host" in
     *) static=(env) ;;
 esac
 "${static[@]}" cargo build --release -p flatnet-shim --target "$host"
-cargo build --release -p flatnet-daemon
+cargo build --release -p flatnet-daemon -p flatnet-ctl
 
 mkdir -p target/dist
 install -m 0755 "target/$host/release/flatnet" target/dist/flatnet

@@ -30,89 +30,56 @@ use std::time::Duration;
 /// The engine as flatnetd runs it: the sled store, wrapped so that Watch sees every change.
 type DaemonEngine = Engine<RtNetlink, SledStore>;
 
-const USAGE: &str = "usage: flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS]
-                [--log-format text|json] [--metrics-listen ADDR:PORT]
-
-  --socket PATH          Unix socket to serve on (default /run/flatnet/flatnetd.sock);
-                         ignored when systemd passes a socket (LISTEN_FDS), but its directory
-                         still holds the DEL spool (pending-del/)
-  --state-dir DIR        where the address database lives (default /var/lib/flatnet)
-  --sweep-interval SECS  how often to release addresses of containers that are gone and remove
-                         stray fn-* links (default 30; 0 turns the periodic sweep off)
-  --log-format FMT       text (default) or json, written to stderr; filter with FLATNET_LOG=debug.
-                         Logs also go to journald when /run/systemd/journal/socket exists
-                         (then not to stderr if stderr is the journal already)
-  --metrics-listen ADDR:PORT
-                         serve Prometheus metrics on http://ADDR:PORT/metrics (off by default;
-                         e.g. 127.0.0.1:9187)";
-
-/// How often the periodic sweep runs unless `--sweep-interval` says otherwise.
-const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-
-#[derive(Debug)]
+/// Serves Flatnet's CNI requests and inspection on a Unix socket; owns the bridges, the veth pairs
+/// and the address database.
+#[derive(Debug, clap::Parser)]
+#[command(name = "flatnetd", version)]
 struct Options {
+    /// Unix socket to serve on; ignored when systemd passes a socket (LISTEN_FDS), but its
+    /// directory still holds the DEL spool (pending-del/)
+    #[arg(long, value_name = "PATH", default_value = flatnet_proto::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Where the address database lives
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/flatnet")]
     state_dir: PathBuf,
-    json_logs: bool,
-    /// `None`: no periodic sweep.
-    sweep_interval: Option<Duration>,
-    /// `None`: no metrics endpoint.
+    /// How often to release addresses of containers that are gone and remove stray fn-* links
+    /// (0 turns the periodic sweep off)
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SWEEP_INTERVAL_SECS, value_parser = sweep_secs)]
+    sweep_interval: u64,
+    /// Log format on stderr; filter with FLATNET_LOG=debug. Logs also go to journald when
+    /// /run/systemd/journal/socket exists (then not to stderr if stderr is the journal already)
+    #[arg(long, value_name = "FMT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; e.g. 127.0.0.1:9187)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = metrics_addr)]
     metrics_listen: Option<SocketAddr>,
 }
 
-fn parse_options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
-    let mut opts = Options {
-        socket: PathBuf::from(flatnet_proto::DEFAULT_SOCKET),
-        state_dir: PathBuf::from("/var/lib/flatnet"),
-        json_logs: false,
-        sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
-        metrics_listen: None,
-    };
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .with_context(|| format!("{name} needs a value\n\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--socket" => opts.socket = PathBuf::from(value("--socket")?),
-            "--state-dir" => opts.state_dir = PathBuf::from(value("--state-dir")?),
-            "--sweep-interval" => {
-                let raw = value("--sweep-interval")?;
-                let secs: u64 = raw.parse().ok().filter(|s| *s <= 86_400).with_context(|| {
-                    format!("--sweep-interval must be whole seconds from 0 to 86400, not {raw:?}")
-                })?;
-                opts.sweep_interval = (secs > 0).then(|| Duration::from_secs(secs));
-            }
-            "--metrics-listen" => {
-                let raw = value("--metrics-listen")?;
-                let addr = raw.parse().with_context(|| {
-                    format!("--metrics-listen takes ADDR:PORT (e.g. 127.0.0.1:9187), not {raw:?}")
-                })?;
-                opts.metrics_listen = Some(addr);
-            }
-            "--log-format" => match value("--log-format")?.as_str() {
-                "text" => opts.json_logs = false,
-                "json" => opts.json_logs = true,
-                other => bail!("--log-format must be text or json, not {other:?}"),
-            },
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "-V" | "--version" => {
-                println!("flatnetd {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
-        }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How often the periodic sweep runs unless `--sweep-interval` says otherwise.
+const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 30;
+
+fn sweep_secs(raw: &str) -> Result<u64, String> {
+    raw.parse().ok().filter(|s| *s <= 86_400).ok_or_else(|| {
+        format!("--sweep-interval must be whole seconds from 0 to 86400, not {raw:?}")
+    })
+}
+
+fn metrics_addr(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse()
+        .map_err(|_| format!("--metrics-listen takes ADDR:PORT (e.g. 127.0.0.1:9187), not {raw:?}"))
+}
+
+impl Options {
+    /// `None`: no periodic sweep.
+    fn sweep_interval(&self) -> Option<Duration> {
+        (self.sweep_interval > 0).then(|| Duration::from_secs(self.sweep_interval))
     }
-    Ok(opts)
 }
 
 /// Logs to stderr (text or JSON) and, when journald's socket exists, to journald with every field
@@ -312,7 +279,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         .context("reconciling at start")?;
     tracing::info!(socket = %opts.socket.display(), state_dir = %opts.state_dir.display(),
         spool = %spool.dir().display(), boot_id = %engine.boot_id(),
-        sweep_interval_s = opts.sweep_interval.map_or(0, |d| d.as_secs()),
+        sweep_interval_s = opts.sweep_interval,
         startup_ms = reconciling.elapsed().as_millis() as u64,
         metrics_listen = opts.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
         allocations = startup.kept, "flatnetd ready");
@@ -322,7 +289,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let sweeping = opts.sweep_interval.map(|interval| {
+    let sweeping = opts.sweep_interval().map(|interval| {
         tokio::spawn(sweeper(
             engine.clone(),
             spool.clone(),
@@ -346,7 +313,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         state_dir: opts.state_dir.clone(),
         started,
         started_unix,
-        sweep_interval: opts.sweep_interval,
+        sweep_interval: opts.sweep_interval(),
         metrics_listen: opts.metrics_listen,
     };
     // Reflection describes the services to any client (grpcurl list/describe); it answers without
@@ -437,8 +404,15 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
     }
-    let opts = parse_options(std::env::args().skip(1))?;
-    init_logging(opts.json_logs);
+    let opts = match <Options as clap::Parser>::try_parse() {
+        Ok(opts) => opts,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are answers; a bad option fails like any other start-up error.
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    init_logging(opts.log_format == LogFormat::Json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -449,4 +423,38 @@ fn main() -> anyhow::Result<()> {
         tracing::error!(error = format!("{e:#}"), "flatnetd failed");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn options_take_both_spellings_and_refuse_bad_values() {
+        let o = Options::try_parse_from(["flatnetd", "--sweep-interval=0", "--log-format", "json"])
+            .unwrap();
+        assert_eq!(o.sweep_interval(), None);
+        assert_eq!(o.log_format, LogFormat::Json);
+        assert_eq!(o.socket, PathBuf::from(flatnet_proto::DEFAULT_SOCKET));
+        let o = Options::try_parse_from(["flatnetd"]).unwrap();
+        assert_eq!(o.sweep_interval(), Some(Duration::from_secs(30)));
+        assert_eq!(o.metrics_listen, None);
+        for bad in [
+            &["flatnetd", "--sweep-interval", "86401"][..],
+            &["flatnetd", "--sweep-interval", "-1"],
+            &["flatnetd", "--metrics-listen", "localhost"],
+            &["flatnetd", "--log-format", "xml"],
+            &["flatnetd", "--socket"],
+            &["flatnetd", "extra"],
+        ] {
+            assert!(Options::try_parse_from(bad).is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
+    fn the_help_is_consistent() {
+        use clap::CommandFactory;
+        Options::command().debug_assert();
+    }
 }

@@ -1,14 +1,21 @@
 //! Prometheus metrics: what the gRPC edge counts per CNI request ([`Metrics::record`]), the page in
-//! the Prometheus text format ([`Metrics::render`], gauges computed by the caller at scrape time),
-//! and a minimal HTTP/1.1 responder for `GET /metrics` ([`serve`]), opt-in with
+//! the OpenMetrics text format ([`Metrics::render`], by prometheus-client, with gauges computed by
+//! the caller at scrape time), and `GET /metrics` over HTTP/1.1 ([`serve`], by hyper), opt-in with
 //! `flatnetd --metrics-listen ADDR:PORT`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// The verbs counted from the start (at 0), so a dashboard sees every series before it moves.
 pub const VERBS: [&str; 5] = ["ADD", "DEL", "CHECK", "GC", "STATUS"];
@@ -21,33 +28,65 @@ pub const BUCKETS: [f64; 14] = [
 
 /// The largest request head the responder reads; a scraper sends a few hundred bytes.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// How long a client may take to send its request.
+/// How long a client may take to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes answered at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 8;
+/// What the page is, for the `Content-Type` header.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[derive(Default)]
-struct Verb {
-    ok: u64,
-    failed: u64,
-    /// Requests at or under each bound of [`BUCKETS`] (not cumulative; summed when rendered).
-    buckets: [u64; BUCKETS.len()],
-    sum_seconds: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    verb: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Failure {
+    verb: &'static str,
+    code: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabel {
+    verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetworkLabel {
+    network: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// Request counters, shared by the gRPC edge (writes) and the metrics page (reads).
 pub struct Metrics {
-    verbs: Mutex<BTreeMap<&'static str, Verb>>,
-    /// (verb, CNI code) → failed requests.
-    errors: Mutex<BTreeMap<(&'static str, u32), u64>>,
+    requests: Family<Outcome, Counter>,
+    errors: Family<Failure, Counter>,
+    durations: Family<VerbLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            verbs: Mutex::new(VERBS.iter().map(|v| (*v, Verb::default())).collect()),
-            errors: Mutex::default(),
+        let m = Metrics {
+            requests: Family::default(),
+            errors: Family::default(),
+            durations: Family::new_with_constructor(latency_histogram),
+        };
+        for verb in VERBS {
+            for outcome in ["ok", "error"] {
+                let _ = m.requests.get_or_create(&Outcome { verb, outcome });
+            }
+            let _ = m.durations.get_or_create(&VerbLabel { verb });
         }
+        m
     }
 }
 
@@ -69,175 +108,105 @@ pub struct Gauges {
     pub store_error: bool,
 }
 
+/// A count as a gauge's value.
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 impl Metrics {
     /// Counts one CNI request: `verb` as the shim sent it ("UNKNOWN" when it sent none the daemon
     /// knows), how long it took, and the CNI code it failed with.
     pub fn record(&self, verb: &'static str, took: Duration, error_code: Option<u32>) {
-        let secs = took.as_secs_f64();
-        {
-            // Never held across anything that can panic; a poisoned lock still holds valid counts.
-            let mut verbs = self.verbs.lock().unwrap_or_else(|p| p.into_inner());
-            let v = verbs.entry(verb).or_default();
-            if error_code.is_some() {
-                v.failed += 1;
-            } else {
-                v.ok += 1;
-            }
-            if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-                v.buckets[i] += 1;
-            }
-            v.sum_seconds += secs;
-        }
+        let outcome = if error_code.is_some() { "error" } else { "ok" };
+        self.requests
+            .get_or_create(&Outcome { verb, outcome })
+            .inc();
+        self.durations
+            .get_or_create(&VerbLabel { verb })
+            .observe(took.as_secs_f64());
         if let Some(code) = error_code {
-            let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-            *errors.entry((verb, code)).or_default() += 1;
+            self.errors.get_or_create(&Failure { verb, code }).inc();
         }
     }
 
-    /// The page in the Prometheus text exposition format (version 0.0.4).
+    /// The page in the OpenMetrics text format: the counters so far and `gauges`.
     pub fn render(&self, gauges: &Gauges) -> String {
+        let mut r = Registry::with_prefix("flatnet");
+        r.register(
+            "requests",
+            "CNI requests flatnetd answered, by verb and outcome",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_errors",
+            "Failed CNI requests, by verb and the CNI error code the runtime got",
+            self.errors.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "How long CNI requests took in flatnetd, from arrival to answer, by verb",
+            self.durations.clone(),
+        );
+        let in_use = Family::<NetworkLabel, Gauge>::default();
+        let free = Family::<NetworkLabel, Gauge>::default();
+        for n in &gauges.networks {
+            let label = NetworkLabel {
+                network: n.network.clone(),
+            };
+            in_use.get_or_create(&label).set(gauge_value(n.in_use));
+            free.get_or_create(&label).set(gauge_value(n.free));
+        }
+        r.register(
+            "addresses_in_use",
+            "Addresses held by containers, by network",
+            in_use,
+        );
+        r.register(
+            "addresses_free",
+            "Addresses that can still be handed out, by network",
+            free,
+        );
+        let single = |value: u64| {
+            let g = Gauge::<i64>::default();
+            g.set(gauge_value(value));
+            g
+        };
+        r.register(
+            "pending_releases",
+            "DELs the shim spooled while flatnetd could not take them, not applied yet",
+            single(gauges.pending_releases),
+        );
+        r.register(
+            "store_up",
+            "1 when the address database could be read for this page",
+            single(u64::from(!gauges.store_error)),
+        );
+        r.register(
+            "uptime_seconds",
+            "Seconds since flatnetd started",
+            single(gauges.uptime_seconds),
+        );
+        let build = Family::<VersionLabel, Gauge>::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register(
+            "build_info",
+            "Always 1; the version label says which flatnetd this is",
+            build,
+        );
         let mut out = String::with_capacity(4096);
-        let verbs = self.verbs.lock().unwrap_or_else(|p| p.into_inner());
-        header(
-            &mut out,
-            "flatnet_requests_total",
-            "counter",
-            "CNI requests flatnetd answered, by verb and outcome.",
-        );
-        for (verb, v) in verbs.iter() {
-            for (outcome, n) in [("ok", v.ok), ("error", v.failed)] {
-                let _ = writeln!(
-                    out,
-                    "flatnet_requests_total{{verb=\"{}\",outcome=\"{outcome}\"}} {n}",
-                    escape(verb)
-                );
-            }
-        }
-        header(
-            &mut out,
-            "flatnet_request_errors_total",
-            "counter",
-            "Failed CNI requests, by verb and the CNI error code the runtime got.",
-        );
-        for ((verb, code), n) in self.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "flatnet_request_errors_total{{verb=\"{}\",code=\"{code}\"}} {n}",
-                escape(verb)
-            );
-        }
-        header(
-            &mut out,
-            "flatnet_request_duration_seconds",
-            "histogram",
-            "How long CNI requests took in flatnetd, from arrival to answer, by verb.",
-        );
-        for (verb, v) in verbs.iter() {
-            let verb = escape(verb);
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(v.buckets) {
-                cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "flatnet_request_duration_seconds_bucket{{verb=\"{verb}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let count = v.ok + v.failed;
-            let _ = writeln!(
-                out,
-                "flatnet_request_duration_seconds_bucket{{verb=\"{verb}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "flatnet_request_duration_seconds_sum{{verb=\"{verb}\"}} {}",
-                v.sum_seconds
-            );
-            let _ = writeln!(
-                out,
-                "flatnet_request_duration_seconds_count{{verb=\"{verb}\"}} {count}"
-            );
-        }
-        drop(verbs);
-
-        header(
-            &mut out,
-            "flatnet_addresses_in_use",
-            "gauge",
-            "Addresses held by containers, by network.",
-        );
-        for n in &gauges.networks {
-            let _ = writeln!(
-                out,
-                "flatnet_addresses_in_use{{network=\"{}\"}} {}",
-                escape(&n.network),
-                n.in_use
-            );
-        }
-        header(
-            &mut out,
-            "flatnet_addresses_free",
-            "gauge",
-            "Addresses that can still be handed out, by network.",
-        );
-        for n in &gauges.networks {
-            let _ = writeln!(
-                out,
-                "flatnet_addresses_free{{network=\"{}\"}} {}",
-                escape(&n.network),
-                n.free
-            );
-        }
-        header(
-            &mut out,
-            "flatnet_pending_releases",
-            "gauge",
-            "DELs the shim spooled while flatnetd could not take them, not applied yet.",
-        );
-        let _ = writeln!(out, "flatnet_pending_releases {}", gauges.pending_releases);
-        header(
-            &mut out,
-            "flatnet_store_up",
-            "gauge",
-            "1 when the address database could be read for this page.",
-        );
-        let _ = writeln!(out, "flatnet_store_up {}", u8::from(!gauges.store_error));
-        header(
-            &mut out,
-            "flatnet_uptime_seconds",
-            "gauge",
-            "Seconds since flatnetd started.",
-        );
-        let _ = writeln!(out, "flatnet_uptime_seconds {}", gauges.uptime_seconds);
-        header(
-            &mut out,
-            "flatnet_build_info",
-            "gauge",
-            "Always 1; the version label says which flatnetd this is.",
-        );
-        let _ = writeln!(
-            out,
-            "flatnet_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &r);
         out
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// A label value as the text format wants it: backslash, double quote and newline escaped.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Serves `GET /metrics` (and `HEAD`) on `listener` until `stop` turns true; `page` renders the body
-/// for each scrape. Anything else gets 404 or 405; a client that does not send its request within
-/// 5 s is dropped.
+/// for each scrape. Anything else gets 404 or 405; a client that does not send its request head
+/// within 5 s is dropped. One request per connection.
 pub async fn serve(
     listener: TcpListener,
     page: Arc<dyn Fn() -> String + Send + Sync>,
@@ -267,7 +236,18 @@ pub async fn serve(
         };
         let page = page.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &*page).await {
+            let answer = hyper::service::service_fn(move |req| {
+                let page = page.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&req, &*page)) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), answer)
+                .await;
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "metrics: connection ended early");
             }
             drop(permit);
@@ -281,92 +261,52 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Reads one request head and writes one response, then closes the connection.
-async fn answer(
-    mut stream: TcpStream,
+/// The response to one request (hyper leaves the body out for HEAD).
+fn route(
+    req: &Request<Incoming>,
     page: &(dyn Fn() -> String + Send + Sync),
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let complete = tokio::time::timeout(READ_TIMEOUT, async {
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<bool, std::io::Error>(false);
-            }
-            head.extend_from_slice(&buf[..n]);
-            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-                return Ok(true);
-            }
-            if head.len() > MAX_REQUEST_HEAD {
-                return Ok(false);
-            }
-        }
-    })
-    .await
-    .map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "request head not sent in time",
-        )
-    })??;
-    let (status, body) = if !complete {
-        ("400 Bad Request", "bad request\n".to_string())
-    } else {
-        route(&head, page)
-    };
-    let head_only = head.starts_with(b"HEAD ");
-    let content_type = if status.starts_with("200") {
-        "text/plain; version=0.0.4; charset=utf-8"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if !head_only {
-        response.extend_from_slice(body.as_bytes());
-    }
-    stream.write_all(&response).await?;
-    stream.shutdown().await
-}
-
-/// The status line and body for a request head.
-fn route(head: &[u8], page: &(dyn Fn() -> String + Send + Sync)) -> (&'static str, String) {
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return ("400 Bad Request", "bad request\n".into());
-    };
-    if !version.starts_with("HTTP/1.") {
-        return ("400 Bad Request", "HTTP/1.x only\n".into());
-    }
-    let path = target.split('?').next().unwrap_or_default();
-    match (method, path) {
-        ("GET" | "HEAD", "/metrics") => ("200 OK", page()),
-        ("GET" | "HEAD", "/") => ("200 OK", "flatnetd: metrics are at /metrics\n".into()),
-        (_, "/metrics" | "/") => ("405 Method Not Allowed", "GET /metrics\n".into()),
-        _ => (
-            "404 Not Found",
-            "not found: metrics are at /metrics\n".into(),
+) -> Response<Full<Bytes>> {
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (status, content_type, body) = match (get, req.uri().path()) {
+        (true, "/metrics") => (StatusCode::OK, OPENMETRICS, page()),
+        (true, "/") => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "flatnetd: metrics are at /metrics\n".to_string(),
         ),
-    }
+        (false, "/metrics" | "/") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "GET /metrics\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: metrics are at /metrics\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     /// Every sample line is `name{labels} value` or `name value`, with a number for the value.
     fn assert_well_formed(page: &str) {
+        assert!(page.ends_with("# EOF\n"), "{page}");
         for line in page.lines() {
             if line.starts_with('#') {
                 assert!(
-                    line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                    line.starts_with("# HELP ") || line.starts_with("# TYPE ") || line == "# EOF",
                     "{line}"
                 );
                 continue;
@@ -407,13 +347,13 @@ mod tests {
             "flatnet_requests_total{verb=\"ADD\",outcome=\"ok\"} 1",
             "flatnet_requests_total{verb=\"ADD\",outcome=\"error\"} 1",
             "flatnet_request_errors_total{verb=\"ADD\",code=\"100\"} 1",
-            "flatnet_request_duration_seconds_bucket{verb=\"ADD\",le=\"0.0025\"} 1",
-            "flatnet_request_duration_seconds_bucket{verb=\"ADD\",le=\"0.05\"} 2",
-            "flatnet_request_duration_seconds_bucket{verb=\"ADD\",le=\"+Inf\"} 2",
+            "flatnet_request_duration_seconds_bucket{le=\"0.0025\",verb=\"ADD\"} 1",
+            "flatnet_request_duration_seconds_bucket{le=\"0.05\",verb=\"ADD\"} 2",
+            "flatnet_request_duration_seconds_bucket{le=\"+Inf\",verb=\"ADD\"} 2",
             "flatnet_request_duration_seconds_count{verb=\"ADD\"} 2",
             // Slower than every bucket: only in +Inf.
-            "flatnet_request_duration_seconds_bucket{verb=\"DEL\",le=\"60\"} 0",
-            "flatnet_request_duration_seconds_bucket{verb=\"DEL\",le=\"+Inf\"} 1",
+            "flatnet_request_duration_seconds_bucket{le=\"60.0\",verb=\"DEL\"} 0",
+            "flatnet_request_duration_seconds_bucket{le=\"+Inf\",verb=\"DEL\"} 1",
             "flatnet_addresses_in_use{network=\"we\\\"ird\"} 1",
             "flatnet_addresses_free{network=\"we\\\"ird\"} 252",
             "flatnet_pending_releases 3",
@@ -441,11 +381,12 @@ mod tests {
         };
         let ok = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("Content-Length: 13\r\n"), "{ok}");
+        assert!(ok.contains("content-length: 13\r\n"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nflatnet_up 1\n"), "{ok}");
         let head = get("HEAD /metrics?x=1 HTTP/1.0\r\n\r\n").await;
         assert!(
-            head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"),
+            // An HTTP/1.0 request gets an HTTP/1.0 answer, and HEAD no body.
+            head.starts_with("HTTP/1.0 200 OK\r\n") && head.ends_with("\r\n\r\n"),
             "{head}"
         );
         assert!(get("GET /other HTTP/1.1\r\n\r\n")

@@ -22,14 +22,21 @@ fn fetch(host: &Host, path: &str) -> Result<String, String> {
     }
 }
 
-/// Parses a page in the Prometheus text format, panicking at the first malformed line: every
-/// sample is `name{labels} value` or `name value` with a number, and every family has HELP and
-/// TYPE before its samples. Returns `series → value` (series as written, labels included).
+/// Parses a page in the OpenMetrics text format, panicking at the first malformed line: every
+/// sample is `name{labels} value` or `name value` with a number, every family has HELP and TYPE
+/// before its samples, and `# EOF` ends the page. Returns `series → value`, each series with its
+/// labels in name order (see [`canon`]).
 fn parse(page: &str) -> BTreeMap<String, f64> {
     let mut helped = BTreeSet::new();
     let mut typed = BTreeMap::new();
     let mut samples = BTreeMap::new();
+    let mut ended = false;
     for line in page.lines() {
+        assert!(!ended, "a line after # EOF: {line:?}");
+        if line == "# EOF" {
+            ended = true;
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').expect(line);
             assert!(!help.is_empty(), "empty HELP: {line}");
@@ -82,23 +89,41 @@ fn parse(page: &str) -> BTreeMap<String, f64> {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name: {line}"
         );
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| {
-                name.strip_suffix(s)
-                    .filter(|f| typed.get(*f).is_some_and(|k| k == "histogram"))
-            })
-            .unwrap_or(name);
+        let family = [
+            ("_bucket", "histogram"),
+            ("_sum", "histogram"),
+            ("_count", "histogram"),
+            ("_total", "counter"),
+        ]
+        .iter()
+        .find_map(|(suffix, kind)| {
+            name.strip_suffix(suffix)
+                .filter(|f| typed.get(*f).is_some_and(|k| k == kind))
+        })
+        .unwrap_or(name);
         assert!(
             helped.contains(family) && typed.contains_key(family),
             "no HELP/TYPE before {line}"
         );
         assert!(
-            samples.insert(series.to_string(), value).is_none(),
+            samples.insert(canon(series), value).is_none(),
             "duplicate series {series}"
         );
     }
+    assert!(ended, "the page does not end with # EOF");
     samples
+}
+
+/// A series with its labels in name order: `a{y="1",x="2"}` is `a{x="2",y="1"}`.
+fn canon(series: &str) -> String {
+    match series.split_once('{') {
+        Some((name, labels)) => {
+            let mut pairs = split_labels(labels.strip_suffix('}').unwrap_or(labels));
+            pairs.sort();
+            format!("{name}{{{}}}", pairs.join(","))
+        }
+        None => series.to_string(),
+    }
 }
 
 /// Splits `a="x",b="y,z"` at the commas between pairs (not inside quoted values).
@@ -125,7 +150,7 @@ fn split_labels(labels: &str) -> Vec<&str> {
 
 fn get(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     *samples
-        .get(series)
+        .get(&canon(series))
         .unwrap_or_else(|| panic!("{series} missing from {samples:#?}"))
 }
 
@@ -189,11 +214,11 @@ fn metrics_page_parses_and_moves_with_add_and_del() {
     }
     assert!(get(&after, "flatnet_request_duration_seconds_sum{verb=\"ADD\"}") > 0.0);
     // Buckets are cumulative: in order of their bounds they never decrease and end at the count.
-    let prefix = "flatnet_request_duration_seconds_bucket{verb=\"DEL\",le=\"";
+    let prefix = "flatnet_request_duration_seconds_bucket{le=\"";
     let mut buckets: Vec<(f64, f64)> = after
         .iter()
         .filter_map(|(k, v)| {
-            let le = k.strip_prefix(prefix)?.strip_suffix("\"}")?;
+            let le = k.strip_prefix(prefix)?.strip_suffix("\",verb=\"DEL\"}")?;
             let bound = if le == "+Inf" {
                 f64::INFINITY
             } else {

@@ -1,0 +1,268 @@
+//! Each answer of the daemon, for people (tables, `key  value` lines) or as JSON (`--json`: the
+//! proto's fields in camelCase, the same names grpcurl shows).
+
+use crate::text::{age, iso8601, iso8601_ms, or_dash, pairs, short_duration, short_id, table};
+use anyhow::bail;
+use flatnet_proto::v1::{self, Allocation, AllocationEvent};
+use serde_json::{json, Value};
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn status(s: &v1::StatusResponse, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return print_json(&json!({
+            "version": s.version,
+            "uptimeSeconds": s.uptime_seconds,
+            "startedUnix": s.started_unix,
+            "bootId": s.boot_id,
+            "allocations": s.allocations,
+            "networks": s.networks,
+            "pendingReleases": s.pending_releases,
+            "socket": s.socket,
+            "stateDir": s.state_dir,
+            "spoolDir": s.spool_dir,
+            "sweepIntervalSeconds": s.sweep_interval_seconds,
+            "metricsListen": s.metrics_listen,
+        }));
+    }
+    let sweep = match s.sweep_interval_seconds {
+        0 => "off".to_string(),
+        n => format!("every {n}s"),
+    };
+    let metrics = match s.metrics_listen.as_str() {
+        "" => "off".to_string(),
+        listen => format!("http://{listen}/metrics"),
+    };
+    let uptime = format!(
+        "{} (since {})",
+        short_duration(s.uptime_seconds),
+        iso8601(s.started_unix)
+    );
+    pairs(&[
+        ("version", s.version.clone()),
+        ("uptime", uptime),
+        ("boot id", or_dash(&s.boot_id)),
+        ("allocations", s.allocations.to_string()),
+        ("networks", s.networks.to_string()),
+        ("pending releases", s.pending_releases.to_string()),
+        ("socket", s.socket.clone()),
+        ("state dir", s.state_dir.clone()),
+        ("spool dir", s.spool_dir.clone()),
+        ("sweep", sweep),
+        ("metrics", metrics),
+    ]);
+    Ok(())
+}
+
+pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let all = list.iter().map(|n| {
+            json!({
+                "name": n.name,
+                "bridge": n.bridge,
+                "subnet": n.subnet,
+                "gateway": n.gateway,
+                "isGateway": n.is_gateway,
+                "rangeStart": n.range_start,
+                "rangeEnd": n.range_end,
+                "mtu": n.mtu,
+                "addressesInUse": n.addresses_in_use,
+                "addressesFree": n.addresses_free,
+            })
+        });
+        return print_json(&Value::Array(all.collect()));
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|n| {
+            let range = match n.range_start.as_str() {
+                "" => "-".to_string(),
+                start => format!("{start}-{}", n.range_end),
+            };
+            vec![
+                n.name.clone(),
+                n.bridge.clone(),
+                n.subnet.clone(),
+                n.gateway.clone(),
+                range,
+                n.addresses_in_use.to_string(),
+                n.addresses_free.to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "NETWORK", "BRIDGE", "SUBNET", "GATEWAY", "RANGE", "IN USE", "FREE",
+    ];
+    table(&header, &rows);
+    Ok(())
+}
+
+fn allocation_json(a: &Allocation) -> Value {
+    json!({
+        "network": a.network,
+        "address": a.address,
+        "containerId": a.container_id,
+        "containerName": a.container_name,
+        "aliases": a.aliases,
+        "ifname": a.ifname,
+        "hostVeth": a.host_veth,
+        "netns": a.netns,
+        "createdUnix": a.created_unix,
+        "bootId": a.boot_id,
+    })
+}
+
+fn allocations_json(list: &[Allocation]) -> anyhow::Result<()> {
+    print_json(&Value::Array(list.iter().map(allocation_json).collect()))
+}
+
+/// Allocations as a table, one line each.
+pub fn allocations(list: &[Allocation], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return allocations_json(list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            vec![
+                a.address.clone(),
+                a.network.clone(),
+                short_id(&a.container_id),
+                a.container_name.clone(),
+                a.ifname.clone(),
+                a.host_veth.clone(),
+                age(a.created_unix),
+            ]
+        })
+        .collect();
+    let header = [
+        "ADDRESS",
+        "NETWORK",
+        "CONTAINER",
+        "NAME",
+        "IFNAME",
+        "VETH",
+        "AGE",
+    ];
+    table(&header, &rows);
+    Ok(())
+}
+
+/// Allocations with every field, a block each.
+pub fn details(list: &[Allocation], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return allocations_json(list);
+    }
+    for (i, a) in list.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let created = format!("{} ({} ago)", iso8601(a.created_unix), age(a.created_unix));
+        pairs(&[
+            ("address", a.address.clone()),
+            ("network", a.network.clone()),
+            ("container", a.container_id.clone()),
+            ("name", or_dash(&a.container_name)),
+            ("aliases", or_dash(&a.aliases.join(", "))),
+            ("ifname", a.ifname.clone()),
+            ("host veth", a.host_veth.clone()),
+            ("netns", a.netns.clone()),
+            ("created", created),
+            ("boot id", or_dash(&a.boot_id)),
+        ]);
+    }
+    Ok(())
+}
+
+/// What a sweep did; fails when it had failures.
+pub fn gc(g: &v1::GcResponse, as_json: bool) -> anyhow::Result<()> {
+    let released = g.released_gone + g.released_earlier_boot;
+    if as_json {
+        print_json(&json!({
+            "kept": g.kept,
+            "waiting": g.waiting,
+            "released": released,
+            "releasedGone": g.released_gone,
+            "releasedEarlierBoot": g.released_earlier_boot,
+            "linksRemoved": g.links_removed,
+            "reattached": g.reattached,
+            "spooledApplied": g.spooled_applied,
+            "spooledStale": g.spooled_stale,
+            "spooledRejected": g.spooled_rejected,
+            "spooledPending": g.spooled_pending,
+            "failures": g.failures,
+            "durationMs": g.duration_ms,
+        }))?;
+    } else {
+        let waiting = match g.waiting {
+            0 => "0".to_string(),
+            n => format!(
+                "{n} (veth missing for less than 5 s: released by the next sweep if still missing)"
+            ),
+        };
+        let spooled = format!(
+            "applied {}, stale {}, rejected {}, pending {}",
+            g.spooled_applied, g.spooled_stale, g.spooled_rejected, g.spooled_pending
+        );
+        pairs(&[
+            ("kept", g.kept.to_string()),
+            (
+                "released",
+                format!(
+                    "{released} (container gone: {}, earlier boot: {})",
+                    g.released_gone, g.released_earlier_boot
+                ),
+            ),
+            ("waiting", waiting),
+            ("links removed", g.links_removed.to_string()),
+            ("reattached", g.reattached.to_string()),
+            ("spooled DELs", spooled),
+            ("took", format!("{} ms", g.duration_ms)),
+        ]);
+        for f in &g.failures {
+            println!("failure: {f}");
+        }
+    }
+    if !g.failures.is_empty() {
+        bail!("the sweep finished with {} failure(s)", g.failures.len());
+    }
+    Ok(())
+}
+
+fn event_name(e: &AllocationEvent) -> &'static str {
+    match v1::EventKind::try_from(e.kind) {
+        Ok(v1::EventKind::Added) => "added",
+        Ok(v1::EventKind::Released) => "released",
+        _ => "unknown",
+    }
+}
+
+/// One event on one line: as JSON, the kind and time, then the allocation's fields.
+pub fn event(e: &AllocationEvent, as_json: bool) {
+    if as_json {
+        let mut v = e
+            .allocation
+            .as_ref()
+            .map(allocation_json)
+            .unwrap_or_else(|| json!({}));
+        v["event"] = json!(event_name(e));
+        v["timeUnixMs"] = json!(e.time_unix_ms);
+        v["time"] = json!(iso8601_ms(e.time_unix_ms));
+        println!("{v}");
+        return;
+    }
+    let a = e.allocation.clone().unwrap_or_default();
+    println!(
+        "{}  {:<8}  {:<18}  {}  {}  {}  {}",
+        iso8601_ms(e.time_unix_ms),
+        event_name(e),
+        a.address,
+        a.network,
+        short_id(&a.container_id),
+        or_dash(&a.container_name),
+        a.ifname
+    );
+}
