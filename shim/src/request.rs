@@ -304,32 +304,22 @@ mod tests {
     use super::*;
     use std::io;
 
-    /// The environment of Podman 4.3.1's ADD (tests/fixtures/podman-4.3.1/03-ADD.txt).
-    const PODMAN_ADD_ENV: &[(&str, &str)] = &[
-        (
-            "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAME=dumpc1;MAC=02:11:22:33:44:55;IP=10.254.7.50",
-        ),
-        ("CNI_COMMAND", "ADD"),
-        (
-            "CNI_CONTAINERID",
-            "f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1",
-        ),
-        ("CNI_IFNAME", "eth0"),
-        (
-            "CNI_NETNS",
-            "/run/netns/netns-6dd92020-1af2-572b-cf27-7feaef562d93",
-        ),
-        ("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"),
-    ];
+    /// Podman 4.3.1's ADD as captured: the CNI_* variables, then `stdin: ...`.
+    const PODMAN_ADD: &str = include_str!("../../tests/fixtures/podman-4.3.1/03-ADD.txt");
 
-    /// The stdin of that ADD.
+    /// The captured ADD's environment, in the order captured.
+    fn podman_add_env() -> Vec<(&'static str, &'static str)> {
+        let lines = PODMAN_ADD.lines().filter_map(|l| l.split_once('='));
+        lines.filter(|(k, _)| k.starts_with("CNI_")).collect()
+    }
+
+    /// The stdin of that ADD (a constant for the table below; checked against the capture).
     const PODMAN_ADD_STDIN: &str = r#"{"bridge":"dumpbr0","capabilities":{"ips":true},"cniVersion":"1.0.0","ipam":{"routes":[{"dst":"0.0.0.0/0"}],"subnet":"10.254.7.0/24","type":"host-local"},"isGateway":true,"name":"dumpnet","type":"dumpcni"}"#;
 
     /// The Podman ADD environment with `changes` applied: `Some(v)` sets, `None` removes.
     fn env(changes: &[(&str, Option<&str>)]) -> Env {
-        let mut env: Env = PODMAN_ADD_ENV
-            .iter()
+        let mut env: Env = podman_add_env()
+            .into_iter()
             .map(|(k, v)| (k.to_string(), OsString::from(v)))
             .collect();
         for (k, v) in changes {
@@ -346,6 +336,13 @@ mod tests {
     }
 
     #[test]
+    fn the_add_is_the_captured_one() {
+        let captured = PODMAN_ADD.lines().find_map(|l| l.strip_prefix("stdin: "));
+        assert_eq!(captured, Some(PODMAN_ADD_STDIN));
+        assert_eq!(podman_add_env().len(), 6);
+    }
+
+    #[test]
     fn podman_add_becomes_a_request() {
         let got = parse_str(&env(&[]), PODMAN_ADD_STDIN).expect("the fixture is valid");
         let Invocation::Exec(req) = got else {
@@ -354,10 +351,10 @@ mod tests {
         assert_eq!(req.command, Command::Add);
         assert_eq!(req.cni_version, "1.0.0");
         assert_eq!(req.socket, DEFAULT_SOCKET);
-        assert_eq!(req.container_id, PODMAN_ADD_ENV[2].1);
-        assert_eq!(req.netns, PODMAN_ADD_ENV[4].1);
+        assert_eq!(req.container_id, podman_add_env()[2].1);
+        assert_eq!(req.netns, podman_add_env()[4].1);
         assert_eq!(req.ifname, "eth0");
-        assert_eq!(req.args, PODMAN_ADD_ENV[0].1);
+        assert_eq!(req.args, podman_add_env()[0].1);
         assert_eq!(req.path, "/opt/cni/bin:/usr/lib/cni");
         assert_eq!(req.config, PODMAN_ADD_STDIN.as_bytes());
     }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-use common::{add_stdin, assert_error, run, TempDir, PODMAN_ADD_ENV};
+use common::{add_stdin, assert_error, podman_add_env, run, TempDir};
 
 /// Answers according to the config's `fake` key; by default echoes what it received.
 struct Fake;
@@ -137,7 +137,7 @@ fn the_rpc_path_end_to_end() {
         add.stderr
     );
     let seen = add.json();
-    let env = |key: &str| PODMAN_ADD_ENV.iter().find(|(k, _)| *k == key).expect(key).1;
+    let env = podman_add_env;
     assert_eq!(seen["cniVersion"], "1.0.0");
     assert_eq!(seen["command"], 1, "COMMAND_ADD");
     assert_eq!(seen["containerId"], env("CNI_CONTAINERID"));

@@ -173,20 +173,8 @@ fn next_serial() -> usize {
     SERIAL.fetch_add(1, Ordering::SeqCst)
 }
 
-/// FNV-1a (64 bit) over `parts`, a 0 byte after each but the last: the hash the project uses for
-/// names that must be stable across builds (written here again, so that the tests check the
-/// names flatnetd and the shim make rather than share their code).
-pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, part) in parts.iter().enumerate() {
-        let separator = (i > 0).then_some(0u8);
-        for b in separator.into_iter().chain(part.iter().copied()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
+/// FNV-1a (64 bit), the hash the project names things with (veth names, spool files).
+pub use flatnet_proto::fnv::fnv1a64;
 
 /// A Podman-like 64-hex container ID derived from a label (FNV-1a, repeated), stable per label.
 pub fn container_id_for(label: &str) -> String {

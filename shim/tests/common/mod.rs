@@ -9,31 +9,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
-/// The environment of Podman 4.3.1's ADD (tests/fixtures/podman-4.3.1/03-ADD.txt).
-pub const PODMAN_ADD_ENV: &[(&str, &str)] = &[
-    (
-        "CNI_ARGS",
-        "IgnoreUnknown=1;K8S_POD_NAME=dumpc1;MAC=02:11:22:33:44:55;IP=10.254.7.50",
-    ),
-    ("CNI_COMMAND", "ADD"),
-    (
-        "CNI_CONTAINERID",
-        "f47cbc8ea4d048b993bd5fc1e304e6733ddb27cf6838d9a0813e786bfb6954c1",
-    ),
-    ("CNI_IFNAME", "eth0"),
-    (
-        "CNI_NETNS",
-        "/run/netns/netns-6dd92020-1af2-572b-cf27-7feaef562d93",
-    ),
-    ("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"),
-];
+/// Podman 4.3.1's ADD as captured: the CNI_* variables, then `stdin: ...`.
+const PODMAN_ADD: &str = include_str!("../../../tests/fixtures/podman-4.3.1/03-ADD.txt");
 
-/// The stdin of that ADD, with a `socket` key (`{socket}`) so no test ever talks to a real daemon.
-const PODMAN_ADD_STDIN: &str = r#"{"bridge":"dumpbr0","capabilities":{"ips":true},"cniVersion":"1.0.0","ipam":{"routes":[{"dst":"0.0.0.0/0"}],"subnet":"10.254.7.0/24","type":"host-local"},"isGateway":true,"name":"dumpnet","socket":"{socket}","type":"dumpcni"}"#;
+/// The captured ADD's environment variable `key`.
+pub fn podman_add_env(key: &str) -> &'static str {
+    PODMAN_ADD
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("{key} is not in the capture"))
+        .1
+}
 
-/// The Podman ADD stdin pointing at `socket`.
+/// The captured ADD's variables.
+fn podman_add_vars() -> impl Iterator<Item = (&'static str, &'static str)> {
+    let vars = PODMAN_ADD.lines().filter_map(|l| l.split_once('='));
+    vars.filter(|(k, _)| k.starts_with("CNI_"))
+}
+
+/// The captured ADD's stdin with a `socket` key, so no test ever talks to a real daemon.
 pub fn add_stdin(socket: &str) -> Vec<u8> {
-    PODMAN_ADD_STDIN.replace("{socket}", socket).into_bytes()
+    let stdin = PODMAN_ADD.lines().find_map(|l| l.strip_prefix("stdin: "));
+    let mut conf: Value = serde_json::from_str(stdin.expect("the capture has stdin")).unwrap();
+    conf["socket"] = socket.into();
+    serde_json::to_vec(&conf).unwrap()
 }
 
 /// What one run of the shim produced.
@@ -54,8 +54,8 @@ impl Run {
 pub fn run(changes: &[(&str, Option<&str>)], stdin: &[u8]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flatnet"));
     cmd.env_clear();
-    for (key, value) in PODMAN_ADD_ENV {
-        if !changes.iter().any(|(k, _)| k == key) {
+    for (key, value) in podman_add_vars() {
+        if !changes.iter().any(|(k, _)| *k == key) {
             cmd.env(key, value);
         }
     }
