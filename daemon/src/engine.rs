@@ -18,7 +18,7 @@
 //!
 //! Crash safety: ADD records the allocation before its kernel work (flushing while that work runs)
 //! and replies only once both are done; a failed ADD removes the veth, then the record. DEL removes
-//! the record and holds the address in memory until the [`deleter`] has deleted the veth, sets the
+//! the record and holds the address back ([`ipam::held`]) until the [`deleter`] has deleted the veth, sets the
 //! container end aside (down, without its address, renamed) while the removal is made durable, and
 //! replies after both. So a
 //! SIGKILL at any point leaves either an `fn-*` link nobody owns (removed by reconcile before the
@@ -29,7 +29,7 @@
 use crate::config::{ConfigError, ConfigKind, NetConf};
 pub use crate::error::Error;
 use crate::events::{EventKind, Events};
-use crate::ipam::{self, AllocKey, Allocation, IpamError, Store};
+use crate::ipam::{self, AllocKey, Allocation, HeldBack, IpamError, Store};
 use crate::netlink::{random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, Netns, VethSpec};
 use crate::result::{CniResult, Interface, IpConfig, RouteOut};
 use flatnet_proto::cni;
@@ -173,10 +173,9 @@ pub struct Engine<N, S> {
     /// Allocations whose veth the last periodic sweep found missing but were still in their grace
     /// (see [`reconcile`]). Only touched with the gate held exclusively.
     suspects: std::sync::Mutex<HashSet<AllocKey>>,
-    /// Addresses that may be live in a container without an allocation: a failed ADD whose undo
-    /// could not delete its veth. Never handed out until that veth is gone (the sweep, a DEL or a
-    /// retried ADD removes it); a restart does not need them, as reconcile removes such veths first.
-    quarantine: Arc<std::sync::Mutex<Vec<Quarantined>>>,
+    /// Addresses without a record that may still be live in a container (DEL's, until the deleter
+    /// has deleted the veth; a failed ADD's whose undo could not): see [`ipam::held`].
+    held: Arc<HeldBack>,
     /// Networks whose subnet passed [`Engine::check_overlap`], so the check (which reads other
     /// networks' allocations) runs only when a network is new or its subnet changed.
     admitted: std::sync::Mutex<HashMap<String, Ipv4Network>>,
@@ -186,19 +185,11 @@ pub struct Engine<N, S> {
     events: Events,
 }
 
-/// See [`Engine::quarantine`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Quarantined {
-    network: String,
-    address: Ipv4Addr,
-    host_veth: String,
-}
-
 impl<N: Netlink, S: Store> Engine<N, S> {
     pub fn new(nl: N, store: S, boot_id: String) -> Self {
         let nl = Arc::new(nl);
-        let quarantine: Arc<std::sync::Mutex<Vec<Quarantined>>> = Default::default();
-        let deleter = Arc::new(deleter::Deleter::new(nl.clone(), quarantine.clone()));
+        let held: Arc<HeldBack> = Default::default();
+        let deleter = Arc::new(deleter::Deleter::new(nl.clone(), held.clone()));
         Engine {
             nl,
             store,
@@ -209,7 +200,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             bridge_setup: Default::default(),
             bridges: Default::default(),
             suspects: Default::default(),
-            quarantine,
+            held,
             deleter,
             admitted: Default::default(),
             events: Default::default(),
@@ -270,33 +261,6 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             Command::Status => self.status(&conf).await.map(|()| String::new()),
             Command::Gc => unreachable!("GC returned above"),
         }
-    }
-
-    fn is_quarantined(&self, network: &str, ip: Ipv4Addr) -> bool {
-        self.quarantine
-            .lock()
-            .expect("quarantine poisoned")
-            .iter()
-            .any(|q| q.network == network && q.address == ip)
-    }
-
-    /// Veths whose deletion holds back addresses of `network` (only the one for `ip`, if given).
-    fn quarantined_veths(&self, network: &str, ip: Option<Ipv4Addr>) -> Vec<String> {
-        self.quarantine
-            .lock()
-            .expect("quarantine poisoned")
-            .iter()
-            .filter(|q| q.network == network && ip.is_none_or(|ip| ip == q.address))
-            .map(|q| q.host_veth.clone())
-            .collect()
-    }
-
-    /// The veth `host_veth` is gone: addresses held back for it may be handed out again.
-    fn release_quarantine(&self, host_veth: &str) {
-        self.quarantine
-            .lock()
-            .expect("quarantine poisoned")
-            .retain(|q| q.host_veth != host_veth);
     }
 
     /// The gate held exclusively, waited for at most `budget`. It is polled rather than queued

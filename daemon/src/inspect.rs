@@ -455,15 +455,8 @@ mod tests {
 
     fn record(range: Option<(Ipv4Addr, Ipv4Addr)>) -> NetworkRecord {
         NetworkRecord {
-            name: "n".into(),
-            bridge: "br".into(),
-            subnet: Ipv4Addr::new(10, 87, 1, 0),
-            prefix: 24,
-            gateway: Ipv4Addr::new(10, 87, 1, 1),
-            is_gateway: true,
-            mtu: None,
-            hairpin: false,
             range,
+            ..crate::ipam::testing::network("n", "br")
         }
     }
 

@@ -671,7 +671,7 @@ fn run_allocator<S: Store>(store: &S, p: &Pool, ops: &[Op]) -> Result<Outcomes, 
             Op::Allocate(offset) => {
                 let requested = offset
                     .map(|o| Ipv4Addr::from((i64::from(u32::from(ipam.range_start)) + o) as u32));
-                let got = ipam::choose(store, "n", &ipam, requested);
+                let got = ipam::choose(store, ipam::HeldBack::none(), "n", &ipam, requested);
                 let free_exists = model_next(&ipam, None, &held).is_some();
                 let ip = match (requested, got) {
                     (Some(r), Err(IpamError::OutsideRange { .. })) => {

@@ -161,14 +161,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         guard: tokio::sync::OwnedMutexGuard<()>,
         deadline: Option<Instant>,
     ) -> Result<(Ipv4Addr, tokio::sync::OwnedMutexGuard<()>), Error> {
-        let choose = || {
-            ipam::choose_excluding(&self.store, &conf.name, &conf.ipam, requested, &|ip| {
-                self.is_quarantined(&conf.name, ip)
-            })
-        };
+        let choose = || ipam::choose(&self.store, &self.held, &conf.name, &conf.ipam, requested);
         match choose() {
             Err(e @ (IpamError::Taken { .. } | IpamError::Exhausted { .. })) => {
-                let waiting = self.quarantined_veths(&conf.name, requested);
+                let waiting = self.held.veths_holding(&conf.name, requested);
                 if waiting.is_empty() {
                     return Err(e.into());
                 }
@@ -213,7 +209,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 
     /// Undoes a failed ADD and gives the error to answer: the veth pair first (deleting the host
     /// end removes the peer and the address in the container too), then the record. If the veth
-    /// cannot be deleted, its address is held back (quarantined) until the interface is gone. A
+    /// cannot be deleted, its address is held back until the interface is gone. A
     /// name that is another container's was never created: that veth is not ours to delete.
     async fn undo_add(
         &self,
@@ -231,14 +227,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         match undo {
             Ok(_) => failure,
             Err(undo) => {
-                self.quarantine
-                    .lock()
-                    .expect("quarantine poisoned")
-                    .push(Quarantined {
-                        network: conf.name.clone(),
-                        address: ip,
-                        host_veth: host_veth.to_string(),
-                    });
+                self.held.hold(&conf.name, ip, host_veth);
                 tracing::error!(host_veth, address = %ip, error = %undo,
                     "cannot undo a failed ADD; its address is held back until the interface is gone");
                 Error::RollbackFailed {
@@ -294,7 +283,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     )));
                 }
                 self.nl.delete_link(host_veth).await?;
-                self.release_quarantine(host_veth);
+                self.held.veth_gone(host_veth);
             } else if first.exists() {
                 return Err(Error::InterfaceExists(format!(
                     "an interface named {ifname} already exists in {}: choose another CNI_IFNAME",

@@ -21,17 +21,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
         };
         if let Some(alloc) = &existing {
-            // The address stays held (quarantined) until the veth is gone, so it can never be live
-            // twice; the record goes now, and the kernel's slow veth deletion happens after the
-            // reply. Both under the network's lock, so no ADD can choose the address in between.
-            self.quarantine
-                .lock()
-                .expect("quarantine poisoned")
-                .push(Quarantined {
-                    network: alloc.network.clone(),
-                    address: alloc.address,
-                    host_veth: host_veth.clone(),
-                });
+            // The address stays held back until the veth is gone, so it can never be live twice;
+            // the record goes now, and the kernel's slow veth deletion happens after the reply.
+            // Both under the network's lock, so no ADD can choose the address in between.
+            self.held.hold(&alloc.network, alloc.address, &host_veth);
             self.store.remove(&key)?;
         }
         drop(guard);

@@ -2,8 +2,8 @@
 //! waiting for RCU grace periods), which would otherwise be most of every DEL and, under the network
 //! lock, would cap how many containers can come and go per second.
 //!
-//! The rule that makes this safe: DEL removes the allocation but puts its address in the engine's
-//! quarantine, and an address leaves the quarantine only once its veth is gone, so an address is never
+//! The rule that makes this safe: DEL removes the allocation but holds its address back
+//! ([`HeldBack`]), and the deleter frees it only once its veth is gone, so an address is never
 //! handed out while its old interface exists. An ADD that needs the same veth name (a container
 //! restarted right after its DEL) waits for that veth to be gone. Veths queued while a batch runs go
 //! into the next batch, which the kernel unregisters together for about the cost of one.
@@ -11,7 +11,7 @@
 //! A crash with deletions queued leaves veths that no allocation owns; the start-up reconcile removes
 //! them before anything is served.
 
-use super::Quarantined;
+use crate::ipam::HeldBack;
 use crate::netlink::Netlink;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 pub(crate) struct Deleter<N> {
     nl: Arc<N>,
-    quarantine: Arc<Mutex<Vec<Quarantined>>>,
+    held: Arc<HeldBack>,
     state: Mutex<State>,
 }
 
@@ -35,10 +35,10 @@ struct State {
 }
 
 impl<N: Netlink> Deleter<N> {
-    pub(crate) fn new(nl: Arc<N>, quarantine: Arc<Mutex<Vec<Quarantined>>>) -> Self {
+    pub(crate) fn new(nl: Arc<N>, held: Arc<HeldBack>) -> Self {
         Deleter {
             nl,
-            quarantine,
+            held,
             state: Mutex::default(),
         }
     }
@@ -95,16 +95,15 @@ impl<N: Netlink> Deleter<N> {
             };
             let failed = self.nl.delete_links(&batch).await;
             for (veth, e) in &failed {
-                // Its address stays quarantined; the sweep removes the link (no allocation owns it)
+                // Its address stays held back; the sweep removes the link (no allocation owns it)
                 // and frees the address then.
                 tracing::warn!(host_veth = %veth, error = %e, "could not delete a veth after DEL; the sweep will retry");
             }
-            self.quarantine
-                .lock()
-                .expect("quarantine poisoned")
-                .retain(|q| {
-                    !batch.contains(&q.host_veth) || failed.iter().any(|(v, _)| *v == q.host_veth)
-                });
+            for veth in &batch {
+                if !failed.iter().any(|(v, _)| v == veth) {
+                    self.held.veth_gone(veth);
+                }
+            }
             let mut st = self.state();
             for veth in &batch {
                 if let Some(tx) = st.pending.remove(veth) {

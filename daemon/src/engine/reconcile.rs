@@ -6,22 +6,22 @@
 //!    same with 1 or 1000 containers apart from the links it removes. A periodic pass dumps them
 //!    (name and bridge of each); the start-up pass reads only their names from /proc/self/net/dev,
 //!    about ten times cheaper, which is most of the start-up time with 10,000 veths.
-//! 2. Allocations made in an earlier boot (`boot_id` differs) are released, and their host veth is
-//!    deleted if a link of that name exists and no allocation of this boot uses it.
-//! 3. Allocations whose host veth exists are kept: the peer in the container lives and dies with
-//!    it, so the veth is the container's interface as far as the host can see.
-//! 4. Allocations whose host veth is gone are released, after a grace in periodic passes: the
+//! 2. Each allocation meets its [`fate`](crate::ipam::held::fate), the rule of when an address is
+//!    free again: made in an earlier boot (`boot_id` differs), released, and its host veth deleted
+//!    if a link of that name exists and no allocation of this boot uses it; host veth there, kept
+//!    (the peer in the container lives and dies with it, so the veth is the container's interface
+//!    as far as the host can see); host veth gone, released, after a grace in periodic passes (the
 //!    allocation must be at least [`GRACE`] old or have been found missing by the previous pass
-//!    too. The gate already guarantees that no ADD is between creating its veth and recording its
+//!    too). The gate already guarantees that no ADD is between creating its veth and recording its
 //!    allocation, so the grace is a second line of defence for what the gate cannot see (a link
 //!    dump racing with something outside flatnetd that recreates the link, a clock that jumped);
 //!    it costs at most one sweep interval. The start-up pass needs no grace: nothing is served
 //!    yet, so nothing can be in flight.
-//! 5. The bridge and gateway address of every network that keeps allocations is recreated from
+//! 3. The bridge and gateway address of every network that keeps allocations is recreated from
 //!    the remembered network parameters, and kept veths that lost their bridge are put back on it.
 //!    At start, without each link's bridge, that means every kept veth of a bridge that was gone;
 //!    a veth taken off a bridge that still exists is put back by the first periodic pass.
-//! 6. `fn-<8 hex>` links that no allocation owns are deleted (a crash between creating a veth and
+//! 4. `fn-<8 hex>` links that no allocation owns are deleted (a crash between creating a veth and
 //!    recording its allocation leaves one; deleting it also removes the container end and with it
 //!    the address the container was about to use).
 //!
@@ -30,6 +30,8 @@
 use super::{bridge_spec, Command, Engine, Error, NetConf, Request, Store};
 use crate::events::EventKind;
 use crate::host::unix_now;
+pub use crate::ipam::held::GRACE;
+use crate::ipam::held::{fate, Facts, Fate};
 use crate::ipam::AllocSummary;
 use crate::netlink::{LinkState, Netlink};
 use crate::spool::Spool;
@@ -38,10 +40,6 @@ use flatnet_proto::cni::Code;
 use flatnet_proto::spool::SpooledDel;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
-
-/// How old an allocation must be before a periodic pass releases it at the first sight of its veth
-/// missing (a younger one waits for the next pass).
-pub const GRACE: Duration = Duration::from_secs(5);
 
 /// How long a periodic pass waits for a moment without requests in flight before it skips its turn.
 pub const SWEEP_GATE_WAIT: Duration = Duration::from_secs(10);
@@ -207,7 +205,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let (allocs, repaired, t_store) = store?;
         s.index_repaired = repaired;
         tracing::debug!(?t_store, t_both = ?t0.elapsed(), links = links.len(), allocations = allocs.len(), "reconcile read its inputs");
-        let now = unix_now();
+        let facts = Facts {
+            boot_id: &self.boot_id,
+            now_unix: unix_now(),
+            grace: pass == Pass::Periodic,
+        };
         let previous = std::mem::take(&mut *self.suspects.lock().expect("suspects poisoned"));
         let mut suspects = HashSet::new();
         // Host veths an allocation of this boot still uses: never deleted on behalf of another.
@@ -222,47 +224,48 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 
         for a in &allocs {
             let key = a.key();
-            if a.boot_id != self.boot_id {
-                if links.contains_key(&a.host_veth) && !live.contains(a.host_veth.as_str()) {
-                    if let Err(e) = self.nl.delete_link(&a.host_veth).await {
-                        s.failures.push(format!(
-                            "removing {} (allocation of an earlier boot): {e}",
-                            a.host_veth
-                        ));
-                        owned.insert(a.host_veth.clone());
-                        continue;
+            let veth_exists = links.contains_key(&a.host_veth);
+            match fate(a, facts, veth_exists, previous.contains(&key)) {
+                Fate::Keep => {
+                    owned.insert(a.host_veth.clone());
+                    kept.push(a);
+                }
+                Fate::Wait => {
+                    owned.insert(a.host_veth.clone());
+                    suspects.insert(key);
+                    s.waiting += 1;
+                }
+                Fate::ReleaseEarlierBoot => {
+                    if veth_exists && !live.contains(a.host_veth.as_str()) {
+                        if let Err(e) = self.nl.delete_link(&a.host_veth).await {
+                            s.failures.push(format!(
+                                "removing {} (allocation of an earlier boot): {e}",
+                                a.host_veth
+                            ));
+                            owned.insert(a.host_veth.clone());
+                            continue;
+                        }
+                        links.remove(&a.host_veth);
+                        s.links_removed += 1;
                     }
-                    links.remove(&a.host_veth);
-                    s.links_removed += 1;
+                    if let Some(gone) = self.store.remove(&key)? {
+                        self.events.announce(EventKind::Released, &gone);
+                    }
+                    released_any = true;
+                    s.released_earlier_boot += 1;
+                    tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
+                        address = %a.address, boot_id = %a.boot_id, "released an allocation of an earlier boot");
                 }
-                if let Some(gone) = self.store.remove(&key)? {
-                    self.events.announce(EventKind::Released, &gone);
+                Fate::ReleaseGone => {
+                    if let Some(gone) = self.store.remove(&key)? {
+                        self.events.announce(EventKind::Released, &gone);
+                    }
+                    released_any = true;
+                    s.released_gone += 1;
+                    tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
+                        address = %a.address, host_veth = %a.host_veth, "released an allocation whose interface is gone");
                 }
-                released_any = true;
-                s.released_earlier_boot += 1;
-                tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
-                    address = %a.address, boot_id = %a.boot_id, "released an allocation of an earlier boot");
-                continue;
             }
-            if links.contains_key(&a.host_veth) {
-                owned.insert(a.host_veth.clone());
-                kept.push(a);
-                continue;
-            }
-            let young = now < a.created_unix.saturating_add(GRACE.as_secs());
-            if pass == Pass::Periodic && young && !previous.contains(&key) {
-                owned.insert(a.host_veth.clone());
-                suspects.insert(key);
-                s.waiting += 1;
-                continue;
-            }
-            if let Some(gone) = self.store.remove(&key)? {
-                self.events.announce(EventKind::Released, &gone);
-            }
-            released_any = true;
-            s.released_gone += 1;
-            tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
-                address = %a.address, host_veth = %a.host_veth, "released an allocation whose interface is gone");
         }
         *self.suspects.lock().expect("suspects poisoned") = suspects;
         s.kept = kept.len();
@@ -346,10 +349,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
         }
         // Addresses held back for veths that are gone now may be handed out again.
-        self.quarantine
-            .lock()
-            .expect("quarantine poisoned")
-            .retain(|q| links.contains_key(&q.host_veth));
+        self.held.keep_if(|veth| links.contains_key(veth));
         if s.index_repaired > 0 || released_any {
             self.store.flush().await?;
         }
@@ -554,11 +554,15 @@ mod tests {
             .extend(["configure_container", "delete_link"]);
         e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
         e.nl.fail_on.lock().unwrap().clear();
-        assert!(e.is_quarantined("flatnet", std::net::Ipv4Addr::new(10, 87, 1, 10)));
+        assert!(e
+            .held
+            .is_held("flatnet", std::net::Ipv4Addr::new(10, 87, 1, 10)));
         let s = e.sweep(Pass::Periodic, None).await.unwrap();
         assert_eq!(s.links_removed, 1, "{s:?}");
         assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
-        assert!(!e.is_quarantined("flatnet", std::net::Ipv4Addr::new(10, 87, 1, 10)));
+        assert!(!e
+            .held
+            .is_held("flatnet", std::net::Ipv4Addr::new(10, 87, 1, 10)));
     }
 
     #[tokio::test]
@@ -656,11 +660,11 @@ mod tests {
         e.drain_deletions(std::time::Duration::from_secs(2)).await;
         assert!(held(&e).is_empty());
         assert!(e.nl.has_link(&veth_name("restarted", "eth0")));
-        assert!(e.is_quarantined("flatnet", address));
+        assert!(e.held.is_held("flatnet", address));
         e.nl.fail_on.lock().unwrap().clear();
         let s = e.sweep(Pass::Startup, Some(&spool)).await.unwrap();
         assert_eq!(s.links_removed, 1, "{s:?}");
-        assert!(!e.is_quarantined("flatnet", address));
+        assert!(!e.held.is_held("flatnet", address));
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
     }
 }

@@ -25,7 +25,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 "flatnetd cannot serve requests: the kernel does not answer netlink requests ({e})"
             )));
         }
-        match ipam::choose(&self.store, &conf.name, &conf.ipam, None) {
+        // Counting only the records: an address held back is free again in a moment.
+        match ipam::choose(&self.store, HeldBack::none(), &conf.name, &conf.ipam, None) {
             Ok(_) => Ok(()),
             Err(IpamError::Exhausted {
                 network,

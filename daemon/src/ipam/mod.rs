@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod held;
 mod mem_store;
 mod sled_store;
 #[cfg(any(test, feature = "fake"))]
@@ -19,6 +20,7 @@ pub mod testing;
 #[cfg(test)]
 use sled_store::addr_key;
 
+pub use held::HeldBack;
 pub use mem_store::MemStore;
 pub use sled_store::SledStore;
 
@@ -233,26 +235,18 @@ pub fn pick<E>(
 }
 
 /// Chooses the address for a new attachment: the requested one when it is free and in range,
-/// otherwise the next free one.
+/// otherwise the next free one. An address is free when no record holds it and it is not `held`
+/// back (see [`held`]).
 pub fn choose<S: Store>(
     store: &S,
+    held: &HeldBack,
     network: &str,
     ipam: &IpamConf,
     requested: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr, IpamError> {
-    choose_excluding(store, network, ipam, requested, &|_| false)
-}
-
-/// [`choose`], also treating the addresses `held` says yes to as taken (addresses that may still be
-/// live in a container although no allocation records them).
-pub fn choose_excluding<S: Store>(
-    store: &S,
-    network: &str,
-    ipam: &IpamConf,
-    requested: Option<Ipv4Addr>,
-    held: &dyn Fn(Ipv4Addr) -> bool,
-) -> Result<Ipv4Addr, IpamError> {
-    let taken = |ip| -> Result<bool, StoreError> { Ok(held(ip) || store.is_taken(network, ip)?) };
+    let taken = |ip| -> Result<bool, StoreError> {
+        Ok(held.is_held(network, ip) || store.is_taken(network, ip)?)
+    };
     if let Some(ip) = requested {
         if !ipam.assignable(ip) {
             let reserved = if ip == ipam.gateway {
@@ -333,28 +327,31 @@ pub(crate) mod tests {
         let store = MemStore::default();
         let mut seen = HashSet::new();
         for i in 0..5 {
-            let ip = choose(&store, "n", &c, None).unwrap();
+            let ip = choose(&store, HeldBack::none(), "n", &c, None).unwrap();
             assert_ne!(ip, c.gateway);
             assert!(seen.insert(ip), "{ip} handed out twice");
             store.insert(&alloc(&format!("c{i}"), ip)).unwrap();
         }
         assert!(matches!(
-            choose(&store, "n", &c, None),
+            choose(&store, HeldBack::none(), "n", &c, None),
             Err(IpamError::Exhausted { .. })
         ));
         let freed = store.list(None).unwrap()[2].key();
         let freed_ip = store.remove(&freed).unwrap().unwrap().address;
-        assert_eq!(choose(&store, "n", &c, None).unwrap(), freed_ip);
+        assert_eq!(
+            choose(&store, HeldBack::none(), "n", &c, None).unwrap(),
+            freed_ip
+        );
     }
 
     #[test]
     fn freed_address_is_not_reused_at_once() {
         let c = ipam("");
         let store = MemStore::default();
-        let a = choose(&store, "n", &c, None).unwrap();
+        let a = choose(&store, HeldBack::none(), "n", &c, None).unwrap();
         store.insert(&alloc("a", a)).unwrap();
         store.remove(&alloc("a", a).key()).unwrap();
-        let b = choose(&store, "n", &c, None).unwrap();
+        let b = choose(&store, HeldBack::none(), "n", &c, None).unwrap();
         assert_ne!(a, b);
     }
 
@@ -394,21 +391,36 @@ pub(crate) mod tests {
         let c = ipam(r#","rangeStart":"10.87.1.10","rangeEnd":"10.87.1.20""#);
         let store = MemStore::default();
         let ip = Ipv4Addr::new(10, 87, 1, 15);
-        assert_eq!(choose(&store, "n", &c, Some(ip)).unwrap(), ip);
+        assert_eq!(
+            choose(&store, HeldBack::none(), "n", &c, Some(ip)).unwrap(),
+            ip
+        );
         store.insert(&alloc("a", ip)).unwrap();
         assert!(matches!(
-            choose(&store, "n", &c, Some(ip)),
+            choose(&store, HeldBack::none(), "n", &c, Some(ip)),
             Err(IpamError::Taken { .. })
         ));
         for outside in [[10, 87, 1, 9], [10, 87, 1, 21], [10, 87, 2, 15]] {
             assert!(matches!(
-                choose(&store, "n", &c, Some(Ipv4Addr::from(outside))),
+                choose(
+                    &store,
+                    HeldBack::none(),
+                    "n",
+                    &c,
+                    Some(Ipv4Addr::from(outside))
+                ),
                 Err(IpamError::OutsideRange { .. })
             ));
         }
         let gw = ipam("");
         assert!(matches!(
-            choose(&store, "n", &gw, Some(Ipv4Addr::new(10, 87, 1, 1))),
+            choose(
+                &store,
+                HeldBack::none(),
+                "n",
+                &gw,
+                Some(Ipv4Addr::new(10, 87, 1, 1))
+            ),
             Err(IpamError::OutsideRange { .. })
         ));
     }
@@ -452,17 +464,7 @@ pub(crate) mod tests {
             assert!(s.remove(&alloc("a", ip).key()).unwrap().is_some());
             assert!(!s.is_taken("n", ip).unwrap());
             assert!(s.remove(&alloc("a", ip).key()).unwrap().is_none());
-            let net = NetworkRecord {
-                name: "n".into(),
-                bridge: "br-n".into(),
-                subnet: Ipv4Addr::new(10, 87, 1, 0),
-                prefix: 24,
-                gateway: Ipv4Addr::new(10, 87, 1, 1),
-                is_gateway: true,
-                mtu: None,
-                hairpin: false,
-                range: None,
-            };
+            let net = testing::network("n", "br-n");
             assert!(s.put_network(&net).unwrap());
             assert!(
                 !s.put_network(&net).unwrap(),

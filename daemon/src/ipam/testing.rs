@@ -1,6 +1,6 @@
 //! Allocations for tests (the crate's own, and others' with the feature `fake`).
 
-use super::Allocation;
+use super::{Allocation, NetworkRecord};
 use crate::result::CniResult;
 use std::net::Ipv4Addr;
 
@@ -24,5 +24,20 @@ pub fn allocation(container: &str, ip: Ipv4Addr, prefix: u8) -> Allocation {
             routes: vec![],
             dns: serde_json::json!({}),
         },
+    }
+}
+
+/// Network `name` on bridge `bridge`: 10.87.1.0/24, the bridge the gateway at .1, no range.
+pub fn network(name: &str, bridge: &str) -> NetworkRecord {
+    NetworkRecord {
+        name: name.into(),
+        bridge: bridge.into(),
+        subnet: Ipv4Addr::new(10, 87, 1, 0),
+        prefix: 24,
+        gateway: Ipv4Addr::new(10, 87, 1, 1),
+        is_gateway: true,
+        mtu: None,
+        hairpin: false,
+        range: None,
     }
 }
