@@ -183,7 +183,13 @@ pub struct Engine<N, S> {
     deleter: Arc<deleter::Deleter<N>>,
     /// Committed allocation changes, for `Inspect.Watch`.
     events: Events,
+    /// The names of the links in the daemon's namespace, for the start-up reconcile:
+    /// [`host::link_names`](crate::host::link_names) unless a test gives another.
+    link_names: LinkNames,
 }
+
+/// Where the start-up reconcile reads the names of the daemon's links (see [`Engine::link_names`]).
+pub type LinkNames = Arc<dyn Fn() -> std::io::Result<HashSet<String>> + Send + Sync>;
 
 impl<N: Netlink, S: Store> Engine<N, S> {
     pub fn new(nl: N, store: S, boot_id: String) -> Self {
@@ -204,7 +210,14 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             deleter,
             admitted: Default::default(),
             events: Default::default(),
+            link_names: Arc::new(crate::host::link_names),
         }
+    }
+
+    /// The engine, reading its links' names at start from `source` instead of `/proc`.
+    pub fn with_link_names(mut self, source: LinkNames) -> Self {
+        self.link_names = source;
+        self
     }
 
     /// The kernel side the engine works through.

@@ -1,4 +1,7 @@
-//! Facts of the host flatnetd runs on: the boot it runs in, the clock, IPv4 forwarding.
+//! Facts of the host flatnetd runs on: the boot it runs in, the clock, its links' names, IPv4
+//! forwarding.
+
+use std::collections::HashSet;
 
 /// The kernel's id of the current boot.
 ///
@@ -35,5 +38,42 @@ pub(crate) fn enable_forwarding() {
     }
     if let Err(e) = std::fs::write(PATH, "1") {
         tracing::warn!(error = %e, "could not enable IPv4 forwarding");
+    }
+}
+
+/// The names of every link in the daemon's namespace, and nothing else about them, from
+/// `/proc/self/net/dev`: that lists the links of this process's namespace, which is the daemon's
+/// (only throwaway threads ever enter another one). The kernel writes it at about 2 µs per link,
+/// against 10-20 µs per link for a netlink dump (every attribute of every link), which is most of
+/// a start-up with 10,000 veths. Blocks: call it off the runtime's threads.
+pub fn link_names() -> std::io::Result<HashSet<String>> {
+    std::fs::read_to_string("/proc/self/net/dev").map(|text| proc_net_dev_names(&text))
+}
+
+/// The interface names in the text of `/proc/net/dev`: two header lines, then `  name: counters`
+/// (a name cannot hold a colon or white space).
+fn proc_net_dev_names(text: &str) -> HashSet<String> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, _)| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_dev_names_reads_every_interface() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n\
+flatnet-br0:  1234      10    0    0    0     0          0         0     5678      20    0    0    0     0       0          0\n\
+fn-0a1b2c3d:1234567890 10    0    0    0     0          0         0     5678      20    0    0    0     0       0          0\n";
+        let mut names: Vec<_> = proc_net_dev_names(text).into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["flatnet-br0", "fn-0a1b2c3d", "lo"]);
     }
 }

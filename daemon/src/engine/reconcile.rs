@@ -176,13 +176,20 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         // links' future hands its work to the kernel or a blocking thread before the read starts).
         let read_links = async {
             Ok::<_, Error>(match pass {
-                Pass::Startup => self
-                    .nl
-                    .link_names()
-                    .await?
-                    .into_iter()
-                    .map(|n| (n, None))
-                    .collect::<HashMap<String, Option<LinkState>>>(),
+                Pass::Startup => {
+                    let source = self.link_names.clone();
+                    tokio::task::spawn_blocking(move || source())
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|names| names)
+                        .map_err(|source| crate::netlink::NetlinkError::Io {
+                            op: "reading the names of the links".into(),
+                            source,
+                        })?
+                        .into_iter()
+                        .map(|n| (n, None))
+                        .collect::<HashMap<String, Option<LinkState>>>()
+                }
                 Pass::Periodic => self
                     .nl
                     .links()

@@ -5,10 +5,16 @@ use super::{Command, Engine, Request};
 use crate::ipam::MemStore;
 use crate::netlink::fake::FakeNetlink;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
-/// An engine on [`FakeNetlink`] and [`MemStore`], in boot `boot`.
+/// An engine on [`FakeNetlink`] and [`MemStore`], in boot `boot`, that finds its links' names at
+/// start in the fake.
 pub fn engine() -> Engine<FakeNetlink, MemStore> {
-    Engine::new(FakeNetlink::default(), MemStore::default(), "boot".into())
+    let nl = FakeNetlink::default();
+    let links = nl.links.clone();
+    Engine::new(nl, MemStore::default(), "boot".into()).with_link_names(Arc::new(move || {
+        Ok(links.lock().unwrap().keys().cloned().collect())
+    }))
 }
 
 /// `command` for `container`'s `eth0` with the network configuration `conf`.

@@ -3,13 +3,14 @@
 
 use super::*;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Records what was asked and keeps links in memory; `fail_on` makes one operation fail.
 #[derive(Default)]
 pub struct FakeNetlink {
     pub ops: Mutex<Vec<String>>,
-    pub links: Mutex<HashMap<String, LinkState>>,
+    /// Shared, so an engine's start-up reconcile can read the names (see `engine::testing`).
+    pub links: Arc<Mutex<HashMap<String, LinkState>>>,
     pub fail_on: Mutex<HashSet<&'static str>>,
     /// Like `fail_on`, for the next call of the operation only.
     pub fail_once: Mutex<HashSet<&'static str>>,
@@ -61,10 +62,6 @@ impl Netlink for FakeNetlink {
             .iter()
             .map(|(n, l)| (n.clone(), l.clone()))
             .collect())
-    }
-    async fn link_names(&self) -> Result<HashSet<String>, NetlinkError> {
-        self.record("link_names", String::new())?;
-        Ok(self.links.lock().unwrap().keys().cloned().collect())
     }
     async fn enslave(&self, name: &str, bridge: u32, _: bool) -> Result<(), NetlinkError> {
         self.record("enslave", format!("{name} {bridge}"))?;

@@ -193,9 +193,6 @@ pub struct ContainerView {
 pub trait Netlink: Send + Sync + 'static {
     /// Every link in the daemon's namespace, with its name (one dump).
     fn links(&self) -> impl Future<Output = Result<Vec<(String, LinkState)>, NetlinkError>> + Send;
-    /// The names of every link in the daemon's namespace, and nothing else about them: much cheaper
-    /// than [`Netlink::links`] with thousands of links.
-    fn link_names(&self) -> impl Future<Output = Result<HashSet<String>, NetlinkError>> + Send;
     /// Puts an existing link on a bridge (and turns on hairpin mode when asked).
     fn enslave(
         &self,

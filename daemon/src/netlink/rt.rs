@@ -11,7 +11,6 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
@@ -77,25 +76,6 @@ impl Netlink for RtNetlink {
                 .collect())
         })
         .await
-    }
-
-    async fn link_names(&self) -> Result<HashSet<String>, NetlinkError> {
-        // /proc/<pid>/net/dev lists the links of that process's namespace, which is the daemon's:
-        // only throwaway threads ever enter another one (see `ns_handle`). The kernel writes it at
-        // about 2 µs per link, against 10-20 µs per link for a netlink dump (every attribute of
-        // every link), which is most of a start-up with 10,000 veths.
-        const PATH: &str = "/proc/self/net/dev";
-        let read = tokio::task::spawn_blocking(|| std::fs::read_to_string(PATH))
-            .await
-            .map_err(|e| NetlinkError::Io {
-                op: format!("reading {PATH}"),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(|source| NetlinkError::Io {
-                op: format!("reading {PATH}"),
-                source,
-            })?;
-        Ok(proc_net_dev_names(&read))
     }
 
     async fn enslave(
@@ -531,19 +511,6 @@ impl Netlink for RtNetlink {
 mod tests {
     use super::*;
 
-    #[test]
-    fn proc_net_dev_names_reads_every_interface() {
-        let text = "Inter-|   Receive                                                |  Transmit\n \
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
-lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n\
-flatnet-br0:  1234      10    0    0    0     0          0         0     5678      20    0    0    0     0       0          0\n\
-fn-0a1b2c3d:1234567890 10    0    0    0     0          0         0     5678      20    0    0    0     0       0          0\n";
-        let names = proc_net_dev_names(text);
-        let mut names: Vec<_> = names.into_iter().collect();
-        names.sort();
-        assert_eq!(names, ["flatnet-br0", "fn-0a1b2c3d", "lo"]);
-    }
-
     /// Many dumps at once on one socket (the kernel refuses a second dump on a socket with EBUSY
     /// while the first runs): every one of them answers, none fails.
     #[tokio::test]
@@ -578,16 +545,13 @@ fn-0a1b2c3d:1234567890 10    0    0    0     0          0         0     5678    
         }
     }
 
-    /// The real file, in this process's namespace: it always has `lo`.
+    /// The names /proc gives are the names a dump gives (see `host::link_names`).
     #[tokio::test]
-    async fn link_names_lists_this_namespace() {
+    async fn proc_link_names_are_the_dumped_ones() {
         let nl = RtNetlink::new().expect("a netlink socket");
-        let names = nl
-            .link_names()
-            .await
-            .expect("/proc/self/net/dev is readable");
+        let names = crate::host::link_names().expect("/proc/self/net/dev is readable");
         assert!(names.contains("lo"), "{names:?}");
-        let dumped: HashSet<String> = nl
+        let dumped: std::collections::HashSet<String> = nl
             .links()
             .await
             .unwrap()

@@ -12,7 +12,6 @@ use netlink_packet_route::link::{
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::RouteMessageBuilder;
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -297,17 +296,6 @@ pub(super) fn exists_ok(r: Result<(), NetlinkError>) -> Result<(), NetlinkError>
         Err(e) if e.errno() == Some(nix::libc::EEXIST) => Ok(()),
         other => other,
     }
-}
-
-/// The interface names in the text of `/proc/net/dev`: two header lines, then `  name: counters`
-/// (a name cannot hold a colon or white space).
-pub(super) fn proc_net_dev_names(text: &str) -> HashSet<String> {
-    text.lines()
-        .skip(2)
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, _)| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .collect()
 }
 
 /// `addrgenmode none`: the interface gets no automatic IPv6 link-local address. The kernel takes
