@@ -102,6 +102,34 @@ pub struct Request {
     pub deadline: Option<Instant>,
 }
 
+/// What a request that succeeded did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Done {
+    /// The CNI result to print, rendered for the configuration's `cniVersion`: ADD's; `None` for
+    /// DEL, CHECK, GC and STATUS, which print nothing.
+    pub result: Option<String>,
+    /// The address the request was about: the one ADD gave, the one DEL released, the one CHECK
+    /// found in place (for the log line).
+    pub address: Option<Ipv4Network>,
+}
+
+impl Done {
+    fn with_address(address: Option<Ipv4Network>) -> Done {
+        Done {
+            result: None,
+            address,
+        }
+    }
+
+    /// The result parsed, for tests; `null` when there is none.
+    #[cfg(any(test, feature = "fake"))]
+    pub fn json(&self) -> serde_json::Value {
+        self.result.as_deref().map_or(serde_json::Value::Null, |r| {
+            serde_json::from_str(r).expect("the engine renders valid JSON")
+        })
+    }
+}
+
 /// How long an ADD waits for the deletion of a previous veth of the same name.
 const KERNEL_WAIT: Duration = Duration::from_secs(10);
 
@@ -249,8 +277,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         &self.boot_id
     }
 
-    /// Runs one request. `Ok` holds the result JSON to print (empty for DEL, GC and STATUS).
-    pub async fn exec(&self, req: &Request) -> Result<String, Error> {
+    /// Runs one request.
+    pub async fn exec(&self, req: &Request) -> Result<Done, Error> {
         let conf = NetConf::parse(&req.config)?;
         let min = cni::min_version_for(req.command.as_str());
         if !cni::version_at_least(&conf.cni_version, min) {
@@ -261,7 +289,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             )));
         }
         if req.command == Command::Gc {
-            return self.gc(&conf, req.deadline).await.map(|()| String::new());
+            return self.gc(&conf, req.deadline).await.map(|()| Done::default());
         }
         let budget = wait_budget(req.deadline);
         let _gate = tokio::time::timeout(budget, self.gate.read())
@@ -269,9 +297,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             .map_err(|_| Self::busy("the daemon", "a reconcile pass", budget))?;
         match req.command {
             Command::Add => self.add(&conf, req).await,
-            Command::Del => self.del(&conf, req).await.map(|()| String::new()),
-            Command::Check => self.check(&conf, req).await.map(|()| String::new()),
-            Command::Status => self.status(&conf).await.map(|()| String::new()),
+            Command::Del => self.del(&conf, req).await.map(Done::with_address),
+            Command::Check => self.check(&conf, req).await.map(Done::with_address),
+            Command::Status => self.status(&conf).await.map(|()| Done::default()),
             Command::Gc => unreachable!("GC returned above"),
         }
     }
@@ -445,8 +473,11 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn add_records_and_del_releases() {
         let e = engine();
-        let out: Value =
-            serde_json::from_str(&e.exec(&req(Command::Add, "c1", conf())).await.unwrap()).unwrap();
+        let out: Value = e
+            .exec(&req(Command::Add, "c1", conf()))
+            .await
+            .unwrap()
+            .json();
         assert_eq!(out["ips"][0]["address"], "10.87.1.10/24");
         assert_eq!(out["interfaces"][1]["name"], veth_name("c1", "eth0"));
         let stored = e.store().list(None).unwrap();
@@ -491,8 +522,11 @@ pub(crate) mod tests {
         // the allocation again with the new bridge's MAC, within the same ADD.
         e.nl.remove_link("flatnet-br0");
         e.nl.fail_once.lock().unwrap().insert("create_veth");
-        let c2: Value =
-            serde_json::from_str(&e.exec(&req(Command::Add, "c2", conf())).await.unwrap()).unwrap();
+        let c2: Value = e
+            .exec(&req(Command::Add, "c2", conf()))
+            .await
+            .unwrap()
+            .json();
         // Changes nothing, announces nothing.
         e.exec(&req(Command::Add, "c2", conf())).await.unwrap();
         e.exec(&req(Command::Del, "c1", conf())).await.unwrap();
@@ -535,8 +569,11 @@ pub(crate) mod tests {
         other.host_veth = taken.clone();
         e.store().insert(&other).unwrap();
 
-        let out: Value =
-            serde_json::from_str(&e.exec(&req(Command::Add, "c1", conf())).await.unwrap()).unwrap();
+        let out: Value = e
+            .exec(&req(Command::Add, "c1", conf()))
+            .await
+            .unwrap()
+            .json();
         let used = veth_name_salted("c1", "eth0", 1);
         assert_ne!(used, taken);
         assert_eq!(out["interfaces"][1]["name"], used.as_str());
@@ -617,8 +654,11 @@ pub(crate) mod tests {
         assert!(e.store().list(None).unwrap().is_empty());
         e.nl.fail_on.lock().unwrap().clear();
         // 10.87.1.10 may still be on c1's interface: the next container gets .11, then none is left.
-        let out: Value =
-            serde_json::from_str(&e.exec(&req(Command::Add, "c2", conf())).await.unwrap()).unwrap();
+        let out: Value = e
+            .exec(&req(Command::Add, "c2", conf()))
+            .await
+            .unwrap()
+            .json();
         assert_eq!(out["ips"][0]["address"], "10.87.1.11/24");
         let mut taken = req(Command::Add, "c3", conf());
         taken.args = "IP=10.87.1.10".into();
@@ -793,7 +833,7 @@ pub(crate) mod tests {
             .collect();
         let mut seen = std::collections::HashSet::new();
         for t in tasks {
-            let v: Value = serde_json::from_str(&t.await.unwrap()).unwrap();
+            let v: Value = t.await.unwrap().json();
             assert!(seen.insert(v["ips"][0]["address"].as_str().unwrap().to_string()));
         }
     }

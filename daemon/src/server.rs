@@ -163,21 +163,6 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
             .ok()
             .and_then(|n| n.name)
             .unwrap_or_default();
-        // DEL and CHECK answer no address; the log line names the one the container holds.
-        let held = match cmd {
-            Command::Del | Command::Check => self
-                .engine
-                .store()
-                .get(&AllocKey {
-                    network: network.clone(),
-                    container_id: req.container_id.clone(),
-                    ifname: req.ifname.clone(),
-                })
-                .ok()
-                .flatten()
-                .map(|a| format!("{}/{}", a.address, a.prefix)),
-            _ => None,
-        };
         let domain = Request {
             command: cmd,
             container_id: req.container_id,
@@ -204,22 +189,32 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
         let took = started.elapsed();
         let duration_ms = took.as_secs_f64() * 1000.0;
         let reply = match outcome {
-            Ok(result_json) => {
-                let address = serde_json::from_str::<serde_json::Value>(&result_json)
-                    .ok()
-                    .and_then(|v| v["ips"][0]["address"].as_str().map(str::to_string))
-                    .or(held)
-                    .unwrap_or_default();
+            Ok(done) => {
+                let address = done.address.map(|a| a.to_string()).unwrap_or_default();
                 tracing::info!(request_id, verb, container_id = %domain.container_id,
                     ifname = %domain.ifname, network, address, duration_ms, "ok");
                 self.metrics.record(verb, took, None);
                 CniReply {
-                    outcome: Some(Outcome::Success(v1::CniSuccess { result_json })),
+                    outcome: Some(Outcome::Success(v1::CniSuccess {
+                        result_json: done.result.unwrap_or_default(),
+                    })),
                 }
             }
             Err(e) => {
                 let code = e.code();
-                let address = held.unwrap_or_default();
+                // The address the container holds, if any, so the line says which one failed.
+                let address = self
+                    .engine
+                    .store()
+                    .get(&AllocKey {
+                        network: network.clone(),
+                        container_id: domain.container_id.clone(),
+                        ifname: domain.ifname.clone(),
+                    })
+                    .ok()
+                    .flatten()
+                    .map(|a| a.network_address().to_string())
+                    .unwrap_or_default();
                 tracing::warn!(request_id, verb, container_id = %domain.container_id,
                     ifname = %domain.ifname, network, address, code = code.as_u32(), error = %e,
                     duration_ms, "failed");

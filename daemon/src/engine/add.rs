@@ -18,7 +18,7 @@ struct Attachment<'a> {
 }
 
 impl<N: Netlink, S: Store> Engine<N, S> {
-    pub(super) async fn add(&self, conf: &NetConf, req: &Request) -> Result<String, Error> {
+    pub(super) async fn add(&self, conf: &NetConf, req: &Request) -> Result<Done, Error> {
         let key = Self::key(conf, req)?;
         let args = cni::parse_cni_args(&req.args).map_err(|e| Error::Environment(e.0))?;
         if req.netns.is_empty() {
@@ -115,7 +115,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         match committed {
             Ok(()) => {
                 self.events.announce(EventKind::Added, &alloc);
-                Ok(alloc.result.render(&conf.cni_version))
+                Ok(Done {
+                    result: Some(alloc.result.render(&conf.cni_version)),
+                    address: Some(a.address),
+                })
             }
             Err(failure) => Err(self.undo_add(conf, &key, ip, &veth, failure).await),
         }
@@ -130,7 +133,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         req: &Request,
         key: &AllocKey,
         requested: Option<Ipv4Addr>,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Option<Done>, Error> {
         let Some(existing) = self.store.get(key)? else {
             return Ok(None);
         };
@@ -142,7 +145,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             )));
         }
         if self.nl.link(&existing.host_veth).await?.is_some() {
-            return Ok(Some(existing.result.render(&conf.cni_version)));
+            return Ok(Some(Done {
+                result: Some(existing.result.render(&conf.cni_version)),
+                address: Some(existing.network_address()),
+            }));
         }
         if let Some(stale) = self.store.remove(key)? {
             self.events.announce(EventKind::Released, &stale);

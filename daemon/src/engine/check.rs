@@ -1,9 +1,13 @@
-//! CHECK: what `prevResult` says against the record and the kernel.
+//! CHECK: what `prevResult` says against the record and the kernel. Answers the address checked.
 
 use super::*;
 
 impl<N: Netlink, S: Store> Engine<N, S> {
-    pub(super) async fn check(&self, conf: &NetConf, req: &Request) -> Result<(), Error> {
+    pub(super) async fn check(
+        &self,
+        conf: &NetConf,
+        req: &Request,
+    ) -> Result<Option<Ipv4Network>, Error> {
         let key = Self::key(conf, req)?;
         let prev = conf.prev_result.as_ref().ok_or_else(|| {
             Error::Config(ConfigError {
@@ -26,8 +30,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             ))
         })?;
         let failed = |msg: String| Err(Error::CheckFailed(msg));
-        let address =
-            Ipv4Network::new(alloc.address, alloc.prefix).expect("stored prefix is valid");
+        let address = alloc.network_address();
         let prev_ip = prev.ips.iter().find(|i| {
             i.interface
                 .and_then(|n| prev.interfaces.get(n))
@@ -111,6 +114,6 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 ));
             }
         }
-        Ok(())
+        Ok(Some(address))
     }
 }

@@ -69,6 +69,11 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// The address with its prefix length, as the container holds it.
+    pub fn network_address(&self) -> ipnetwork::Ipv4Network {
+        ipnetwork::Ipv4Network::new(self.address, self.prefix).expect("stored prefix is valid")
+    }
+
     pub fn key(&self) -> AllocKey {
         AllocKey {
             network: self.network.clone(),
