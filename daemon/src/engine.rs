@@ -67,29 +67,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// client gives up by itself.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
-/// The CNI commands the daemon serves (VERSION is the shim's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Add,
-    Del,
-    Check,
-    Gc,
-    Status,
-}
+/// The CNI commands, as the wire defines them once for the shim and the daemon.
+pub use flatnet_proto::v1::Command;
 
-impl Command {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Command::Add => "ADD",
-            Command::Del => "DEL",
-            Command::Check => "CHECK",
-            Command::Gc => "GC",
-            Command::Status => "STATUS",
-        }
-    }
-}
-
-/// One CNI invocation as the shim forwarded it.
+/// One CNI invocation as the shim forwarded it, whichever front end (CNI or netavark) it came
+/// through: the one request shape the engine sees.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub command: Command,
@@ -280,11 +262,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     /// Runs one request.
     pub async fn exec(&self, req: &Request) -> Result<Done, Error> {
         let conf = NetConf::parse(&req.config)?;
-        let min = cni::min_version_for(req.command.as_str());
+        let min = req.command.min_version();
         if !cni::version_at_least(&conf.cni_version, min) {
             return Err(Error::IncompatibleVersion(format!(
                 "{} needs cniVersion {min} or later; the configuration says {}",
-                req.command.as_str(),
+                req.command.cni_name(),
                 conf.cni_version
             )));
         }
@@ -301,6 +283,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             Command::Check => self.check(&conf, req).await.map(Done::with_address),
             Command::Status => self.status(&conf).await.map(|()| Done::default()),
             Command::Gc => unreachable!("GC returned above"),
+            Command::Unspecified => Err(Error::UnknownCommand(
+                "the request names no CNI command: expected ADD, DEL, CHECK, GC or STATUS".into(),
+            )),
         }
     }
 

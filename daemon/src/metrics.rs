@@ -3,6 +3,7 @@
 //! the caller at scrape time), and `GET /metrics` over HTTP/1.1 ([`serve`], by hyper), opt-in with
 //! `flatnetd --metrics-listen ADDR:PORT`.
 
+use flatnet_proto::v1::Command;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -16,9 +17,6 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// The verbs counted from the start (at 0), so a dashboard sees every series before it moves.
-pub const VERBS: [&str; 5] = ["ADD", "DEL", "CHECK", "GC", "STATUS"];
 
 /// Upper bounds of the latency buckets, in seconds: an ADD takes about 2 ms, a DEL about 20 ms,
 /// and a request that waits for its turn up to the 60 s deadline.
@@ -80,7 +78,9 @@ impl Default for Metrics {
             errors: Family::default(),
             durations: Family::new_with_constructor(latency_histogram),
         };
-        for verb in VERBS {
+        // Every verb is counted from the start (at 0), so a dashboard sees each series before it
+        // moves.
+        for verb in Command::SERVED.map(Command::cni_name) {
             for outcome in ["ok", "error"] {
                 let _ = m.requests.get_or_create(&Outcome { verb, outcome });
             }

@@ -97,15 +97,11 @@ impl<N, S> CniService<N, S> {
     }
 }
 
+/// The served command the wire's number stands for.
 fn command(c: i32) -> Option<Command> {
-    match v1::Command::try_from(c).ok()? {
-        v1::Command::Add => Some(Command::Add),
-        v1::Command::Del => Some(Command::Del),
-        v1::Command::Check => Some(Command::Check),
-        v1::Command::Gc => Some(Command::Gc),
-        v1::Command::Status => Some(Command::Status),
-        v1::Command::Unspecified => None,
-    }
+    Command::try_from(c)
+        .ok()
+        .filter(|c| Command::SERVED.contains(c))
 }
 
 fn error_reply(code: Code, msg: String) -> CniReply {
@@ -138,7 +134,7 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
             .unwrap_or("-")
             .to_string();
         let cmd = command(request.get_ref().command);
-        let verb = cmd.map_or("UNKNOWN", Command::as_str);
+        let verb = cmd.map_or("UNKNOWN", Command::cni_name);
         if let Err(msg) = authorize(&request) {
             tracing::warn!(request_id, verb, container_id = %request.get_ref().container_id,
                 "refused: {msg}");

@@ -151,15 +151,6 @@ pub fn version_at_least(version: &str, min: &str) -> bool {
     parts(version) >= parts(min)
 }
 
-/// The oldest cniVersion in which `command` exists: CHECK came with 0.4.0, GC and STATUS with 1.1.0.
-pub fn min_version_for(command: &str) -> &'static str {
-    match command {
-        "CHECK" => "0.4.0",
-        "GC" | "STATUS" => "1.1.0",
-        _ => "0.3.0",
-    }
-}
-
 /// A value that failed validation, with a message a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid(pub String);

@@ -13,6 +13,44 @@ pub mod v1 {
     /// Encoded `FileDescriptorSet` of `flatnet.proto`, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/flatnet_descriptor.bin"));
+
+    /// The one definition of the CNI commands flatnetd serves (VERSION is the shim's own).
+    impl Command {
+        /// Every command flatnetd serves, in the order the CNI spec lists them.
+        pub const SERVED: [Command; 5] = [
+            Command::Add,
+            Command::Del,
+            Command::Check,
+            Command::Gc,
+            Command::Status,
+        ];
+
+        /// The `CNI_COMMAND` spelling (`UNSPECIFIED` for none).
+        pub fn cni_name(self) -> &'static str {
+            match self {
+                Command::Add => "ADD",
+                Command::Del => "DEL",
+                Command::Check => "CHECK",
+                Command::Gc => "GC",
+                Command::Status => "STATUS",
+                Command::Unspecified => "UNSPECIFIED",
+            }
+        }
+
+        /// The served command spelled `name` in `CNI_COMMAND`.
+        pub fn from_cni_name(name: &str) -> Option<Command> {
+            Command::SERVED.into_iter().find(|c| c.cni_name() == name)
+        }
+
+        /// The oldest `cniVersion` whose spec has this command.
+        pub fn min_version(self) -> &'static str {
+            match self {
+                Command::Check => "0.4.0",
+                Command::Gc | Command::Status => "1.1.0",
+                Command::Add | Command::Del | Command::Unspecified => "0.3.0",
+            }
+        }
+    }
 }
 
 /// Where the shim looks for the daemon unless the network config says otherwise (`socket` key).

@@ -13,7 +13,7 @@ use flatnet_proto::v1::{self, CniReply, CniRequest};
 use flatnet_proto::REQUEST_ID_HEADER;
 use tonic::metadata::MetadataValue;
 
-use crate::request::{command_name, Request};
+use crate::request::Request;
 
 /// How long connecting to the socket may take. A live daemon accepts at once; waiting longer only
 /// delays the runtime's retry.
@@ -116,7 +116,7 @@ fn unreachable(req: &Request, err: &tonic::transport::Error) -> CniError {
 /// connection) become 11 so the runtime retries; anything else is an I/O failure (5).
 fn from_status(req: &Request, status: &tonic::Status) -> CniError {
     use tonic::Code as G;
-    let command = command_name(req.command);
+    let command = req.command.cni_name();
     let socket = &req.socket;
     let grpc = status.code();
     let what = status_text(status);
@@ -162,7 +162,7 @@ fn from_reply(req: &Request, reply: CniReply) -> Result<String, CniError> {
                         Code::Io,
                         format!(
                             "flatnetd answered {} with a result that is not JSON: {e}",
-                            command_name(req.command)
+                            req.command.cni_name()
                         ),
                     ));
                 }
@@ -180,7 +180,7 @@ fn from_reply(req: &Request, reply: CniReply) -> Result<String, CniError> {
             Code::Io,
             format!(
                 "flatnetd answered {} with neither a result nor an error (is the daemon a different version than the shim?)",
-                command_name(req.command)
+                req.command.cni_name()
             ),
         )),
     }

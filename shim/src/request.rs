@@ -7,9 +7,8 @@ use std::ffi::OsString;
 use std::io::Read;
 
 use flatnet_proto::cni::{
-    min_version_for, parse_cni_args, unsupported_version_msg, validate_container_id,
-    validate_ifname, version_at_least, CniError, Code, LATEST_VERSION, MAX_CONFIG_BYTES,
-    SUPPORTED_VERSIONS,
+    parse_cni_args, unsupported_version_msg, validate_container_id, validate_ifname,
+    version_at_least, CniError, Code, LATEST_VERSION, MAX_CONFIG_BYTES, SUPPORTED_VERSIONS,
 };
 use flatnet_proto::v1::Command;
 use flatnet_proto::DEFAULT_SOCKET;
@@ -45,23 +44,6 @@ pub struct Request {
     pub config: Vec<u8>,
 }
 
-/// The CNI commands the daemon runs, by their CNI_COMMAND spelling.
-const FORWARDED: &[(&str, Command)] = &[
-    ("ADD", Command::Add),
-    ("DEL", Command::Del),
-    ("CHECK", Command::Check),
-    ("GC", Command::Gc),
-    ("STATUS", Command::Status),
-];
-
-/// The CNI_COMMAND spelling of a forwarded command.
-pub fn command_name(command: Command) -> &'static str {
-    FORWARDED
-        .iter()
-        .find(|(_, c)| *c == command)
-        .map_or("the request", |(name, _)| name)
-}
-
 /// Applies the rules in order: CNI_COMMAND, then stdin (size, JSON, cniVersion, `socket`), then the
 /// CNI_* variables the command needs. stdin is read only once CNI_COMMAND is known to be valid.
 pub fn parse(env: &Env, stdin: impl Read) -> Result<Invocation, CniError> {
@@ -70,8 +52,7 @@ pub fn parse(env: &Env, stdin: impl Read) -> Result<Invocation, CniError> {
     let Some(command) = command else {
         return version_reply(&config).map(Invocation::Version);
     };
-    let name = command_name(command);
-    let (cni_version, socket) = check_config(name, &config)?;
+    let (cni_version, socket) = check_config(command, &config)?;
     let vars = check_env(command, env)
         .map_err(|msg| CniError::new(&cni_version, Code::InvalidEnvironment, msg))?;
     Ok(Invocation::Exec(Request {
@@ -99,11 +80,7 @@ fn command(env: &Env) -> Result<Option<Command>, CniError> {
     if name == "VERSION" {
         return Ok(None);
     }
-    FORWARDED
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, c)| Some(*c))
-        .ok_or_else(|| {
+    Command::from_cni_name(&name).map(Some).ok_or_else(|| {
             invalid(format!(
                 "CNI_COMMAND {name:?} is not a CNI command flatnet knows (ADD, DEL, CHECK, GC, STATUS, VERSION)"
             ))
@@ -165,7 +142,8 @@ fn version_reply(config: &[u8]) -> Result<String, CniError> {
 
 /// Checks what the shim itself needs from the config: a cniVersion it speaks that is new enough for
 /// the command, and where the daemon listens. Everything else is the daemon's to judge.
-fn check_config(command: &str, config: &[u8]) -> Result<(String, String), CniError> {
+fn check_config(command: Command, config: &[u8]) -> Result<(String, String), CniError> {
+    let name = command.cni_name();
     let map: Map<String, Value> = serde_json::from_slice(config).map_err(|e| {
         CniError::new(
             LATEST_VERSION,
@@ -196,13 +174,13 @@ fn check_config(command: &str, config: &[u8]) -> Result<(String, String), CniErr
             unsupported_version_msg(&version),
         ));
     }
-    let min = min_version_for(command);
+    let min = command.min_version();
     if !version_at_least(&version, min) {
         return Err(CniError::new(
             &version,
             Code::IncompatibleVersion,
             format!(
-                "CNI command {command} needs cniVersion {min} or newer, but the network config says {version}"
+                "CNI command {name} needs cniVersion {min} or newer, but the network config says {version}"
             ),
         ));
     }
@@ -251,7 +229,7 @@ struct Vars {
 
 /// Checks the variables `command` needs; the error is the message for code 4.
 fn check_env(command: Command, env: &Env) -> Result<Vars, String> {
-    let name = command_name(command);
+    let name = command.cni_name();
     let (needs_container, needs_netns) = match command {
         Command::Add | Command::Check => (true, true),
         Command::Del => (true, false),
@@ -589,8 +567,10 @@ mod tests {
 
     #[test]
     fn command_names_round_trip() {
-        for (name, command) in FORWARDED {
-            assert_eq!(command_name(*command), *name);
+        for command in Command::SERVED {
+            assert_eq!(Command::from_cni_name(command.cni_name()), Some(command));
         }
+        assert_eq!(Command::from_cni_name("VERSION"), None);
+        assert_eq!(Command::from_cni_name("UNSPECIFIED"), None);
     }
 }
