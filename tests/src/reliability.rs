@@ -2,32 +2,8 @@
 //! daemon of a [`Host`], running the shim with an arbitrary environment and arbitrary stdin bytes,
 //! and a small seeded random number generator.
 
-use crate::{binary, output_within, CniOutput, Host, CNI_PATH, PATH, SHIM_TIMEOUT};
+use crate::{CniOutput, Shim, CNI_PATH};
 use std::ffi::OsString;
-use std::process::Command;
-
-impl Host {
-    /// SIGKILLs flatnetd, as a crash or an OOM kill would: no signal handler runs, nothing is
-    /// flushed or cleaned up. Reaps it; the stale socket file stays. A daemon that is not running
-    /// is left alone.
-    pub fn sigkill_daemon(&self) {
-        let mut slot = self
-            .daemon
-            .lock()
-            .expect("daemon mutex is not poisoned by a panic while held");
-        if let Some(mut child) = slot.take() {
-            // `ip netns exec` execs flatnetd, so this pid is the daemon's own.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts flatnetd again on the same socket and state dir after [`Host::sigkill_daemon`] or
-    /// [`Host::stop_daemon`]; returns once it accepts connections.
-    pub fn start_daemon_again(&self) {
-        self.start_daemon();
-    }
-}
 
 /// The environment of one shim call: `(name, value)`; a `None` value leaves the variable unset.
 pub type ShimEnv = Vec<(String, Option<OsString>)>;
@@ -36,16 +12,13 @@ pub type ShimEnv = Vec<(String, Option<OsString>)>;
 /// `env`, and `stdin` written to it byte for byte. Panics if it hangs; a shim that exits before
 /// reading all of stdin is fine (its output says why).
 pub fn run_shim(what: &str, env: &ShimEnv, stdin: &[u8]) -> CniOutput {
-    let mut cmd = Command::new(binary("flatnet"));
-    cmd.env_clear().env("PATH", PATH);
-    for (name, value) in env {
-        if let Some(value) = value {
-            cmd.env(name, value);
-        }
-    }
-    let out = output_within(&mut cmd, stdin, SHIM_TIMEOUT)
-        .unwrap_or_else(|e| panic!("shim hung: {what}: {e}"));
-    CniOutput::from_output(what.to_string(), out)
+    let shim = env
+        .iter()
+        .fold(Shim::flatnet(), |shim, (name, value)| match value {
+            Some(value) => shim.env(name, value),
+            None => shim.unset(name),
+        });
+    shim.run(what, stdin)
 }
 
 /// The environment Podman gives an ADD of `eth0`, for `container_id` in `netns`.

@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const GATEWAY_CIDR: &str = "10.87.1.1/24";
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn host() -> Host {
     require_root();
@@ -408,23 +407,20 @@ fn spool_file_name(network: &str, container_id: &str, ifname: &str) -> String {
 
 /// Runs the shim as uid/gid 65534 with Podman's environment for `command` on `c`.
 fn shim_as_nobody(command: &str, c: &Netns, conf: &Value) -> (i32, Value, String) {
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg(binary("flatnet"))
-        .env_clear()
-        .env("PATH", PATH)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", c.container_id())
-        .env("CNI_NETNS", c.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", podman_args(c.label()))
-        .env("CNI_PATH", "/opt/cni/bin");
-    let out = output_within(
-        &mut cmd,
-        conf.to_string().as_bytes(),
-        Duration::from_secs(30),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let flatnet = binary("flatnet");
+    let out = Shim::new("setpriv")
+        .args(&["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(&[flatnet.to_str().expect("the binary's path is UTF-8")])
+        .cni(
+            command,
+            c.container_id(),
+            "eth0",
+            Some(&c.path()),
+            &podman_args(c.label()),
+        )
+        .env("CNI_PATH", "/opt/cni/bin")
+        .output(conf.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(

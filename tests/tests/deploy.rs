@@ -125,29 +125,14 @@ fn flatnetd_serves_the_socket_systemd_passes() {
         "cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet",
         "ipam": {"subnet": "10.87.1.0/24"}, "socket": socket,
     });
-    let shim = || {
-        let mut cmd = Command::new(binary("flatnet"));
-        cmd.env_clear()
-            .env("CNI_CONTAINERID", c.container_id())
-            .env("CNI_NETNS", c.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin");
-        cmd
+    let shim = |command: &str| {
+        Shim::flatnet()
+            .cni(command, c.container_id(), "eth0", Some(&c.path()), "")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .output(conf.to_string().as_bytes())
     };
-    let add = ready.then(|| {
-        output_within(
-            shim().env("CNI_COMMAND", "ADD"),
-            conf.to_string().as_bytes(),
-            Duration::from_secs(30),
-        )
-    });
-    let del = ready.then(|| {
-        output_within(
-            shim().env("CNI_COMMAND", "DEL"),
-            conf.to_string().as_bytes(),
-            Duration::from_secs(30),
-        )
-    });
+    let add = ready.then(|| shim("ADD"));
+    let del = ready.then(|| shim("DEL"));
     let _ = Command::new("busybox")
         .args(["kill", "-TERM"])
         .arg(activator.id().to_string())

@@ -2,11 +2,11 @@
 //! binary with a clean environment, the "one JSON document on stdout" check, and a temp dir.
 #![allow(dead_code)] // each test file uses a different part
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use flatnet_tests::Shim;
 use serde_json::Value;
 
 /// Podman 4.3.1's ADD as captured: the CNI_* variables, then `stdin: ...`.
@@ -52,29 +52,14 @@ impl Run {
 
 /// Runs the shim with only the Podman ADD variables, `changes` applied (`None` removes one).
 pub fn run(changes: &[(&str, Option<&str>)], stdin: &[u8]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flatnet"));
-    cmd.env_clear();
-    for (key, value) in podman_add_vars() {
-        if !changes.iter().any(|(k, _)| *k == key) {
-            cmd.env(key, value);
-        }
-    }
-    for (key, value) in changes {
-        if let Some(value) = value {
-            cmd.env(key, value);
-        }
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the shim binary runs");
-    let mut pipe = child.stdin.take().expect("stdin was piped");
-    // The shim may stop reading early (oversized stdin) and exit; a broken pipe is fine then.
-    let _ = pipe.write_all(stdin);
-    drop(pipe);
-    let out = child.wait_with_output().expect("the shim finishes");
+    let shim = podman_add_vars().fold(Shim::new(env!("CARGO_BIN_EXE_flatnet")), |shim, (k, v)| {
+        shim.env(k, v)
+    });
+    let shim = changes.iter().fold(shim, |shim, (k, v)| match v {
+        Some(v) => shim.env(k, v),
+        None => shim.unset(k),
+    });
+    let out = shim.output(stdin).expect("the shim finishes");
     Run {
         code: out.status.code(),
         stdout: out.stdout,

@@ -5,6 +5,7 @@
 //! counts that must stay at zero.
 
 use super::sys;
+use crate::Shim;
 use serde_json::Value;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -216,19 +217,17 @@ impl Plugin {
     }
 
     fn command(&self, command: &str, a: &Attachment) -> Command {
-        let mut cmd = Command::new(&self.binary);
-        cmd.env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &a.container_id)
-            .env("CNI_NETNS", &a.netns)
-            .env("CNI_IFNAME", &a.ifname)
-            .env(
-                "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAME={}", a.name),
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAME={}", a.name);
+        Shim::new(&self.binary)
+            .cni(
+                command,
+                &a.container_id,
+                &a.ifname,
+                Some(a.netns.to_str().expect("namespace paths are UTF-8")),
+                &args,
             )
             .env("CNI_PATH", &self.cni_path)
-            .env("PATH", super::PATH);
-        cmd
+            .command()
     }
 
     fn failed(&self, command: &str, a: &Attachment, e: &Exec) -> String {
@@ -280,11 +279,10 @@ impl Plugin {
     /// Timed VERSION with `{"cniVersion":"1.0.0"}` on stdin; `None` (counted) unless it lists
     /// supported versions.
     pub fn version(&self) -> Option<Duration> {
-        let mut cmd = Command::new(&self.binary);
-        cmd.env_clear()
+        let mut cmd = Shim::new(&self.binary)
             .env("CNI_COMMAND", "VERSION")
             .env("CNI_PATH", &self.cni_path)
-            .env("PATH", super::PATH);
+            .command();
         self.tally.calls.fetch_add(1, Ordering::SeqCst);
         let e = run_timed(&mut cmd, br#"{"cniVersion":"1.0.0"}"#);
         let listed = serde_json::from_slice::<Value>(&e.stdout)

@@ -2,12 +2,12 @@
 //! `--network flatnet` (the netavark plugin and a release flatnetd), with netavark's own bridge
 //! network (`--network podman`, Podman 5's default) and with `--network none`, taking turns; the
 //! share is the difference of the medians. It runs in a Podman 5 session (see
-//! `flatnet_tests::podman5`), which is registered for cleanup the moment it exists.
+//! `crate::podman5`), which is registered for cleanup the moment it exists.
 
 use super::cleanup::{Cleanup, Guard};
 use super::podman_run::Outcome;
 use super::Ctx;
-use flatnet_tests::podman5::{root_dir, Podman5, IMAGE};
+use crate::podman5::{root_dir, Podman5, IMAGE};
 use std::time::{Duration, Instant};
 
 /// The networks of the three kinds of run, in the order of [`Outcome::Measured`].

@@ -10,7 +10,7 @@
 use super::cleanup::{Cleanup, Guard};
 use super::stats::{summarize, Summary};
 use super::{Ctx, PATH};
-use flatnet_tests::output_within;
+use crate::output_within;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -194,11 +194,8 @@ pub fn measure(ctx: &Ctx, host_netns: &Path, confs: [&Value; 2], runs: usize) ->
         )
         .expect("the temp dir is writable");
     }
-    let (conf, storage) = flatnet_tests::podman::write_config(
-        &dir,
-        &net_d,
-        [&ctx.bin_dir, Path::new(REFERENCE_PLUGINS)],
-    );
+    let (conf, storage) =
+        crate::podman::write_config(&dir, &net_d, [&ctx.bin_dir, Path::new(REFERENCE_PLUGINS)]);
     let containers = Guard::new(Containers {
         podman: Podman {
             conf,

@@ -31,7 +31,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 /// PATH of every process the benchmark starts (with an otherwise cleared environment).
-pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use crate::PATH;
 /// The reference plugins (Debian's containernetworking-plugins).
 const REFERENCE_DIR: &str = "/usr/lib/cni";
 
@@ -143,7 +143,7 @@ impl Ctx {
     pub fn attachment(&self, netns: &str, ifname: &str) -> Attachment {
         Attachment {
             netns: netns_path(netns),
-            container_id: flatnet_tests::container_id_for(netns),
+            container_id: crate::container_id_for(netns),
             name: netns.to_string(),
             ifname: ifname.to_string(),
         }
