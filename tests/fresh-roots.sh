@@ -49,12 +49,12 @@ DEMO=$(awk '/^### A first container/ {f = 1} f && /^```sh$/ {b = 1; next} b && /
 [ -n "$DEMO" ] || fail "README.md has no sh block under '### A first container'"
 
 mkdir -p "$WORK"
-SESSIONS=()
+MACHINES=()
 SLIRPS=()
 NETNSES=()
 cleanup() {
     local p n
-    for p in "${SESSIONS[@]}" "${SLIRPS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    for p in "${MACHINES[@]}" "${SLIRPS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     for n in "${NETNSES[@]}"; do ip netns del "$n" 2>/dev/null || true; done
 }
 trap cleanup EXIT
@@ -130,7 +130,7 @@ EOF
     setpriv --pdeathsig KILL -- nsenter --net="/run/netns/$ns" unshare --kill-child --fork --pid --mount \
         --propagation private --ipc --uts sh -c "$script" >"$out" 2>&1 &
     local holder=$! i pid=""
-    SESSIONS+=("$holder")
+    MACHINES+=("$holder")
     disown "$holder"
     for i in $(seq 100); do
         if grep -q ready "$out" 2>/dev/null; then
@@ -140,7 +140,7 @@ EOF
         sleep 0.1
     done
     [ -n "$pid" ] || { cat "$out" >&2; fail "$1: the machine did not start"; }
-    SESSIONS+=("$pid")
+    MACHINES+=("$pid")
     MACHINE=$pid
 }
 

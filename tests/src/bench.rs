@@ -9,9 +9,12 @@
 mod cleanup;
 mod cni;
 mod daemon;
+mod document;
+mod format;
 mod grpc;
 mod machine;
 mod memory;
+mod options;
 mod podman5_run;
 mod podman_run;
 mod report;
@@ -23,6 +26,8 @@ mod throughput;
 use cleanup::{netns_path, NetnsSet, TempDir};
 use cni::{file_size, Attachment, Plugin};
 use daemon::Daemon;
+use document::document;
+use options::{Options, USAGE};
 use report::Results;
 use serde_json::{json, Value};
 use std::fs;
@@ -34,87 +39,6 @@ use std::time::{Duration, Instant};
 pub use crate::PATH;
 /// The reference plugins (Debian's containernetworking-plugins).
 const REFERENCE_DIR: &str = "/usr/lib/cni";
-
-const USAGE: &str = "usage: flatnet-bench [--quick] [--n N] [--cycles N] [--podman-runs N]
-                     [--version-runs N] [--allocs N] [--no-podman] [--output PATH | --no-write]
-
-Run as root (tests/bench.sh builds the release binaries and does that). Compares Flatnet (the
-release flatnet shim and flatnetd next to this binary, or in $FLATNET_BIN_DIR) with
-/usr/lib/cni/bridge + host-local in one run, prints a table and writes BENCHMARKS.md.
-
-  --quick            smoke run (n=30, 64 cycles, 3 podman runs, 1,000 allocations); does not
-                     write BENCHMARKS.md unless --output is given
-  --n N              sequential ADD/CHECK/DEL per plugin (default 200)
-  --cycles N         attach+detach cycles per plugin and parallelism (default 400)
-  --podman-runs N    podman run --rm per network mode (default 45)
-  --version-runs N   VERSION calls per plugin (default 200)
-  --allocs N         attachments for the memory and start-up test, a multiple of 100, at most
-                     16,000 (default 10,000)
-  --no-podman        skip the podman run measurement
-  --output PATH      where to write the report (default: BENCHMARKS.md at the repository root)
-  --no-write         only print";
-
-#[derive(Debug)]
-pub struct Options {
-    quick: bool,
-    n: usize,
-    cycles: usize,
-    podman_runs: usize,
-    version_runs: usize,
-    allocs: usize,
-    podman: bool,
-    output: Option<PathBuf>,
-    write: bool,
-}
-
-impl Options {
-    fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
-        let args: Vec<String> = args.collect();
-        let quick = args.iter().any(|a| a == "--quick");
-        let mut o = Options {
-            quick,
-            n: if quick { 30 } else { 200 },
-            cycles: if quick { 64 } else { 400 },
-            podman_runs: if quick { 3 } else { 45 },
-            version_runs: if quick { 50 } else { 200 },
-            allocs: if quick { 1_000 } else { 10_000 },
-            podman: true,
-            output: None,
-            write: !quick,
-        };
-        let mut it = args.into_iter();
-        while let Some(arg) = it.next() {
-            let mut number = |name: &str| -> Result<usize, String> {
-                let v = it.next().ok_or(format!("{name} needs a number"))?;
-                v.parse()
-                    .map_err(|_| format!("{name} needs a number, not {v:?}"))
-            };
-            match arg.as_str() {
-                "--quick" => {}
-                "--n" => o.n = number("--n")?,
-                "--cycles" => o.cycles = number("--cycles")?,
-                "--podman-runs" => o.podman_runs = number("--podman-runs")?,
-                "--version-runs" => o.version_runs = number("--version-runs")?,
-                "--allocs" => o.allocs = number("--allocs")?,
-                "--no-podman" => o.podman = false,
-                "--no-write" => o.write = false,
-                "--output" => {
-                    o.output = Some(PathBuf::from(it.next().ok_or("--output needs a path")?));
-                    o.write = true;
-                }
-                "-h" | "--help" => return Err(String::new()),
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        if o.n == 0 || o.cycles < 2 || o.version_runs == 0 {
-            return Err("--n and --version-runs must be at least 1, --cycles at least 2".into());
-        }
-        if !(100..=16_000).contains(&o.allocs) || o.allocs / 100 * 100 != o.allocs {
-            return Err("--allocs must be a multiple of 100 between 100 and 16,000".into());
-        }
-        Ok(o)
-    }
-}
 
 /// What every phase needs: names, directories, and the run's limits.
 pub struct Ctx {
@@ -458,136 +382,4 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
-}
-
-/// BENCHMARKS.md: the table, how it was measured, the machine, how to run it, and the Notes
-/// section of the existing file (kept as it is, so a rerun does not lose them).
-fn document(
-    opts: &Options,
-    res: &Results,
-    table: &str,
-    machine: &[(String, String)],
-    load: [&str; 2],
-    elapsed: Duration,
-    path: &Path,
-) -> String {
-    let notes = fs::read_to_string(path)
-        .ok()
-        .and_then(|old| old.split_once("\n## Notes\n").map(|(_, n)| n.to_string()))
-        .unwrap_or_else(|| "\n".to_string());
-    let mut doc = String::new();
-    doc.push_str("# Flatnet benchmarks\n\n");
-    doc.push_str(
-        "Generated by `sudo tests/bench.sh` (source: `tests/src/bin/flatnet-bench.rs` and \
-         `tests/src/bench/`); rerun it to refresh this file. Everything above *Notes* is \
-         rewritten by each run; *Notes* is kept.\n\n",
-    );
-    doc.push_str(
-        "Flatnet is the release `flatnet` shim with the release `flatnetd`; the reference is \
-         Debian's `/usr/lib/cni/bridge` with `host-local` IPAM. Both run in the same run, \
-         taking turns, in one host network namespace that the benchmark creates, with \
-         equivalent configurations (a bridge with the gateway address, MTU 1500, a default \
-         route, a /16: `10.87.0.0/16` on `fnbr0` and `10.88.0.0/16` on `refbr0`). \
-         *Flatnet better by* is how many times better Flatnet is: reference ÷ Flatnet for \
-         times and sizes, Flatnet ÷ reference for cycles per second; above 1 means Flatnet is \
-         better.\n\n",
-    );
-    doc.push_str("## Results\n\n");
-    doc.push_str(table);
-    if !res.messages.is_empty() {
-        doc.push_str("\nFirst failures:\n\n");
-        for m in &res.messages {
-            doc.push_str(&format!("- `{}`\n", m.replace('`', "'")));
-        }
-    }
-    let memory_networks = res.memory.as_ref().map(|m| m.networks).unwrap_or(0);
-    doc.push_str(&format!(
-        "\n## How it was measured\n\n\
-         - Every plugin call is timed from spawn to exit, with the environment a runtime sets \
-         (`CNI_*`, a cleared environment) and the config already serialised on stdin; the \
-         shim and `bridge` go through the same code. After every ADD (untimed) an rtnetlink \
-         dump in the container namespace checks that the result's address is on the \
-         interface; right after every DEL answers, that the namespace has no interface of \
-         that name and the address is on no interface. Failed calls and failed checks are \
-         counted; any makes the run fail.\n\
-         - Latency: {n} containers per plugin, all namespaces made before timing, 3 untimed \
-         warm-up rounds; all ADDs (alternating which plugin goes first), then all CHECKs \
-         (with `prevResult`), then all DELs (with `prevResult`), so up to {n} attachments of \
-         each plugin exist at once. Percentiles are nearest-rank.\n\
-         - Cycles: one cycle is ADD then DEL of a fresh container namespace (with both \
-         checks, about 0.1 ms each, inside the cycle); {cycles} cycles per plugin and \
-         parallelism, in blocks ordered Flatnet, reference, reference, Flatnet; cycles per \
-         second = completed cycles ÷ wall time of that plugin's blocks.\n\
-         - Podman: `podman run --rm <busybox image> true` with `--network flatnet`, the \
-         reference network and `--network none`, {podman} timed runs of each after one \
-         untimed, in rotating order; Podman {podman_version} with the CNI backend and runc, \
-         run with `nsenter --net` into the host namespace. Network share = median with the \
-         network − median with `none`.\n\
-         - Podman 5: the same runs with Podman {podman5_version} and netavark, in a session of \
-         its own (a Debian 13 root in its own network, pid and mount namespaces; see \
-         `tests/src/podman5.rs`): `--network flatnet` (the netavark plugin, the release \
-         binaries), netavark's own bridge network (`--network podman`) and `--network none`. \
-         After the runs flatnetd must hold no address.\n\
-         - Memory and start-up: a second host namespace with a fresh flatnetd; VmRSS from \
-         `/proc/<pid>/status` once it answers (idle), then {allocs} real attachments made \
-         through the shim by 8 workers ({per} interfaces `eth0`… in each of {netns} container \
-         namespaces, spread over {memory_networks} networks because a Linux bridge takes at \
-         most 1024 ports), VmRSS 0.5 s after the last ADD, then {restarts} restarts (SIGTERM, \
-         wait until the machine is quiet, start on the same state dir); start-up = spawn until a gRPC `ListAllocations` call \
-         over the socket is answered (polled every 0.5 ms). After the restarts \
-         `flatnetctl allocations` must list every attachment.\n\
-         - Plugin start-up: `CNI_COMMAND=VERSION` with `{{\"cniVersion\":\"1.0.0\"}}` on stdin, \
-         {version} runs per plugin, alternating.\n\
-         - Before each phase after the first, the run waits (at most 30 s) until the CPUs are \
-         less than 10% busy over 250 ms: the kernel tears down the namespaces and interfaces a \
-         phase made for seconds afterwards, and that work would otherwise count against the next \
-         phase.\n\
-         - The whole run took {elapsed:.0} s.{quick}\n",
-        n = opts.n,
-        cycles = opts.cycles,
-        podman = opts.podman_runs,
-        podman5_version = res.podman5_version,
-        podman_version = machine
-            .iter()
-            .find(|(k, _)| k == "Podman")
-            .map(|(_, v)| v.trim_start_matches("podman version ").to_string())
-            .unwrap_or_default(),
-        allocs = report::thousands(opts.allocs),
-        per = memory::PER_NETNS.min(opts.allocs),
-        netns = opts.allocs.div_ceil(memory::PER_NETNS),
-        restarts = memory::RESTARTS,
-        version = opts.version_runs,
-        elapsed = elapsed.as_secs_f64(),
-        quick = if opts.quick {
-            " This was a `--quick` run: small samples, not for conclusions."
-        } else {
-            ""
-        },
-    ));
-    doc.push_str("\n## Machine\n\n| | |\n|---|---|\n");
-    for (k, v) in machine {
-        doc.push_str(&format!("| {k} | {v} |\n"));
-    }
-    doc.push_str(&format!(
-        "| load average at start / end | {} / {} |\n",
-        load[0], load[1]
-    ));
-    doc.push_str(
-        "\n## How to run\n\n\
-         ```sh\n\
-         sudo tests/bench.sh            # builds the release binaries, runs everything, rewrites BENCHMARKS.md\n\
-         sudo tests/bench.sh --quick    # smoke run in about a minute; prints the table only\n\
-         sudo tests/bench.sh --n 500 --cycles 800 --podman-runs 20   # larger samples\n\
-         ```\n\n\
-         It needs root, `ip` (iproute2) and Debian's `containernetworking-plugins`; Podman \
-         (with `runc` and `busybox-static`) is optional. It only uses network namespaces it \
-         creates (`fnb<pid>*`) and removes them, its daemons and its temp dir \
-         (`/tmp/flatnet-bench-<pid>`, which also holds its Podman storage: the machine's own \
-         Podman storage is not touched) afterwards, also on failure or Ctrl-C. Podman 5 runs \
-         need the Debian 13 root of `sudo tests/podman5-root.sh`. Other work on the \
-         machine shows up in the numbers: compare the load average above.\n",
-    );
-    doc.push_str("\n## Notes\n");
-    doc.push_str(&notes);
-    doc
 }

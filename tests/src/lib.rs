@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod ctl;
 mod host;
+mod http;
 mod ip;
 mod netns;
 pub mod podman;
@@ -18,6 +19,7 @@ pub mod sandbox;
 mod shim;
 
 pub use host::*;
+pub use http::*;
 pub use ip::*;
 pub(crate) use netns::delete_netns;
 pub use netns::*;

@@ -12,9 +12,10 @@
 //! Each host has Podman storage of its own (vfs, in its temp dir): no image or container of the
 //! machine's own Podman is touched or added, and the tests may run in parallel.
 
+use crate::http::fetch_with;
 use crate::{
-    bin_dir, command_works, output_within, poll, require_root, run_ok, unique_token, unmet,
-    Background, Host, Netns, PATH,
+    bin_dir, command_works, output_within, require_root, run_ok, unique_token, unmet, Background,
+    Host, Netns, PATH,
 };
 use serde_json::{json, Value};
 use std::fs;
@@ -42,8 +43,6 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 const LABEL: &str = "flatnet-test";
 /// Upper bound for one Podman command (a run with its CNI ADD is well under a second here).
 const PODMAN_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long an HTTP fetch keeps retrying (a server may still be starting).
-const FETCH_RETRY: Duration = Duration::from_secs(10);
 /// The busybox applets linked into the image.
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "ls", "mkdir", "sleep", "timeout", "httpd", "wget", "ip", "ifconfig",
@@ -507,41 +506,6 @@ impl Nginx {
     }
 }
 
-/// Fetches `url` with busybox wget from inside `ns`, retrying for up to 10 s; returns the body.
-pub fn http_get(ns: &Netns, url: &str) -> String {
-    try_http_get(ns, url).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// [`http_get`] that returns the last failure instead of panicking.
-pub fn try_http_get(ns: &Netns, url: &str) -> Result<String, String> {
-    fetch_with(&format!("netns {}", ns.name()), url, |args| ns.exec(args))
-}
-
-/// Runs `busybox timeout 3 busybox wget -q -O - URL` through `exec` until it succeeds (up to
-/// 10 s) and returns the body, or the last failure. `busybox timeout` bounds each try because
-/// Debian 12's busybox segfaults on `wget -T`.
-pub fn fetch_with(
-    where_: &str,
-    url: &str,
-    exec: impl Fn(&[&str]) -> Output,
-) -> Result<String, String> {
-    let args = [
-        "busybox", "timeout", "3", "busybox", "wget", "-q", "-O", "-", url,
-    ];
-    let mut last = String::new();
-    let mut body = None;
-    poll(FETCH_RETRY, || {
-        let out = exec(&args);
-        if out.status.success() {
-            body = Some(String::from_utf8_lossy(&out.stdout).into_owned());
-            return true;
-        }
-        last = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr));
-        false
-    });
-    body.ok_or_else(|| format!("wget {url} from {where_} kept failing for {FETCH_RETRY:?}: {last}"))
-}
-
 /// The command of an httpd container that serves `token` (plus a newline) at `/`. `mkdir -p`
 /// because the container's filesystem survives a restart.
 pub fn httpd_command(token: &str) -> [String; 3] {
@@ -552,7 +516,6 @@ pub fn httpd_command(token: &str) -> [String; 3] {
     ]
 }
 
-/// `s` as a TOML basic string (temp paths hold no quotes or backslashes; checked).
 /// A private Podman 4 configuration in `dir`, as the tests and the benchmark run Podman: a
 /// containers.conf (CNI backend with the networks of `net_d` and the plugins of `plugin_dirs`,
 /// runc, fixed rlimits, Podman's tmp_dir in `dir`) and a storage.conf (vfs, so nothing stays
@@ -593,6 +556,7 @@ pub fn write_config(dir: &Path, net_d: &Path, plugin_dirs: [&Path; 2]) -> (PathB
     (conf, storage)
 }
 
+/// `path` as a TOML basic string (temp paths hold no quotes or backslashes; checked).
 fn toml_string(path: &Path) -> String {
     let s = path.to_str().expect("temp dir paths are UTF-8");
     assert!(

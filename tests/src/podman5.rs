@@ -1,17 +1,17 @@
 //! Real Podman 5 for the tests: Debian 13's Podman 5.4 and netavark 1.14, in the Debian 13 root
 //! that `tests/podman5-root.sh` builds (Debian 12 has only Podman 4.3), run as a whole machine of
-//! its own, a "session":
-//! - a network namespace made here (`lo` only, no uplink), which is the session's host network:
+//! its own, a "guest":
+//! - a network namespace made here (`lo` only, no uplink), which is the guest's host network:
 //!   flatnetd's bridge and every container address live in it and nowhere else;
 //! - new pid, mount, IPC and UTS namespaces whose PID 1 is `catatonit`, with the root as an
-//!   overlay (the built root stays untouched and sessions never see each other), fresh `proc` and
+//!   overlay (the built root stays untouched and guests never see each other), fresh `proc` and
 //!   `sysfs`, the machine's cgroup hierarchies (runc needs them), tmpfs on `/run`, `/tmp` and
 //!   Podman's storage, and a private `/dev` (the machine's `/dev/shm` would share Podman's lock
 //!   table with the machine's own Podman);
 //! - commands join it with `nsenter --target PID --mount --pid --net --ipc --uts --root --wd`.
 //!
 //! Drop stops every container (so each teardown runs), kills PID 1, which takes every process and
-//! mount of the session with it, and removes the network namespace and the temp dir by name.
+//! mount of the guest with it, and removes the network namespace and the temp dir by name.
 
 use crate::{output_within, poll, require_root, unique_token, unmet, Netns};
 use std::fs;
@@ -20,15 +20,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-/// Upper bound for one command in the session (a `podman run` takes well under a second).
+/// Upper bound for one command in the guest (a `podman run` takes well under a second).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// The busybox applets linked into the test image.
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "ls", "mkdir", "sleep", "timeout", "true", "httpd", "wget", "ip",
 ];
-/// Where the project's binaries go inside the session.
+/// Where the project's binaries go inside the guest.
 pub const BIN: &str = "/opt/flatnet/bin";
-/// The test image's name inside the session.
+/// The test image's name inside the guest.
 pub const IMAGE: &str = "localhost/busybox";
 
 /// The built root: `$FLATNET_PODMAN5_ROOT`, else `target/debian13-root` of this checkout.
@@ -57,14 +57,14 @@ pub fn require_podman5() {
 pub struct Podman5 {
     ns: Netns,
     dir: PathBuf,
-    /// `unshare`, whose child is PID 1; taken when the session ends.
+    /// `unshare`, whose child is PID 1; taken when the guest ends.
     holder: std::sync::Mutex<Option<Child>>,
-    /// PID 1 of the session, as the machine sees it.
+    /// PID 1 of the guest, as the machine sees it.
     pid: u32,
 }
 
 impl Podman5 {
-    /// Starts a session and loads the test image into it. Call [`require_podman5`] first.
+    /// Starts a guest and loads the test image into it. Call [`require_podman5`] first.
     pub fn start() -> Podman5 {
         let token = unique_token("fnp5");
         let dir = std::env::temp_dir().join(&token);
@@ -75,10 +75,10 @@ impl Podman5 {
             .take(14)
             .collect();
         let ns = Netns::create(&name, "podman5");
-        let script = session_script(&root_dir(), &dir);
+        let script = guest_script(&root_dir(), &dir);
         // nsenter, not `ip netns exec`: that one mounts a sysfs of its own on /sys, which hides the
-        // machine's cgroup hierarchies that the session binds in.
-        // setpriv --pdeathsig and unshare --kill-child: a session never outlives the process that
+        // machine's cgroup hierarchies that the guest binds in.
+        // setpriv --pdeathsig and unshare --kill-child: a guest never outlives the process that
         // started it, even one that aborts without running drops.
         let mut holder = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", "nsenter"])
@@ -101,7 +101,7 @@ impl Podman5 {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the Podman 5 session (util-linux): {e}"));
+            .unwrap_or_else(|e| panic!("cannot start the Podman 5 guest (util-linux): {e}"));
         let stdout = holder.stdout.take().expect("stdout was piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -122,29 +122,29 @@ impl Podman5 {
             }
             let _ = holder.wait();
             let _ = fs::remove_dir_all(&dir);
-            panic!("the Podman 5 session did not start: {err}");
+            panic!("the Podman 5 guest did not start: {err}");
         };
-        let session = Podman5 {
+        let guest = Podman5 {
             ns,
             dir,
             holder: std::sync::Mutex::new(Some(holder)),
             pid,
         };
-        session.load_image();
-        session
+        guest.load_image();
+        guest
     }
 
-    /// The session's network namespace (its host network).
+    /// The guest's network namespace (its host network).
     pub fn netns(&self) -> &Netns {
         &self.ns
     }
 
-    /// Where `path` of the session's file system is, seen from outside it.
+    /// Where `path` of the guest's file system is, seen from outside it.
     pub fn path(&self, path: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/root{path}", self.pid))
     }
 
-    /// `program ARGS` inside the session.
+    /// `program ARGS` inside the guest.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg("--target")
@@ -169,12 +169,12 @@ impl Podman5 {
         output_within(cmd, b"", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `sh -c SCRIPT` inside the session.
+    /// `sh -c SCRIPT` inside the guest.
     pub fn sh(&self, script: &str) -> Output {
         self.run(self.command("sh").args(["-c", script]))
     }
 
-    /// `podman ARGS` inside the session.
+    /// `podman ARGS` inside the guest.
     pub fn podman(&self, args: &[&str]) -> Output {
         self.run(self.command("podman").args(args))
     }
@@ -196,10 +196,10 @@ impl Podman5 {
     /// Copies the project's binaries (flatnet, flatnetd, flatnetctl from `bin_dir`) to [`BIN`].
     pub fn copy_binaries(&self) {
         let to = self.path(BIN);
-        fs::create_dir_all(&to).expect("the session's /opt is writable");
+        fs::create_dir_all(&to).expect("the guest's /opt is writable");
         for bin in ["flatnet", "flatnetd", "flatnetctl"] {
             fs::copy(crate::binary(bin), to.join(bin))
-                .unwrap_or_else(|e| panic!("copying {bin} into the session: {e}"));
+                .unwrap_or_else(|e| panic!("copying {bin} into the guest: {e}"));
         }
     }
 
@@ -240,7 +240,7 @@ impl Podman5 {
         assert!(out.status.success(), "flatnetd did not stop: {out:?}");
     }
 
-    /// What flatnetd has logged in the session so far.
+    /// What flatnetd has logged in the guest so far.
     pub fn daemon_log(&self) -> String {
         fs::read_to_string(self.path("/var/log/flatnetd.log")).unwrap_or_default()
     }
@@ -256,7 +256,7 @@ impl Podman5 {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("flatnetctl {args:?}: {e}"))
     }
 
-    /// Fetches `url` with busybox wget from the session's host namespace, retrying up to 10 s.
+    /// Fetches `url` with busybox wget from the guest's host namespace, retrying up to 10 s.
     pub fn fetch(&self, url: &str) -> Result<String, String> {
         let mut last = String::new();
         let mut body = None;
@@ -289,8 +289,8 @@ impl Podman5 {
     }
 }
 
-/// The session's PID-1 script: mounts, then `pivot_root` into the overlaid root, then catatonit.
-fn session_script(root: &Path, dir: &Path) -> String {
+/// The guest's PID-1 script: mounts, then `pivot_root` into the overlaid root, then catatonit.
+fn guest_script(root: &Path, dir: &Path) -> String {
     let (root, dir) = (root.display(), dir.display());
     format!(
         r#"set -e
@@ -326,8 +326,8 @@ exec /usr/bin/catatonit -P
 }
 
 impl Podman5 {
-    /// Ends the session: stops every container (so each teardown runs), kills PID 1 (which takes
-    /// every process and mount of the session with it), removes the network namespace and the temp
+    /// Ends the guest: stops every container (so each teardown runs), kills PID 1 (which takes
+    /// every process and mount of the guest with it), removes the network namespace and the temp
     /// dir. Idempotent; drop calls it too.
     pub fn end(&self) {
         let Some(mut holder) = self.holder.lock().unwrap_or_else(|p| p.into_inner()).take() else {
@@ -351,7 +351,7 @@ impl Drop for Podman5 {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "\n----- flatnetd log (Podman 5 session) -----\n{}\n----- end -----\n",
+                "\n----- flatnetd log (Podman 5 guest) -----\n{}\n----- end -----\n",
                 self.daemon_log()
             );
         }

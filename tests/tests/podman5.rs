@@ -1,4 +1,4 @@
-//! End to end with real Podman 5 (5.4 with netavark 1.14, from Debian 13) in a session of its own
+//! End to end with real Podman 5 (5.4 with netavark 1.14, from Debian 13) in a guest of its own
 //! (see `flatnet_tests::podman5`): `podman run --network flatnet` through the netavark plugin and a
 //! real flatnetd. Needs root and the root built by `tests/podman5-root.sh`; without them these
 //! fail, saying what is missing.
@@ -13,7 +13,7 @@ fn httpd(body: &str) -> String {
     format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www")
 }
 
-fn session() -> Podman5 {
+fn guest() -> Podman5 {
     require_podman5();
     let s = Podman5::start();
     s.install_plugin_by_hand();
@@ -67,7 +67,7 @@ fn fn_links(s: &Podman5) -> Vec<String> {
 
 #[test]
 fn run_is_reachable_over_http_and_rm_gives_the_address_back() {
-    let s = session();
+    let s = guest();
     run_detached(&s, "web", &[], &["sh", "-c", &httpd("hello")]);
     let (ip, mac) = inspect(&s, "web", "flatnet");
     assert!(ip.starts_with("10.87.1."), "{ip}");
@@ -97,7 +97,7 @@ fn run_is_reachable_over_http_and_rm_gives_the_address_back() {
 
 #[test]
 fn ip_and_mac_address_are_honoured() {
-    let s = session();
+    let s = guest();
     run_detached(
         &s,
         "fixed",
@@ -116,7 +116,7 @@ fn ip_and_mac_address_are_honoured() {
 
 #[test]
 fn stop_start_and_restart_attach_again() {
-    let s = session();
+    let s = guest();
     run_detached(&s, "web", &[], &["sh", "-c", &httpd("up")]);
     s.podman_ok(&["stop", "-t", "0", "web"]);
     assert_eq!(
@@ -136,7 +136,7 @@ fn stop_start_and_restart_attach_again() {
 
 #[test]
 fn network_connect_and_disconnect_a_second_flatnet_network() {
-    let s = session();
+    let s = guest();
     s.podman_ok(&[
         "network",
         "create",
@@ -173,7 +173,7 @@ fn network_connect_and_disconnect_a_second_flatnet_network() {
 
 #[test]
 fn ten_started_in_parallel_get_ten_addresses() {
-    let s = session();
+    let s = guest();
     let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
     let failed = Mutex::new(Vec::new());
     flatnet_tests::for_each_parallel(&names, 10, |name| {
@@ -201,7 +201,7 @@ fn ten_started_in_parallel_get_ten_addresses() {
 
 #[test]
 fn a_failed_setup_exits_126_with_flatnets_message_and_leaves_nothing() {
-    let s = session();
+    let s = guest();
     let out = s.podman(&[
         "run",
         "--rm",
@@ -241,7 +241,7 @@ fn a_failed_setup_exits_126_with_flatnets_message_and_leaves_nothing() {
 
 #[test]
 fn with_flatnetd_down_run_fails_at_once_and_rm_is_applied_later() {
-    let s = session();
+    let s = guest();
     run_detached(&s, "web", &[], &["sleep", "60"]);
     s.stop_daemon();
     let out = s.podman(&["run", "--rm", "--network", "flatnet", IMAGE, "true"]);
@@ -260,7 +260,7 @@ fn with_flatnetd_down_run_fails_at_once_and_rm_is_applied_later() {
     assert!(ls.status.success());
 }
 
-/// Where install.sh works in the session, compared before and after.
+/// Where install.sh works in the guest, compared before and after.
 const INSTALL_TREES: [&str; 6] = [
     "/etc",
     "/opt/cni",
@@ -270,7 +270,7 @@ const INSTALL_TREES: [&str; 6] = [
     "/run/flatnet",
 ];
 
-/// The project's binaries and deploy/install.sh with what it installs, into the session.
+/// The project's binaries and deploy/install.sh with what it installs, into the guest.
 fn copy_install_sh(s: &Podman5) {
     s.copy_binaries();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -287,7 +287,7 @@ fn copy_install_sh(s: &Podman5) {
     }
 }
 
-/// `deploy/install.sh ARGS` in the session: whether it exited 0, and all it said.
+/// `deploy/install.sh ARGS` in the guest: whether it exited 0, and all it said.
 fn install_sh(s: &Podman5, args: &[&str]) -> (bool, String) {
     let out = s.run(s.command("/opt/flatnet-src/deploy/install.sh").args(args));
     let text = format!(
@@ -426,7 +426,7 @@ fn install_sh_gives_a_podman_whose_runtime_fails_runc_and_uninstall_takes_it_bac
 }
 
 /// A self-check that fails (here the host cannot reach the container: an nftables rule in the
-/// session's own namespace drops it) makes install.sh exit 1 with what failed, and take back what
+/// guest's own namespace drops it) makes install.sh exit 1 with what failed, and take back what
 /// it changed in Podman: the Podman network it created is gone.
 #[test]
 fn a_failed_self_check_says_so_and_takes_back_the_podman_network() {

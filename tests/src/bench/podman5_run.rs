@@ -1,7 +1,7 @@
 //! The network share of `podman run --rm IMAGE true` on Podman 5 (netavark): the same run with
 //! `--network flatnet` (the netavark plugin and a release flatnetd), with netavark's own bridge
 //! network (`--network podman`, Podman 5's default) and with `--network none`, taking turns; the
-//! share is the difference of the medians. It runs in a Podman 5 session (see
+//! share is the difference of the medians. It runs in a Podman 5 guest (see
 //! `crate::podman5`), which is registered for cleanup the moment it exists.
 
 use super::cleanup::{Cleanup, Guard};
@@ -13,16 +13,16 @@ use std::time::{Duration, Instant};
 /// The networks of the three kinds of run, in the order of [`Outcome::Measured`].
 pub const NETWORKS: [&str; 3] = ["none", "flatnet", "podman"];
 
-/// The session, ended by cleanup (drop or the panic hook).
-struct Session(Podman5);
+/// The guest, ended by cleanup (drop or the panic hook).
+struct Guest(Podman5);
 
-impl Cleanup for Session {
+impl Cleanup for Guest {
     fn cleanup(&self) {
         self.0.end();
     }
 
     fn what(&self) -> String {
-        "the Podman 5 session".to_string()
+        "the Podman 5 guest".to_string()
     }
 }
 
@@ -42,8 +42,8 @@ pub fn measure(ctx: &Ctx, runs: usize) -> (Outcome, String) {
     if let Some(why) = missing() {
         return (Outcome::NotRun(why), String::new());
     }
-    let session = Guard::new(Session(Podman5::start()));
-    let s = &session.0;
+    let guest = Guard::new(Guest(Podman5::start()));
+    let s = &guest.0;
     s.install_plugin_by_hand();
     let version = s.podman_ok(&["--version"]);
 
@@ -79,7 +79,7 @@ pub fn measure(ctx: &Ctx, runs: usize) -> (Outcome, String) {
         failures[1] += 1;
         eprintln!("podman 5: flatnetd still holds addresses after the runs: {held}");
     }
-    drop(session);
+    drop(guest);
     (
         Outcome::measured(&samples, failures),
         version.trim_start_matches("podman version ").to_string(),
