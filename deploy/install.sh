@@ -205,7 +205,7 @@ candidate_podman_major() {
 # not installed, with no setting of ours.
 install_packages() {
     command -v apt-get >/dev/null 2>&1 || return 0
-    apt_install "Flatnet's host networking" iproute2
+    apt_install "Flatnet's host networking and the outbound NAT of networks with ipMasq" iproute2 nftables
     if ! command -v podman >/dev/null 2>&1; then
         local major
         major=$(candidate_podman_major)
@@ -659,6 +659,10 @@ uninstall_all() {
     fi
     stop_background
     restore_podman
+    # The outbound NAT table flatnetd wrote (networks with ipMasq); nothing else in nftables is its.
+    if command -v nft >/dev/null 2>&1 && nft list table inet flatnet >/dev/null 2>&1; then
+        nft delete table inet flatnet
+    fi
     # Links flatnetd made: the bridge, and any container veth a --force uninstall leaves.
     local link
     for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^fn-[0-9a-f]{8}$' || true); do

@@ -27,8 +27,6 @@ pub enum ConfigKind {
     Decode,
     /// A `cniVersion` Flatnet does not speak.
     Version,
-    /// A field Flatnet does not support.
-    Unsupported,
     /// A value that is wrong.
     Invalid,
 }
@@ -49,6 +47,8 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub is_gateway: bool,
     pub hairpin_mode: bool,
+    /// `ipMasq`: traffic from the subnet to outside the flat range leaves with the host's address.
+    pub ip_masq: bool,
     pub ipam: IpamConf,
     /// `dns` passed through to the result as given.
     pub dns: Value,
@@ -161,15 +161,7 @@ impl NetConf {
             },
         };
         let is_gateway = opt_bool(obj, "isGateway")?.unwrap_or(true);
-        if opt_bool(obj, "ipMasq")?.unwrap_or(false) {
-            return Err(ConfigError {
-                kind: ConfigKind::Unsupported,
-                msg:
-                    "ipMasq is not supported by flatnet yet: containers are reached on their flat \
-                      address; remove ipMasq or set it to false"
-                        .into(),
-            });
-        }
+        let ip_masq = opt_bool(obj, "ipMasq")?.unwrap_or(false);
         let hairpin_mode = opt_bool(obj, "hairpinMode")?.unwrap_or(false);
         opt_str(obj, "socket")?;
         let ipam = parse_ipam(obj.get("ipam"))?;
@@ -193,6 +185,7 @@ impl NetConf {
             mtu,
             is_gateway,
             hairpin_mode,
+            ip_masq,
             ipam,
             dns,
             prev_result,
@@ -588,7 +581,7 @@ mod tests {
             (with(json!({"mtu": 20})), Code::InvalidConfig),
             (with(json!({"mtu": "1500"})), Code::InvalidConfig),
             (with(json!({"isGateway": "yes"})), Code::InvalidConfig),
-            (with(json!({"ipMasq": true})), Code::UnsupportedField),
+            (with(json!({"ipMasq": "yes"})), Code::InvalidConfig),
             (with(json!({"socket": 5})), Code::InvalidConfig),
             (
                 with(json!({"ipam": {"subnet": "10.87.1.0/33"}})),

@@ -29,6 +29,7 @@
 use crate::config::{ConfigError, ConfigKind, NetConf};
 pub use crate::error::Error;
 use crate::events::{EventKind, Events};
+use crate::firewall::{Firewall, NftCommand, DEFAULT_FLAT_RANGE};
 use crate::ipam::{self, AllocKey, Allocation, HeldBack, IpamError, Store};
 use crate::netlink::{random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, Netns, VethSpec};
 use crate::result::{CniResult, Interface, IpConfig, RouteOut};
@@ -139,6 +140,7 @@ fn network_record(conf: &NetConf) -> ipam::NetworkRecord {
         mtu: conf.mtu,
         hairpin: conf.hairpin_mode,
         range: Some((conf.ipam.range_start, conf.ipam.range_end)),
+        ip_masq: conf.ip_masq,
     }
 }
 
@@ -193,6 +195,8 @@ pub struct Engine<N, S> {
     deleter: Arc<deleter::Deleter<N>>,
     /// Committed allocation changes, for `Inspect.Watch`.
     events: Events,
+    /// The outbound NAT table of the networks with `ipMasq`.
+    firewall: Arc<Firewall>,
     /// The names of the links in the daemon's namespace, for the start-up reconcile:
     /// [`host::link_names`](crate::host::link_names) unless a test gives another.
     link_names: LinkNames,
@@ -220,6 +224,12 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             deleter,
             admitted: Default::default(),
             events: Default::default(),
+            firewall: Arc::new(Firewall::new(
+                Arc::new(NftCommand),
+                DEFAULT_FLAT_RANGE
+                    .parse()
+                    .expect("the default flat range is valid"),
+            )),
             link_names: Arc::new(crate::host::link_names),
         }
     }
@@ -228,6 +238,28 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     pub fn with_link_names(mut self, source: LinkNames) -> Self {
         self.link_names = source;
         self
+    }
+
+    /// The engine, writing its NAT table through `firewall`.
+    pub fn with_firewall(mut self, firewall: Firewall) -> Self {
+        self.firewall = Arc::new(firewall);
+        self
+    }
+
+    /// The outbound NAT table.
+    pub fn firewall(&self) -> &Firewall {
+        &self.firewall
+    }
+
+    /// Writes the NAT table for every remembered network with `ipMasq` (at start-up, so
+    /// containers that were running keep their egress).
+    pub async fn restore_firewall(&self) -> Result<(), Error> {
+        let networks = self.store.networks()?;
+        let masq = networks.into_iter().filter(|n| n.ip_masq).filter_map(|n| {
+            let subnet = Ipv4Network::new(n.subnet, n.prefix).ok()?;
+            Some((n.name, subnet))
+        });
+        Ok(self.firewall.load(masq.collect::<Vec<_>>()).await?)
     }
 
     /// The kernel side the engine works through.
@@ -865,6 +897,7 @@ pub(crate) mod tests {
                 mtu: Some(1400),
                 hairpin: true,
                 range: Some((Ipv4Addr::new(10, 87, 1, 10), Ipv4Addr::new(10, 87, 1, 11))),
+                ip_masq: false,
             }
         );
     }

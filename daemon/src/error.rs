@@ -4,6 +4,7 @@
 //! with the shim.
 
 use crate::config::{ConfigError, ConfigKind};
+use crate::firewall::FirewallError;
 use crate::ipam::{IpamError, StoreError};
 use crate::netlink::{NetlinkError, NetnsError};
 use flatnet_proto::cni::Code;
@@ -22,6 +23,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    /// The outbound NAT table could not be written.
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
     #[error("{0}")]
     AlreadyAttached(String),
     /// The host veth name is another container's (a hash collision): nothing was created.
@@ -76,6 +80,7 @@ impl Error {
                 StoreError::Corrupt(_) => Code::Internal,
             },
             Error::Netlink(_) | Error::InterfaceExists(_) | Error::LinksLeft(_) => Code::Kernel,
+            Error::Firewall(_) => Code::Firewall,
             Error::AlreadyAttached(_) | Error::NameTaken(_) => Code::AlreadyAttached,
             Error::UnknownContainer(_) => Code::UnknownContainer,
             Error::CheckFailed(_) => Code::CheckFailed,
@@ -97,7 +102,6 @@ impl ConfigError {
         match self.kind {
             ConfigKind::Decode => Code::Decode,
             ConfigKind::Version => Code::IncompatibleVersion,
-            ConfigKind::Unsupported => Code::UnsupportedField,
             ConfigKind::Invalid => Code::InvalidConfig,
         }
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod firewall;
 pub mod host;
 pub mod inspect;
 pub mod ipam;

@@ -1,8 +1,9 @@
 //! `flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS] [--log-format text|json]
-//! [--metrics-listen ADDR:PORT]`: opens the state database and the netlink socket once, binds the
-//! socket, reconciles the kernel with the database and applies spooled DELs, then serves CNI
-//! requests, inspection (`flatnet.v1.Inspect`) and gRPC server reflection until SIGTERM or SIGINT,
-//! sweeping periodically, and Prometheus metrics when asked to.
+//! [--metrics-listen ADDR:PORT] [--flat-range CIDR]`: opens the state database and the netlink
+//! socket once, binds the socket, reconciles the kernel with the database, applies spooled DELs and
+//! writes the outbound NAT table, then serves CNI requests, inspection (`flatnet.v1.Inspect`) and
+//! gRPC server reflection until SIGTERM or SIGINT, sweeping periodically, keeping the NAT table in
+//! place, and Prometheus metrics when asked to.
 //!
 //! The socket is bound before reconciling, so a request that arrives during start-up waits in the
 //! listen queue instead of failing (the same as with systemd socket activation).
@@ -12,6 +13,7 @@
 use anyhow::{bail, Context};
 use flatnet_daemon::engine::reconcile::Pass;
 use flatnet_daemon::engine::Engine;
+use flatnet_daemon::firewall::{Firewall, NftCommand, DEFAULT_FLAT_RANGE};
 use flatnet_daemon::host::current_boot_id;
 use flatnet_daemon::inspect::{network_usage, pending_releases, DaemonInfo, InspectService};
 use flatnet_daemon::ipam::{SledStore, Store};
@@ -50,6 +52,10 @@ struct Options {
     /// /run/systemd/journal/socket exists (then not to stderr if stderr is the journal already)
     #[arg(long, value_name = "FMT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Traffic from a network with ipMasq to an address in this range keeps its source address;
+    /// to anywhere else it leaves with the host's
+    #[arg(long, value_name = "CIDR", env = "FLATNET_FLAT_RANGE", default_value = DEFAULT_FLAT_RANGE)]
+    flat_range: ipnetwork::Ipv4Network,
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; e.g. 127.0.0.1:9187)
     #[arg(long, value_name = "ADDR:PORT", value_parser = metrics_addr)]
     metrics_listen: Option<SocketAddr>,
@@ -186,6 +192,36 @@ async fn sweeper(
     }
 }
 
+/// How often the NAT table is compared with what flatnetd wrote (one `nft list` while a network
+/// has ipMasq), so a flushed ruleset is back within two seconds.
+const FIREWALL_CHECK: Duration = Duration::from_secs(1);
+
+/// Writes the NAT table again whenever something else removed or changed it.
+async fn firewall_healer(engine: Arc<DaemonEngine>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut last_error = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FIREWALL_CHECK) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match engine.firewall().heal().await {
+            Ok(true) => tracing::warn!(
+                "the nftables table inet {} was removed or changed by something else; wrote it again",
+                flatnet_daemon::firewall::TABLE
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                if last_error.as_ref() != Some(&e) {
+                    tracing::error!(error = %e, "cannot check the outbound NAT table");
+                }
+                last_error = Some(e);
+                continue;
+            }
+        }
+        last_error = None;
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -257,7 +293,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             "cannot read the kernel's boot id; allocations cannot be told apart by boot"
         );
     }
-    let engine: Arc<DaemonEngine> = Arc::new(Engine::new(nl, store, boot_id));
+    let firewall = Firewall::new(Arc::new(NftCommand), opts.flat_range);
+    let engine: Arc<DaemonEngine> =
+        Arc::new(Engine::new(nl, store, boot_id).with_firewall(firewall));
     // Bound before anything else is served, so a taken port stops the start with a clear error.
     let metrics_listener = match opts.metrics_listen {
         Some(addr) => Some(
@@ -277,6 +315,10 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         .sweep(Pass::Startup, Some(&spool))
         .await
         .context("reconciling at start")?;
+    if let Err(e) = engine.restore_firewall().await {
+        tracing::error!(error = %e, "cannot write the outbound NAT table; containers of networks \
+            with ipMasq cannot reach beyond the host until it is written");
+    }
     tracing::info!(socket = %opts.socket.display(), state_dir = %opts.state_dir.display(),
         spool = %spool.dir().display(), boot_id = %engine.boot_id(),
         sweep_interval_s = opts.sweep_interval,
@@ -297,6 +339,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             stop_rx.clone(),
         ))
     });
+
+    let healing = tokio::spawn(firewall_healer(engine.clone(), stop_rx.clone()));
 
     let metrics = Arc::new(Metrics::default());
     let metrics_task = metrics_listener.map(|l| {
@@ -371,6 +415,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             task.abort();
         }
     }
+    healing.abort();
     if let Some(task) = metrics_task {
         if *stop_rx.borrow() {
             let _ = task.await;

@@ -84,3 +84,48 @@ impl FailOn for Engine<FakeNetlink, MemStore> {
         self.netlink().fail_on.lock().unwrap().insert(op);
     }
 }
+
+#[tokio::test]
+async fn ip_masq_writes_the_network_once_and_a_refusal_is_code_105_changing_nothing() {
+    use flatnet_daemon::firewall::{fake::FakeNft, Firewall, DEFAULT_FLAT_RANGE};
+    use std::sync::Arc;
+    let nft = Arc::new(FakeNft::default());
+    let e = engine().with_firewall(Firewall::new(
+        nft.clone(),
+        DEFAULT_FLAT_RANGE.parse().unwrap(),
+    ));
+    let mut masq = conf();
+    masq["ipMasq"] = Value::Bool(true);
+
+    *nft.fail.lock().unwrap() = Some("nftables refused it".into());
+    let err = e
+        .exec(&request(Command::Add, "a", masq.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Firewall, "{err}");
+    assert_eq!(err.to_string(), "nftables refused it");
+    assert!(e.store().list(None).unwrap().is_empty(), "no address taken");
+    assert!(e.netlink().ops.lock().unwrap().is_empty(), "no kernel work");
+
+    *nft.fail.lock().unwrap() = None;
+    for c in ["a", "b"] {
+        e.exec(&request(Command::Add, c, masq.clone()))
+            .await
+            .unwrap();
+    }
+    e.exec(&request(Command::Del, "a", masq.clone()))
+        .await
+        .unwrap();
+    let applied = nft.applied.lock().unwrap().clone();
+    assert_eq!(
+        applied.len(),
+        1,
+        "written once for the network, never per container"
+    );
+    assert!(applied[0].contains("ip saddr 10.87.1.0/24 ip daddr != 10.87.0.0/16 masquerade"));
+    let remembered = e.store().network("flatnet").unwrap().expect("remembered");
+    assert!(
+        remembered.ip_masq,
+        "start-up writes the table from the record"
+    );
+}

@@ -39,6 +39,8 @@ pub enum Code {
     /// flatnetd failed internally: its state store holds something it cannot read, or a request
     /// failed in a way it did not foresee.
     Internal,
+    /// nftables refused flatnetd's table, or the `nft` tool is missing (`ipMasq`).
+    Firewall,
 }
 
 impl Code {
@@ -59,6 +61,7 @@ impl Code {
             Code::Kernel => 102,
             Code::CheckFailed => 103,
             Code::Internal => 104,
+            Code::Firewall => 105,
         }
     }
 
@@ -83,6 +86,7 @@ const ALL_CODES: &[Code] = &[
     Code::Kernel,
     Code::CheckFailed,
     Code::Internal,
+    Code::Firewall,
 ];
 
 /// A CNI error as printed on the shim's stdout.

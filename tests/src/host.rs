@@ -85,6 +85,12 @@ impl Host {
     }
 
     fn start_daemon(&self) {
+        self.start_daemon_with_env(&[]);
+    }
+
+    /// Starts flatnetd (see [`Host::start_daemon_again`]) with `env` set for it, e.g. a `PATH`
+    /// without some tool.
+    pub fn start_daemon_with_env(&self, env: &[(&str, &str)]) {
         let mut slot = self
             .daemon
             .lock()
@@ -98,7 +104,13 @@ impl Host {
         let socket = self.socket_path();
         let state = self.dir.join("state");
         // `ip netns exec` execs the daemon, so the child's pid is the daemon's pid.
-        let mut child = Command::new("ip")
+        // Found before `env` can change PATH, which Command also uses to find the program.
+        let ip = PATH
+            .split(':')
+            .map(|dir| Path::new(dir).join("ip"))
+            .find(|p| p.is_file())
+            .expect("require_root checked that ip is in PATH");
+        let mut child = Command::new(ip)
             .args(["netns", "exec", self.ns.name()])
             .arg(binary("flatnetd"))
             .arg("--socket")
@@ -107,6 +119,7 @@ impl Host {
             .arg(&state)
             .args(&self.daemon_args)
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -534,7 +534,12 @@ fn table(host: &Host) -> Vec<Row> {
             ipam(json!({"type": "host-local"})),
             7,
         ),
-        row("ipMasq true", vec![], conf(json!({"ipMasq": true})), 2),
+        row(
+            "ipMasq not a boolean",
+            vec![],
+            conf(json!({"ipMasq": "yes"})),
+            7,
+        ),
         // --- state ---
         row(
             "pool exhausted (1-address range in use)",

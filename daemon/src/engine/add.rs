@@ -28,6 +28,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         let t0 = Instant::now();
         let netns = Netns::open(&req.netns)?;
+        // The network's NAT rules, before any address is chosen: a firewall that refuses them
+        // changes nothing else.
+        self.firewall
+            .ensure(&conf.name, conf.ipam.subnet, conf.ip_masq)
+            .await?;
         let requested = args.ip.or(conf.runtime_ip);
         let host_veth = veth_name(&req.container_id, &req.ifname);
         // A container restarted right after its DEL needs the same veth name: wait until the old

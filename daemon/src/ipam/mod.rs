@@ -141,6 +141,9 @@ pub struct NetworkRecord {
     /// written before the range was remembered.
     #[serde(default)]
     pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// `ipMasq`, so the NAT table can be written again at start; false in older records.
+    #[serde(default)]
+    pub ip_masq: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

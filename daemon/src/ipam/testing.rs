@@ -39,5 +39,6 @@ pub fn network(name: &str, bridge: &str) -> NetworkRecord {
         mtu: None,
         hairpin: false,
         range: None,
+        ip_masq: false,
     }
 }

@@ -2,7 +2,7 @@
 //! without root: the daemon's unit tests use it, and other crates' tests with the feature `fake`.
 
 use super::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// Records what was asked and keeps links in memory; `fail_on` makes one operation fail.

@@ -5,7 +5,6 @@
 //! netlink request that never gets an answer fails its CNI request instead of holding it forever.
 
 use ipnetwork::Ipv4Network;
-use std::collections::HashSet;
 use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;

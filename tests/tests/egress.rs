@@ -1,0 +1,275 @@
+//! Outbound NAT (`ipMasq`): a container reaches an "upstream" namespace that the test makes beside
+//! its host (the only place this traffic goes) and that answers with the source address it saw.
+//! With ipMasq that is the host's address, without it the container's own. flatnetd's nftables
+//! table comes back by itself after `nft flush ruleset` and after a restart, and ADD/DEL (with or
+//! without a namespace) never change it.
+
+use flatnet_tests::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// The host's address on the link to the upstream namespace, and the upstream's.
+const HOST_UPLINK: &str = "198.18.0.1";
+const UPSTREAM: &str = "198.18.0.2";
+const UPSTREAM_URL: &str = "http://198.18.0.2:8080/";
+
+/// Answers every GET with the client address the upstream saw.
+const ECHO_SOURCE: &str = "import http.server as h
+class H(h.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.client_address[0].encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+h.HTTPServer(('198.18.0.2', 8080), H).serve_forever()
+";
+
+fn host() -> Host {
+    require_root();
+    require_tool("nft", "nftables");
+    require_tool("python3", "python3");
+    Host::start()
+}
+
+fn ok(ns: &Netns, args: &[&str]) -> String {
+    let out = ns.exec(args);
+    assert!(
+        out.status.success(),
+        "{args:?} in netns {} failed: {}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The upstream namespace, linked to the host by a veth made inside the two namespaces (nothing
+/// in the machine's own namespace), with a route back to the flat range so that an answer to a
+/// container's own address can return. Dropping it deletes the namespace and the link.
+struct Upstream {
+    _server: Background,
+    _ns: Netns,
+}
+
+fn upstream(host: &Host) -> Upstream {
+    let ns = Netns::create(&format!("{}u", host.netns().name()), "upstream");
+    let h = host.netns();
+    ok(
+        h,
+        &[
+            "ip",
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ],
+    );
+    ok(
+        h,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_UPLINK}/24"),
+            "dev",
+            "up0",
+        ],
+    );
+    ok(h, &["ip", "link", "set", "up0", "up"]);
+    ok(
+        &ns,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{UPSTREAM}/24"),
+            "dev",
+            "eth0",
+        ],
+    );
+    ok(&ns, &["ip", "link", "set", "eth0", "up"]);
+    ok(
+        &ns,
+        &["ip", "route", "add", "10.87.0.0/16", "via", HOST_UPLINK],
+    );
+    let server = ns.spawn(&["python3", "-c", ECHO_SOURCE]);
+    Upstream {
+        _server: server,
+        _ns: ns,
+    }
+}
+
+/// `nft list table inet flatnet` in the host's namespace; `None` when there is no such table.
+fn table(host: &Host) -> Option<String> {
+    let out = host
+        .netns()
+        .exec(&["nft", "list", "table", "inet", "flatnet"]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn masq_conf(host: &Host) -> Value {
+    host.conf(json!({"ipMasq": true}))
+}
+
+fn address(result: &Value) -> String {
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .expect("ADD gives an address");
+    ip.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn ip_masq_sends_with_the_hosts_address_and_without_it_the_containers() {
+    let host = host();
+    let _up = upstream(&host);
+    assert_eq!(table(&host), None, "no table before a network asks for NAT");
+
+    let plain = host.conf(json!({
+        "name": "plain",
+        "bridge": "flatnet-br1",
+        "ipam": {"subnet": "10.87.2.0/24", "routes": [{"dst": "0.0.0.0/0"}]},
+    }));
+    let c_plain = host.container("plain");
+    let own = address(&host.add_ok(&c_plain, &plain));
+    assert_eq!(
+        http_get(&c_plain, UPSTREAM_URL),
+        own,
+        "without ipMasq the source is kept"
+    );
+    assert_eq!(
+        table(&host),
+        None,
+        "a network without ipMasq writes no table"
+    );
+
+    let conf = masq_conf(&host);
+    let c = host.container("web");
+    host.add_ok(&c, &conf);
+    assert_eq!(
+        http_get(&c, UPSTREAM_URL),
+        HOST_UPLINK,
+        "with ipMasq the host's address"
+    );
+    assert_eq!(
+        http_get(&c_plain, UPSTREAM_URL),
+        own,
+        "the other network is unchanged"
+    );
+    let t = table(&host).expect("the table exists once a network asks for NAT");
+    assert!(t.contains("ip saddr 10.87.1.0/24"), "{t}");
+    assert!(!t.contains("10.87.2.0/24"), "{t}");
+
+    host.del(&c, &conf).assert_ok_empty();
+    host.del(&c_plain, &plain).assert_ok_empty();
+    assert!(table(&host).is_some(), "DEL never touches the table");
+}
+
+#[test]
+fn the_table_is_back_within_two_seconds_after_a_flush_and_after_a_restart() {
+    let host = host();
+    let _up = upstream(&host);
+    let conf = masq_conf(&host);
+    let c = host.container("web");
+    host.add_ok(&c, &conf);
+    assert_eq!(http_get(&c, UPSTREAM_URL), HOST_UPLINK);
+    let before = table(&host).expect("written at the first ADD");
+
+    let flushed = Instant::now();
+    ok(host.netns(), &["nft", "flush", "ruleset"]);
+    assert!(
+        poll(Duration::from_secs(2), || table(&host).as_ref()
+            == Some(&before)),
+        "the table is not back 2 s after nft flush ruleset: {:?}\n{}",
+        table(&host),
+        host.daemon_log()
+    );
+    let back = flushed.elapsed();
+    assert!(back <= Duration::from_secs(2), "back after {back:?}");
+    assert_eq!(
+        http_get(&c, UPSTREAM_URL),
+        HOST_UPLINK,
+        "egress works again, same container"
+    );
+    assert!(
+        host.daemon_log().contains("wrote it again"),
+        "{}",
+        host.daemon_log()
+    );
+
+    // The daemon writes the table at start for the networks it remembers.
+    host.stop_daemon();
+    ok(host.netns(), &["nft", "flush", "ruleset"]);
+    host.start_daemon_again();
+    assert_eq!(
+        table(&host).as_ref(),
+        Some(&before),
+        "written again at start"
+    );
+    assert_eq!(http_get(&c, UPSTREAM_URL), HOST_UPLINK);
+    host.del(&c, &conf).assert_ok_empty();
+}
+
+#[test]
+fn a_thousand_adds_and_dels_leave_the_table_as_it_was() {
+    let host = host();
+    let conf = masq_conf(&host);
+    let first = host.container("first");
+    host.add_ok(&first, &conf);
+    let start = table(&host).expect("written at the first ADD");
+
+    let containers: Vec<Netns> = (0..4).map(|i| host.container(&format!("c{i}"))).collect();
+    for_each_parallel(&containers, 4, |c| {
+        for i in 0..250 {
+            host.add(c, &conf).assert_ok();
+            if i % 2 == 0 {
+                host.del(c, &conf).assert_ok_empty();
+            } else {
+                // DEL without a namespace, as after the container's namespace is gone.
+                host.cni(
+                    "DEL",
+                    None,
+                    c.container_id(),
+                    "eth0",
+                    &podman_args(c.label()),
+                    &conf,
+                )
+                .assert_ok_empty();
+            }
+        }
+    });
+    assert_eq!(
+        table(&host).as_ref(),
+        Some(&start),
+        "the table changed under ADD/DEL"
+    );
+    host.del(&first, &conf).assert_ok_empty();
+    assert_eq!(table(&host).as_ref(), Some(&start));
+}
+
+#[test]
+fn without_nft_ip_masq_fails_with_code_105_and_changes_nothing() {
+    let host = host();
+    // A PATH without nft, for this daemon only.
+    host.stop_daemon();
+    let empty = host.dir().join("no-nft");
+    std::fs::create_dir_all(&empty).unwrap();
+    host.start_daemon_with_env(&[("PATH", empty.to_str().expect("temp dir paths are UTF-8"))]);
+    let c = host.container("web");
+    let out = host.add(&c, &masq_conf(&host));
+    out.assert_code(105);
+    assert!(out.msg().contains("apt install nftables"), "{out}");
+    assert_eq!(non_lo_links(c.name()), Vec::<String>::new());
+    assert!(host.host_veths().is_empty());
+    // The same network without ipMasq works on that daemon.
+    host.add_ok(&c, &host.conf(json!({})));
+}
