@@ -128,11 +128,6 @@ impl Firewall {
         }
     }
 
-    /// The range whose traffic keeps its source address.
-    pub fn flat_range(&self) -> Ipv4Network {
-        self.flat_range
-    }
-
     /// Makes the table hold network `name`'s rules when `masq` (and not when not), writing it
     /// only when that changes something or the last write failed.
     pub async fn ensure(

@@ -85,6 +85,26 @@ impl Netns {
         }
     }
 
+    /// A veth made inside the two namespaces (nothing in the machine's own): `here` in this one
+    /// with `here_cidr`, `there` in `other` with `there_cidr`, both up.
+    pub fn link_to(
+        &self,
+        here: &str,
+        here_cidr: &str,
+        other: &Netns,
+        there: &str,
+        there_cidr: &str,
+    ) {
+        let (h, o) = (self.name.as_str(), other.name());
+        run_ok(Command::new("ip").args([
+            "-n", h, "link", "add", here, "type", "veth", "peer", "name", there, "netns", o,
+        ]));
+        run_ok(Command::new("ip").args(["-n", h, "addr", "add", here_cidr, "dev", here]));
+        run_ok(Command::new("ip").args(["-n", h, "link", "set", here, "up"]));
+        run_ok(Command::new("ip").args(["-n", o, "addr", "add", there_cidr, "dev", there]));
+        run_ok(Command::new("ip").args(["-n", o, "link", "set", there, "up"]));
+    }
+
     /// `ip netns del` by exact name; a namespace that is already gone is fine.
     pub fn delete(&self) {
         delete_netns(&self.name);

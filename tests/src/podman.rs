@@ -296,28 +296,11 @@ impl PodmanHost {
     /// with the host (and with it the link).
     pub fn client(&self) -> Netns {
         let client = self.host.container("client");
-        let h = self.ns();
-        let c = client.name();
-        run_ok(Command::new("ip").args([
-            "-n",
-            h,
-            "link",
-            "add",
-            UPLINK_LINK,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            c,
-        ]));
         let host_cidr = format!("{UPLINK_HOST}/30");
         let client_cidr = format!("{UPLINK_CLIENT}/30");
-        run_ok(Command::new("ip").args(["-n", h, "addr", "add", &host_cidr, "dev", UPLINK_LINK]));
-        run_ok(Command::new("ip").args(["-n", h, "link", "set", UPLINK_LINK, "up"]));
-        run_ok(Command::new("ip").args(["-n", c, "addr", "add", &client_cidr, "dev", "eth0"]));
-        run_ok(Command::new("ip").args(["-n", c, "link", "set", "eth0", "up"]));
+        self.host
+            .netns()
+            .link_to(UPLINK_LINK, &host_cidr, &client, "eth0", &client_cidr);
         client
     }
 }

@@ -55,47 +55,13 @@ struct Upstream {
 
 fn upstream(host: &Host) -> Upstream {
     let ns = Netns::create(&format!("{}u", host.netns().name()), "upstream");
-    let h = host.netns();
-    ok(
-        h,
-        &[
-            "ip",
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ],
-    );
-    ok(
-        h,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{HOST_UPLINK}/24"),
-            "dev",
-            "up0",
-        ],
-    );
-    ok(h, &["ip", "link", "set", "up0", "up"]);
-    ok(
+    host.netns().link_to(
+        "up0",
+        &format!("{HOST_UPLINK}/24"),
         &ns,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{UPSTREAM}/24"),
-            "dev",
-            "eth0",
-        ],
+        "eth0",
+        &format!("{UPSTREAM}/24"),
     );
-    ok(&ns, &["ip", "link", "set", "eth0", "up"]);
     ok(
         &ns,
         &["ip", "route", "add", "10.87.0.0/16", "via", HOST_UPLINK],
