@@ -26,6 +26,7 @@ pub fn status(s: &v1::StatusResponse, as_json: bool) -> anyhow::Result<()> {
             "spoolDir": s.spool_dir,
             "sweepIntervalSeconds": s.sweep_interval_seconds,
             "metricsListen": s.metrics_listen,
+            "warnings": s.warnings,
         }));
     }
     let sweep = match s.sweep_interval_seconds {
@@ -54,6 +55,9 @@ pub fn status(s: &v1::StatusResponse, as_json: bool) -> anyhow::Result<()> {
         ("sweep", sweep),
         ("metrics", metrics),
     ]);
+    for w in &s.warnings {
+        println!("warning: {w}");
+    }
     Ok(())
 }
 

@@ -36,6 +36,8 @@ pub trait Nft: Send + Sync + 'static {
     fn apply(&self, script: &str) -> Result<(), FirewallError>;
     /// The table as nftables lists it (`nft list table inet flatnet`); `None` when there is none.
     fn list(&self) -> Result<Option<String>, FirewallError>;
+    /// The whole ruleset, as `nft -j list ruleset` prints it.
+    fn ruleset(&self) -> Result<String, FirewallError>;
 }
 
 /// The `nft` tool found in `PATH`.
@@ -98,6 +100,157 @@ impl Nft for NftCommand {
             err.trim()
         )))
     }
+
+    fn ruleset(&self) -> Result<String, FirewallError> {
+        let out = Command::new("nft")
+            .args(["-j", "list", "ruleset"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| nft_failed("list the ruleset", e))?;
+        if !out.status.success() {
+            return Err(FirewallError(format!(
+                "cannot list the nftables ruleset: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Another table's base chain that drops forwarded IPv4 traffic by default (`policy drop` on the
+/// forward hook, as Docker installs in `ip filter FORWARD`) and accepts neither direction of some
+/// networks' traffic itself: whatever flatnetd's table accepts, that chain drops the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// `family table chain`, e.g. `ip filter FORWARD`.
+    pub chain: String,
+    /// The subnets it drops, in either direction.
+    pub subnets: Vec<Ipv4Network>,
+}
+
+/// Whether `expr` (one rule's expressions) ends in `accept` and matches `field` (`saddr` or
+/// `daddr`) on a prefix holding all of `subnet`.
+fn accepts(expr: &[serde_json::Value], field: &str, subnet: Ipv4Network) -> bool {
+    let verdict = expr.iter().any(|e| e.get("accept").is_some());
+    verdict
+        && expr.iter().filter_map(|e| e.get("match")).any(|m| {
+            let payload = &m["left"]["payload"];
+            let prefix = match &m["right"] {
+                serde_json::Value::String(a) => {
+                    a.parse::<std::net::Ipv4Addr>().ok().map(|a| (a, 32))
+                }
+                r => r["prefix"]["addr"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .zip(r["prefix"]["len"].as_u64().map(|l| l as u8)),
+            };
+            m["op"] == "=="
+                && payload["protocol"] == "ip"
+                && payload["field"] == field
+                && prefix
+                    .and_then(|(a, l)| Ipv4Network::new(a, l).ok())
+                    .is_some_and(|p| subnet.is_subnet_of(p))
+        })
+}
+
+/// The chains of other tables that drop some of `subnets`' forwarded traffic (see [`Block`]),
+/// read from `nft -j list ruleset`. A subnet is let through by such a chain when the chain, or a
+/// chain it jumps to, accepts `ip saddr` in it and `ip daddr` in it (the replies), as the advice
+/// of [`blocked_warning`] does.
+pub fn forward_blocks(ruleset_json: &str, subnets: &[Ipv4Network]) -> Vec<Block> {
+    use serde_json::Value;
+    let Ok(v) = serde_json::from_str::<Value>(ruleset_json) else {
+        return Vec::new();
+    };
+    let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else {
+        return Vec::new();
+    };
+    let key = |o: &Value, name: &str| {
+        (
+            o["family"].as_str().unwrap_or("").to_string(),
+            o["table"].as_str().unwrap_or("").to_string(),
+            o[name].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let mut rules: BTreeMap<(String, String, String), Vec<&[Value]>> = BTreeMap::new();
+    for r in items.iter().filter_map(|i| i.get("rule")) {
+        if let Some(expr) = r["expr"].as_array() {
+            rules.entry(key(r, "chain")).or_default().push(expr);
+        }
+    }
+    let mut blocks = Vec::new();
+    for c in items.iter().filter_map(|i| i.get("chain")) {
+        let (family, table, name) = key(c, "name");
+        if c["hook"] != "forward"
+            || c["policy"] != "drop"
+            || !matches!(family.as_str(), "ip" | "inet")
+            || (family == "inet" && table == TABLE)
+        {
+            continue;
+        }
+        // The chain's rules and those of every chain it jumps or goes to.
+        let mut seen = vec![name.clone()];
+        let mut exprs: Vec<&[Value]> = Vec::new();
+        let mut i = 0;
+        while i < seen.len() {
+            let k = (family.clone(), table.clone(), seen[i].clone());
+            for expr in rules.get(&k).into_iter().flatten() {
+                exprs.push(expr);
+                for e in expr.iter() {
+                    let target = e["jump"]["target"]
+                        .as_str()
+                        .or(e["goto"]["target"].as_str());
+                    if let Some(t) = target.filter(|t| !seen.iter().any(|s| s == t)) {
+                        seen.push(t.to_string());
+                    }
+                }
+            }
+            i += 1;
+        }
+        let dropped: Vec<Ipv4Network> = subnets
+            .iter()
+            .copied()
+            .filter(|s| {
+                !(exprs.iter().any(|e| accepts(e, "saddr", *s))
+                    && exprs.iter().any(|e| accepts(e, "daddr", *s)))
+            })
+            .collect();
+        if !dropped.is_empty() {
+            blocks.push(Block {
+                chain: format!("{family} {table} {name}"),
+                subnets: dropped,
+            });
+        }
+    }
+    blocks
+}
+
+/// What to say about chains that drop forwarded traffic, with what to do about it.
+pub fn blocked_warning(blocks: &[Block]) -> String {
+    blocks
+        .iter()
+        .map(|b| {
+            let subnets: Vec<String> = b.subnets.iter().map(|s| s.to_string()).collect();
+            let advice: Vec<String> = subnets
+                .iter()
+                .map(|s| {
+                    format!(
+                        "iptables -I DOCKER-USER -s {s} -j ACCEPT; iptables -I DOCKER-USER -d {s} \
+                         -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+                    )
+                })
+                .collect();
+            format!(
+                "outbound traffic of {} is dropped: nftables chain {} drops forwarded traffic by \
+                 default (Docker installs such a policy) and does not accept it; accept it there, \
+                 for Docker: {}",
+                subnets.join(", "),
+                b.chain,
+                advice.join("; ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +263,9 @@ struct State {
     /// Whether nftables holds what `networks` says: false while a write is under way or after it
     /// failed, so the next request writes again.
     stale: bool,
+    /// Other tables' forward chains that drop some networks' traffic, as the last check found
+    /// them.
+    blocked: Vec<Block>,
 }
 
 /// flatnetd's nftables table: what it should hold, and the one place that writes it.
@@ -186,6 +342,53 @@ impl Firewall {
         }
         self.write(&mut state).await?;
         Ok(true)
+    }
+
+    /// Looks for other tables' forward chains that drop the NAT networks' traffic (see
+    /// [`Block`]); returns what it found when that changed since the last look.
+    pub async fn check_forward_policy(&self) -> Result<Option<Vec<Block>>, FirewallError> {
+        let mut state = self.state.lock().await;
+        let found = if state.networks.is_empty() {
+            Vec::new()
+        } else {
+            let nft = self.nft.clone();
+            let json = tokio::task::spawn_blocking(move || nft.ruleset())
+                .await
+                .map_err(|e| {
+                    FirewallError(format!("listing the nftables ruleset failed: {e}"))
+                })??;
+            let subnets: Vec<Ipv4Network> = state.networks.values().copied().collect();
+            forward_blocks(&json, &subnets)
+        };
+        if found == state.blocked {
+            return Ok(None);
+        }
+        state.blocked = found.clone();
+        Ok(Some(found))
+    }
+
+    /// What drops the outbound traffic of the NAT networks (of `subnet` only, when given), with
+    /// what to do; `None` when nothing does, as of the last check.
+    pub async fn blocked(&self, subnet: Option<Ipv4Network>) -> Option<String> {
+        let state = self.state.lock().await;
+        let blocks: Vec<Block> = state
+            .blocked
+            .iter()
+            .filter_map(|b| {
+                let subnets: Vec<_> = b
+                    .subnets
+                    .iter()
+                    .copied()
+                    .filter(|s| subnet.is_none_or(|x| x == *s))
+                    .filter(|s| state.networks.values().any(|n| n == s))
+                    .collect();
+                (!subnets.is_empty()).then(|| Block {
+                    chain: b.chain.clone(),
+                    subnets,
+                })
+            })
+            .collect();
+        (!blocks.is_empty()).then(|| blocked_warning(&blocks))
     }
 
     /// The names of the networks whose traffic is masqueraded.
@@ -273,6 +476,8 @@ pub mod fake {
         pub applied: Mutex<Vec<String>>,
         /// When set, `apply` fails with this message.
         pub fail: Mutex<Option<String>>,
+        /// What `ruleset` answers (`nft -j list ruleset`).
+        pub ruleset: Mutex<String>,
     }
 
     impl Nft for FakeNft {
@@ -290,6 +495,10 @@ pub mod fake {
 
         fn list(&self) -> Result<Option<String>, FirewallError> {
             Ok(self.table.lock().unwrap().clone())
+        }
+
+        fn ruleset(&self) -> Result<String, FirewallError> {
+            Ok(self.ruleset.lock().unwrap().clone())
         }
     }
 }
@@ -363,6 +572,73 @@ mod tests {
         fw.ensure("a", net("10.87.1.0/24"), true)
             .await
             .expect_err("the table is stale: written again");
+    }
+
+    /// Docker's FORWARD chain as iptables-nft leaves it, with its DOCKER-USER chain accepting
+    /// 10.87.2.0/24 both ways (the advice followed) and ip6 and flatnet's own forward chains.
+    const DOCKER: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+        {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER", "handle": 1}},
+        {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 2,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+        {"chain": {"family": "ip", "table": "filter", "name": "INPUT", "handle": 3,
+                   "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}},
+        {"chain": {"family": "inet", "table": "flatnet", "name": "forward", "handle": 4,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+        {"chain": {"family": "ip6", "table": "filter", "name": "FORWARD", "handle": 5,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+        {"rule": {"family": "ip", "table": "filter", "chain": "DOCKER-USER", "handle": 6, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": {"prefix": {"addr": "10.87.2.0", "len": 24}}}},
+            {"xt": {"type": "match", "name": "conntrack"}}, {"counter": null}, {"accept": null}]}},
+        {"rule": {"family": "ip", "table": "filter", "chain": "DOCKER-USER", "handle": 7, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                       "right": {"prefix": {"addr": "10.87.0.0", "len": 16}}}}, {"accept": null}]}},
+        {"rule": {"family": "ip", "table": "filter", "chain": "DOCKER-USER", "handle": 8, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": {"prefix": {"addr": "10.87.1.0", "len": 24}}}}, {"drop": null}]}},
+        {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 9, "expr": [
+            {"counter": null}, {"jump": {"target": "DOCKER-USER"}}]}}]}"#;
+
+    #[test]
+    fn only_other_tables_ipv4_forward_drops_block_and_accept_rules_lift_them() {
+        let subnets = [net("10.87.1.0/24"), net("10.87.2.0/24")];
+        assert_eq!(
+            forward_blocks(DOCKER, &subnets),
+            [Block {
+                chain: "ip filter FORWARD".into(),
+                subnets: vec![net("10.87.1.0/24")],
+            }],
+            "10.87.2.0/24 is accepted both ways (DOCKER-USER), 10.87.1.0/24 only outwards"
+        );
+        assert!(forward_blocks("not json", &subnets).is_empty());
+        assert!(forward_blocks(r#"{"nftables": []}"#, &subnets).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_drop_policy_is_reported_while_it_is_there() {
+        let (nft, fw) = firewall();
+        *nft.ruleset.lock().unwrap() = DOCKER.into();
+        assert_eq!(
+            fw.check_forward_policy().await.unwrap(),
+            None,
+            "no NAT: not looked at"
+        );
+        fw.ensure("a", net("10.87.1.0/24"), true).await.unwrap();
+        fw.ensure("b", net("10.87.2.0/24"), true).await.unwrap();
+        let found = fw.check_forward_policy().await.unwrap().expect("changed");
+        assert_eq!(found[0].chain, "ip filter FORWARD");
+        assert_eq!(fw.check_forward_policy().await.unwrap(), None, "unchanged");
+        let msg = fw.blocked(None).await.expect("blocked");
+        assert!(
+            msg.contains("ip filter FORWARD") && msg.contains("-s 10.87.1.0/24"),
+            "{msg}"
+        );
+        assert!(!msg.contains("10.87.2.0"), "{msg}");
+        assert_eq!(fw.blocked(Some(net("10.87.2.0/24"))).await, None);
+        assert!(fw.blocked(Some(net("10.87.1.0/24"))).await.is_some());
+        *nft.ruleset.lock().unwrap() = r#"{"nftables": []}"#.into();
+        assert_eq!(fw.check_forward_policy().await.unwrap(), Some(vec![]));
+        assert_eq!(fw.blocked(None).await, None);
     }
 
     #[tokio::test]

@@ -379,6 +379,12 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
             spool_dir: self.spool.dir().display().to_string(),
             sweep_interval_seconds: info.sweep_interval.map_or(0, |d| d.as_secs()),
             metrics_listen: info.metrics_listen.map_or(String::new(), |a| a.to_string()),
+            warnings: self
+                .engine
+                .firewall()
+                .blocked(None)
+                .await
+                .map_or(Vec::new(), |w| w.lines().map(String::from).collect()),
         }))
     }
 

@@ -196,7 +196,8 @@ async fn sweeper(
 /// has ipMasq), so a flushed ruleset is back within two seconds.
 const FIREWALL_CHECK: Duration = Duration::from_secs(1);
 
-/// Writes the NAT table again whenever something else removed or changed it.
+/// Writes the NAT table again whenever something else removed or changed it, and says when
+/// another table's forward chain drops what the NAT networks send (or stops doing so).
 async fn firewall_healer(engine: Arc<DaemonEngine>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut last_error = None;
     loop {
@@ -219,6 +220,20 @@ async fn firewall_healer(engine: Arc<DaemonEngine>, mut stop: tokio::sync::watch
             }
         }
         last_error = None;
+        match engine.firewall().check_forward_policy().await {
+            Ok(Some(blocks)) if blocks.is_empty() => {
+                tracing::info!(
+                    "no other nftables table drops the NAT networks' forwarded traffic now"
+                )
+            }
+            Ok(Some(_)) => {
+                if let Some(warning) = engine.firewall().blocked(None).await {
+                    tracing::warn!("{warning}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot check other tables' forward chains"),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! table comes back by itself after `nft flush ruleset` and after a restart, and ADD/DEL (with or
 //! without a namespace) never change it.
 
+use flatnet_tests::ctl::flatnetctl_ok;
 use flatnet_tests::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -238,4 +239,107 @@ fn without_nft_ip_masq_fails_with_code_105_and_changes_nothing() {
     assert!(host.host_veths().is_empty());
     // The same network without ipMasq works on that daemon.
     host.add_ok(&c, &host.conf(json!({})));
+}
+
+/// `flatnetctl status --json`'s warnings.
+fn warnings(host: &Host) -> Vec<String> {
+    let out: Value = serde_json::from_str(&flatnetctl_ok(host, &["--json", "status"]))
+        .expect("flatnetctl --json status prints JSON");
+    out["warnings"]
+        .as_array()
+        .expect("warnings is a list")
+        .iter()
+        .map(|w| w.as_str().expect("a warning is a string").to_string())
+        .collect()
+}
+
+/// One try of an HTTP GET from `c` to the upstream, bounded to 2 s.
+fn reaches_upstream(c: &Netns) -> bool {
+    let args = [
+        "busybox",
+        "timeout",
+        "2",
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        UPSTREAM_URL,
+    ];
+    c.exec(&args).status.success()
+}
+
+#[test]
+fn a_forward_drop_policy_elsewhere_is_reported_with_what_to_do_until_it_is_done() {
+    let host = host();
+    require_tool("iptables", "iptables");
+    let _up = upstream(&host);
+    let conf = host.conf(json!({"ipMasq": true, "cniVersion": "1.1.0"}));
+    let c = host.container("web");
+    host.add_ok(&c, &conf);
+    assert_eq!(http_get(&c, UPSTREAM_URL), HOST_UPLINK);
+    host.cni("STATUS", None, "", "", "", &conf)
+        .assert_ok_empty();
+    assert_eq!(warnings(&host), Vec::<String>::new());
+
+    // What Docker leaves in the host's namespace: ip filter FORWARD with policy drop and an empty
+    // DOCKER-USER chain it jumps to first.
+    for args in [
+        &["iptables", "-N", "DOCKER-USER"][..],
+        &["iptables", "-P", "FORWARD", "DROP"],
+        &["iptables", "-A", "FORWARD", "-j", "DOCKER-USER"],
+    ] {
+        ok(host.netns(), args);
+    }
+    assert!(!reaches_upstream(&c), "the drop policy drops egress");
+    assert!(
+        poll(Duration::from_secs(3), || !warnings(&host).is_empty()),
+        "flatnetctl status never warned:\n{}",
+        host.daemon_log()
+    );
+    let warning = warnings(&host).remove(0);
+    assert!(
+        warning.contains("ip filter FORWARD") && warning.contains("10.87.1.0/24"),
+        "{warning}"
+    );
+    let text = flatnetctl_ok(&host, &["status"]);
+    assert!(text.contains(&format!("warning: {warning}")), "{text}");
+    let status = host.cni("STATUS", None, "", "", "", &conf);
+    status.assert_code(51);
+    assert_eq!(status.msg(), warning, "{status}");
+    assert!(
+        host.daemon_log().contains(&warning),
+        "{}",
+        host.daemon_log()
+    );
+    // A network without ipMasq has nothing to report.
+    host.cni(
+        "STATUS",
+        None,
+        "",
+        "",
+        "",
+        &host.conf(json!({"cniVersion": "1.1.0"})),
+    )
+    .assert_ok_empty();
+
+    // Doing what the warning says lets the traffic through and ends the warning.
+    let (_, advice) = warning
+        .split_once("for Docker: ")
+        .expect("the warning says what to do");
+    ok(host.netns(), &["sh", "-c", advice]);
+    assert!(
+        poll(Duration::from_secs(3), || warnings(&host).is_empty()),
+        "still warned after following the advice: {:?}",
+        warnings(&host)
+    );
+    host.cni("STATUS", None, "", "", "", &conf)
+        .assert_ok_empty();
+    assert_eq!(http_get(&c, UPSTREAM_URL), HOST_UPLINK);
+    assert!(
+        host.daemon_log().contains("no other nftables table drops"),
+        "{}",
+        host.daemon_log()
+    );
+    host.del(&c, &conf).assert_ok_empty();
 }

@@ -1,10 +1,13 @@
-//! STATUS: whether the daemon can serve, and whether this network has an address left.
+//! STATUS: whether the daemon can serve, whether this network has an address left, and whether
+//! its outbound traffic gets through.
 
 use super::*;
 
 impl<N: Netlink, S: Store> Engine<N, S> {
     /// STATUS: 51 when the daemon cannot serve at all (its database cannot take a durable write,
-    /// or the kernel does not answer), 50 when this network has no address left for an ADD.
+    /// or the kernel does not answer), 50 when this network has no address left for an ADD, 51
+    /// when it has ipMasq but another table's forward chain drops its traffic (see
+    /// [`crate::firewall::Block`]): ADD works, the containers cannot reach out.
     pub(super) async fn status(&self, conf: &NetConf) -> Result<(), Error> {
         match tokio::time::timeout(PROBE_TIMEOUT, self.store.probe()).await {
             Ok(Ok(())) => {}
@@ -27,6 +30,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         // Counting only the records: an address held back is free again in a moment.
         match ipam::choose(&self.store, HeldBack::none(), &conf.name, &conf.ipam, None) {
+            Ok(_) if conf.ip_masq => match self.firewall.blocked(Some(conf.ipam.subnet)).await {
+                Some(warning) => Err(Error::Unavailable(warning)),
+                None => Ok(()),
+            },
             Ok(_) => Ok(()),
             Err(IpamError::Exhausted {
                 network,
