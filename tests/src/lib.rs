@@ -17,6 +17,7 @@ mod process;
 pub mod reliability;
 pub mod sandbox;
 mod shim;
+mod upstream;
 
 pub use host::*;
 pub use http::*;
@@ -26,6 +27,7 @@ pub use netns::*;
 pub use process::*;
 pub(crate) use process::{next_serial, run_ok, stop_child};
 pub use shim::*;
+pub use upstream::*;
 
 use std::collections::HashSet;
 use std::fs;

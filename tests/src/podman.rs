@@ -104,9 +104,11 @@ impl PodmanHost {
         let net_d = host.dir().join("net.d");
         fs::create_dir_all(&net_d).expect("the host temp dir is writable");
 
-        // The harness's default plugin config, as a conflist entry, with the gateway spelled out.
+        // The harness's default plugin config, as a conflist entry, with the gateway spelled out
+        // and outbound NAT on, as in the shipped conflist.
         let mut flatnet = host.conf(json!({
             "mtu": 1500,
+            "ipMasq": true,
             "ipam": {"subnet": SUBNET, "gateway": GATEWAY, "routes": [{"dst": "0.0.0.0/0"}]},
         }));
         let entry = flatnet

@@ -358,10 +358,23 @@ fn installed_shim(sb: &Sandbox, command: &str, netns: &str, conf: &Value) -> Out
     .unwrap()
 }
 
+/// `nft list table inet flatnet` in the sandbox; `None` when there is no such table.
+fn nat_table(sb: &Sandbox) -> Option<String> {
+    let out = sb
+        .command("nft")
+        .args(["list", "table", "inet", "flatnet"])
+        .output()
+        .expect("nft runs in the sandbox");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// install → a container attached through what was installed → install again (an upgrade) →
 /// uninstall, every step exiting 0, and the sandbox's trees, links and processes exactly as they
 /// were before.
 fn install_upgrade_uninstall(sb: &Sandbox) {
+    require_tool("nft", "nftables");
     let podman = FakePodman::new("cni");
     let before = sb.snapshot(&TREES);
     let links_before = sandbox_links(sb);
@@ -393,6 +406,7 @@ fn install_upgrade_uninstall(sb: &Sandbox) {
     assert_eq!(plugin["mtu"], 1500);
     assert_eq!(plugin["ipam"]["subnet"], "10.87.1.0/24");
     assert_eq!(plugin["ipam"]["gateway"], "10.87.1.1");
+    assert_eq!(plugin["ipMasq"], true, "containers reach out by default");
 
     // The installed plugin and daemon attach a namespace with the installed network config, as
     // Podman would (a plugin's config is the conflist's plugin plus cniVersion and name).
@@ -418,6 +432,8 @@ fn install_upgrade_uninstall(sb: &Sandbox) {
         "eth0 lacks {cidr}: {}",
         text(&shown)
     );
+    let nat = nat_table(sb).expect("the ADD wrote the outbound NAT table");
+    assert!(nat.contains("ip saddr 10.87.1.0/24"), "{nat}");
     let ls = run(sb.command("/usr/local/bin/flatnetctl").arg("ls"));
     assert!(
         String::from_utf8_lossy(&ls.stdout).contains(&cidr),
@@ -469,8 +485,11 @@ fn install_upgrade_uninstall(sb: &Sandbox) {
     assert!(del.status.success(), "DEL: {}", text(&del));
     run(sb.command("ip").args(["netns", "del", netns]));
 
+    assert!(nat_table(sb).is_some(), "DEL leaves the NAT table");
+
     let out = install(sb, &podman, &["--uninstall"]);
     assert!(out.status.success(), "uninstall: {}", text(&out));
+    assert_eq!(nat_table(sb), None, "uninstall removes the NAT table");
     let diff = snapshot_diff(&before, &sb.snapshot(&TREES));
     assert!(
         diff.is_empty(),
@@ -510,8 +529,11 @@ fn install_upgrade_uninstall_leave_a_host_with_other_plugins_as_it_was() {
     ] {
         sb.write(path, body, mode);
     }
+    // And nftables rules of its own, which uninstall leaves alone.
+    run(sb.command("nft").args(["add", "table", "inet", "other"]));
     install_upgrade_uninstall(&sb);
     assert!(sb.path("/opt/cni/bin/other-plugin").exists());
+    run(sb.command("nft").args(["list", "table", "inet", "other"]));
 }
 
 #[test]

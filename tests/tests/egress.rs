@@ -1,5 +1,6 @@
-//! Outbound NAT (`ipMasq`): a container reaches an "upstream" namespace that the test makes beside
-//! its host (the only place this traffic goes) and that answers with the source address it saw.
+//! Outbound NAT (`ipMasq`): a container reaches an [`Upstream`] namespace that the test makes
+//! beside its host (the only place this traffic goes) and that answers with the source address it
+//! saw.
 //! With ipMasq that is the host's address, without it the container's own. flatnetd's nftables
 //! table comes back by itself after `nft flush ruleset` and after a restart, and ADD/DEL (with or
 //! without a namespace) never change it.
@@ -9,29 +10,9 @@ use flatnet_tests::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// The host's address on the link to the upstream namespace, and the upstream's.
-const HOST_UPLINK: &str = "198.18.0.1";
-const UPSTREAM: &str = "198.18.0.2";
-const UPSTREAM_URL: &str = "http://198.18.0.2:8080/";
-
-/// Answers every GET with the client address the upstream saw.
-const ECHO_SOURCE: &str = "import http.server as h
-class H(h.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = self.client_address[0].encode()
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-h.HTTPServer(('198.18.0.2', 8080), H).serve_forever()
-";
-
 fn host() -> Host {
     require_root();
     require_tool("nft", "nftables");
-    require_tool("python3", "python3");
     Host::start()
 }
 
@@ -46,32 +27,8 @@ fn ok(ns: &Netns, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The upstream namespace, linked to the host by a veth made inside the two namespaces (nothing
-/// in the machine's own namespace), with a route back to the flat range so that an answer to a
-/// container's own address can return. Dropping it deletes the namespace and the link.
-struct Upstream {
-    _server: Background,
-    _ns: Netns,
-}
-
 fn upstream(host: &Host) -> Upstream {
-    let ns = Netns::create(&format!("{}u", host.netns().name()), "upstream");
-    host.netns().link_to(
-        "up0",
-        &format!("{HOST_UPLINK}/24"),
-        &ns,
-        "eth0",
-        &format!("{UPSTREAM}/24"),
-    );
-    ok(
-        &ns,
-        &["ip", "route", "add", "10.87.0.0/16", "via", HOST_UPLINK],
-    );
-    let server = ns.spawn(&["python3", "-c", ECHO_SOURCE]);
-    Upstream {
-        _server: server,
-        _ns: ns,
-    }
+    Upstream::beside(host.netns())
 }
 
 /// `nft list table inet flatnet` in the host's namespace; `None` when there is no such table.

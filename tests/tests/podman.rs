@@ -120,6 +120,18 @@ fn podman_container_gets_a_flat_address() {
 }
 
 #[test]
+fn podman_container_reaches_out_with_the_hosts_address() {
+    let p = podman_host();
+    let _up = Upstream::beside(p.host().netns());
+    let c = p.run_idle("out", &[]);
+    assert_eq!(
+        c.http_get(UPSTREAM_URL),
+        HOST_UPLINK,
+        "the upstream sees the host's address (ipMasq)"
+    );
+}
+
+#[test]
 fn podman_host_gateway_proxies_to_a_container() {
     let p = podman_host();
     let token = unique_token("flatnet-page");

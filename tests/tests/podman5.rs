@@ -5,6 +5,7 @@
 
 use flatnet_tests::podman5::{require_podman5, Podman5, BIN, IMAGE};
 use flatnet_tests::sandbox::{snapshot_at, snapshot_diff};
+use flatnet_tests::{Upstream, HOST_UPLINK, UPSTREAM_URL};
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -169,6 +170,77 @@ fn network_connect_and_disconnect_a_second_flatnet_network() {
     let links = s.podman_ok(&["exec", "web", "ls", "/sys/class/net"]);
     assert!(!links.contains("eth1") && links.contains("eth0"), "{links}");
     assert_eq!(held(&s).len(), 1);
+}
+
+/// What the upstream answers to container `name`: the source address it saw.
+fn source_seen_from(s: &Podman5, name: &str) -> String {
+    let mut last = String::new();
+    let answered = flatnet_tests::poll(std::time::Duration::from_secs(10), || {
+        let out = s.podman(&[
+            "exec",
+            name,
+            "timeout",
+            "3",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            UPSTREAM_URL,
+        ]);
+        last = format!("{out:?}");
+        out.status.success()
+    });
+    assert!(answered, "{name} never reached the upstream: {last}");
+    s.podman_ok(&["exec", name, "wget", "-q", "-O", "-", UPSTREAM_URL])
+}
+
+#[test]
+fn containers_reach_out_with_the_hosts_address_unless_ip_masq_is_off() {
+    let s = guest();
+    let _up = Upstream::beside(s.netns());
+    run_detached(&s, "out", &[], &["sleep", "60"]);
+    assert_eq!(
+        source_seen_from(&s, "out"),
+        HOST_UPLINK,
+        "ipMasq is on by default"
+    );
+
+    s.podman_ok(&[
+        "network",
+        "create",
+        "-d",
+        "flatnet",
+        "--subnet",
+        "10.87.9.0/24",
+        "-o",
+        "bridge=fnbr9",
+        "-o",
+        "ip_masq=false",
+        "routed",
+    ]);
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "own",
+        "--network",
+        "routed",
+        IMAGE,
+        "sleep",
+        "60",
+    ]);
+    let (ip, _) = inspect(&s, "own", "routed");
+    assert_eq!(
+        source_seen_from(&s, "own"),
+        ip,
+        "without ipMasq the source is kept"
+    );
+    let table = s.netns().exec(&["nft", "list", "table", "inet", "flatnet"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("10.87.1.0/24") && !table.contains("10.87.9.0/24"),
+        "{table}"
+    );
 }
 
 #[test]

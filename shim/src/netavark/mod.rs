@@ -40,7 +40,14 @@ const FIRST_DEFAULT_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 87, 1, 0);
 const DEFAULT_BRIDGE: &str = "flatnet-br0";
 
 /// The `-o` options a Flatnet network takes.
-const OPTIONS: &[&str] = &["bridge", "mtu", "isolate", "no_default_route", "socket"];
+const OPTIONS: &[&str] = &[
+    "bridge",
+    "mtu",
+    "isolate",
+    "no_default_route",
+    "ip_masq",
+    "socket",
+];
 
 /// A parsed invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,7 +269,7 @@ mod tests {
         input.insert("options".into(), json!({"mtu": "1400", "bridge": "fnbr7"}));
         input["subnets"][0]["lease_range"] =
             json!({"start_ip": "10.89.6.100", "end_ip": "10.89.6.150"});
-        let out = create(input.clone(), &[]).unwrap();
+        let mut out = create(input.clone(), &[]).unwrap();
         assert_eq!(out["labels"], json!({"k": "v"}));
         assert_eq!(out["subnets"][0]["subnet"], "10.89.6.0/24");
         assert_eq!(out["subnets"][0]["gateway"], "10.89.6.1");
@@ -281,7 +288,11 @@ mod tests {
         let conf = flat.cni_config();
         assert_eq!(conf["ipam"]["rangeStart"], "10.89.6.100");
         assert_eq!(conf["mtu"], 1400);
+        assert_eq!(conf["ipMasq"], true, "outbound NAT unless -o ip_masq=false");
         assert_eq!(conf["ipam"]["routes"], json!([{"dst": "0.0.0.0/0"}]));
+        out["options"]["ip_masq"] = "false".into();
+        let flat = FlatnetNetwork::from_podman(&out, &[]).unwrap();
+        assert_eq!(flat.cni_config()["ipMasq"], false);
     }
 
     /// One row per refused create: what is sent, and a piece of the message that says what to do.
@@ -306,6 +317,11 @@ mod tests {
                 "takes only the options",
             ),
             ("bad mtu", json!({"options": {"mtu": "9"}}), "68 to 65535"),
+            (
+                "bad ip_masq",
+                json!({"options": {"ip_masq": "maybe"}}),
+                "must be true or false",
+            ),
             (
                 "isolate",
                 json!({"options": {"isolate": "true"}}),

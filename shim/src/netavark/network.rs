@@ -79,6 +79,8 @@ pub struct FlatnetNetwork {
     pub bridge: String,
     pub mtu: Option<u32>,
     pub default_route: bool,
+    /// Outbound NAT (`ipMasq`); on unless `-o ip_masq=false`.
+    pub ip_masq: bool,
     /// Extra routes: destination and gateway.
     pub routes: Vec<(Subnet, Ipv4Addr)>,
     pub socket: String,
@@ -141,6 +143,7 @@ impl FlatnetNetwork {
         let mut bridge = None;
         let mut mtu = None;
         let mut default_route = true;
+        let mut ip_masq = true;
         let mut socket = DEFAULT_SOCKET.to_string();
         for (key, value) in options {
             let Value::String(value) = value else {
@@ -166,6 +169,7 @@ impl FlatnetNetwork {
                     }
                 }
                 "no_default_route" => default_route = !parse_bool_option(key, value)?,
+                "ip_masq" => ip_masq = parse_bool_option(key, value)?,
                 "socket" if !value.is_empty() => socket = value.clone(),
                 _ => {
                     return Err(format!(
@@ -219,6 +223,7 @@ impl FlatnetNetwork {
             bridge,
             mtu,
             default_route,
+            ip_masq,
             routes,
             socket,
         })
@@ -248,6 +253,7 @@ impl FlatnetNetwork {
             "type": "flatnet",
             "bridge": self.bridge,
             "isGateway": true,
+            "ipMasq": self.ip_masq,
             "ipam": ipam,
         });
         if let Some(mtu) = self.mtu {
