@@ -64,7 +64,7 @@ pub fn status(s: &v1::StatusResponse, as_json: bool) -> anyhow::Result<()> {
 pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
     if as_json {
         let all = list.iter().map(|n| {
-            json!({
+            let mut v = json!({
                 "name": n.name,
                 "bridge": n.bridge,
                 "subnet": n.subnet,
@@ -75,7 +75,15 @@ pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
                 "mtu": n.mtu,
                 "addressesInUse": n.addresses_in_use,
                 "addressesFree": n.addresses_free,
-            })
+            });
+            // The IPv6 range only when there is one, as grpcurl leaves empty fields out.
+            if !n.subnet6.is_empty() {
+                v["subnet6"] = json!(n.subnet6);
+                v["gateway6"] = json!(n.gateway6);
+                v["range6Start"] = json!(n.range6_start);
+                v["range6End"] = json!(n.range6_end);
+            }
+            v
         });
         return print_json(&Value::Array(all.collect()));
     }
@@ -89,8 +97,8 @@ pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
             vec![
                 n.name.clone(),
                 n.bridge.clone(),
-                n.subnet.clone(),
-                n.gateway.clone(),
+                both(&n.subnet, &n.subnet6),
+                both(&n.gateway, &n.gateway6),
                 range,
                 n.addresses_in_use.to_string(),
                 n.addresses_free.to_string(),
@@ -104,8 +112,16 @@ pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An IPv4 value and, on a dual-stack network, its IPv6 counterpart, in one table cell.
+fn both(v4: &str, v6: &str) -> String {
+    match v6 {
+        "" => v4.to_string(),
+        v6 => format!("{v4},{v6}"),
+    }
+}
+
 fn allocation_json(a: &Allocation) -> Value {
-    json!({
+    let mut v = json!({
         "network": a.network,
         "address": a.address,
         "containerId": a.container_id,
@@ -116,7 +132,11 @@ fn allocation_json(a: &Allocation) -> Value {
         "netns": a.netns,
         "createdUnix": a.created_unix,
         "bootId": a.boot_id,
-    })
+    });
+    if !a.address6.is_empty() {
+        v["address6"] = json!(a.address6);
+    }
+    v
 }
 
 fn allocations_json(list: &[Allocation]) -> anyhow::Result<()> {
@@ -132,7 +152,7 @@ pub fn allocations(list: &[Allocation], as_json: bool) -> anyhow::Result<()> {
         .iter()
         .map(|a| {
             vec![
-                a.address.clone(),
+                both(&a.address, &a.address6),
                 a.network.clone(),
                 short_id(&a.container_id),
                 a.container_name.clone(),
@@ -165,8 +185,11 @@ pub fn details(list: &[Allocation], as_json: bool) -> anyhow::Result<()> {
             println!();
         }
         let created = format!("{} ({} ago)", iso8601(a.created_unix), age(a.created_unix));
-        pairs(&[
-            ("address", a.address.clone()),
+        let mut fields = vec![("address", a.address.clone())];
+        if !a.address6.is_empty() {
+            fields.push(("address6", a.address6.clone()));
+        }
+        fields.extend([
             ("network", a.network.clone()),
             ("container", a.container_id.clone()),
             ("name", or_dash(&a.container_name)),
@@ -177,6 +200,7 @@ pub fn details(list: &[Allocation], as_json: bool) -> anyhow::Result<()> {
             ("created", created),
             ("boot id", or_dash(&a.boot_id)),
         ]);
+        pairs(&fields);
     }
     Ok(())
 }

@@ -5,7 +5,10 @@
 use flatnet_proto::cni;
 use ipnetwork::Ipv4Network;
 use serde_json::{Map, Value};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+mod ipam6;
+pub use ipam6::{Ipam6, Route6};
 
 /// Bridge used when the config names none.
 pub const DEFAULT_BRIDGE: &str = "flatnet-br0";
@@ -56,6 +59,8 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// `runtimeConfig.ips` (the `ips` capability).
     pub runtime_ip: Option<Ipv4Addr>,
+    /// `runtimeConfig.ips`' IPv6 address.
+    pub runtime_ip6: Option<Ipv6Addr>,
     /// `runtimeConfig.mac` (the `mac` capability).
     pub runtime_mac: Option<[u8; 6]>,
     /// `runtimeConfig.aliases[name]` (the `aliases` capability): the container's other names on
@@ -73,6 +78,8 @@ pub struct IpamConf {
     pub range_end: Ipv4Addr,
     pub gateway: Ipv4Addr,
     pub routes: Vec<Route>,
+    /// The IPv6 range of a dual-stack network.
+    pub v6: Option<Ipam6>,
 }
 
 /// A route installed in the container; `gw` defaults to the network's gateway.
@@ -175,7 +182,7 @@ impl NetConf {
             Some(v @ Value::Object(_)) => Some(v.clone()),
             Some(v) => return Err(invalid(format!("prevResult must be an object, not {v}"))),
         };
-        let (runtime_ip, runtime_mac) = parse_runtime_config(obj.get("runtimeConfig"))?;
+        let runtime = parse_runtime_config(obj.get("runtimeConfig"))?;
         let aliases = parse_aliases(obj.get("runtimeConfig"), &name)?;
         let valid_attachments = parse_valid_attachments(obj.get("cni.dev/valid-attachments"))?;
         Ok(NetConf {
@@ -189,8 +196,9 @@ impl NetConf {
             ipam,
             dns,
             prev_result,
-            runtime_ip,
-            runtime_mac,
+            runtime_ip: runtime.ip,
+            runtime_ip6: runtime.ip6,
+            runtime_mac: runtime.mac,
             aliases,
             valid_attachments,
         })
@@ -243,7 +251,7 @@ fn opt_ip(obj: &Map<String, Value>, key: &str) -> Result<Option<Ipv4Addr>, Confi
 fn parse_cidr(what: &str, s: &str) -> Result<Ipv4Network, ConfigError> {
     let net: Ipv4Network = s.parse().map_err(|_| {
         invalid(format!(
-            "{what} {s:?} is not an IPv4 network like 10.87.1.0/24 (flatnet supports IPv4 only)"
+            "{what} {s:?} is not an IPv4 network like 10.87.1.0/24 (an IPv6 range goes in a second range set of ipam.ranges)"
         ))
     })?;
     Ok(net)
@@ -264,35 +272,15 @@ fn parse_ipam(v: Option<&Value>) -> Result<IpamConf, ConfigError> {
             )));
         }
     }
-    // `ranges` (host-local's newer form) may hold one range; it replaces the top-level keys.
-    let range_obj = match obj.get("ranges") {
-        None | Some(Value::Null) => obj,
+    // `ranges` (host-local's newer form): one range set per address family, each holding one
+    // range; it replaces the top-level keys.
+    let (range_obj, mut v6) = match obj.get("ranges") {
+        None | Some(Value::Null) => (obj, None),
         Some(Value::Array(sets)) => {
             if obj.contains_key("subnet") {
                 return Err(invalid("ipam has both subnet and ranges: use one of them"));
             }
-            let ranges: Vec<&Value> = sets
-                .iter()
-                .map(|set| match set {
-                    Value::Array(r) => Ok(r.iter().collect::<Vec<_>>()),
-                    v => Err(invalid(format!(
-                        "ipam ranges must be a list of lists, found {v}"
-                    ))),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect();
-            match ranges.as_slice() {
-                [Value::Object(r)] => r,
-                [_] => return Err(invalid("each ipam range must be an object")),
-                _ => {
-                    return Err(invalid(format!(
-                        "ipam ranges holds {} ranges; flatnet supports exactly one",
-                        ranges.len()
-                    )))
-                }
-            }
+            parse_range_sets(sets)?
         }
         Some(v) => return Err(invalid(format!("ipam ranges must be a list, not {v}"))),
     };
@@ -342,11 +330,32 @@ fn parse_ipam(v: Option<&Value>) -> Result<IpamConf, ConfigError> {
     }
 
     let routes = match obj.get("routes") {
-        None | Some(Value::Null) => vec![Route {
-            dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("prefix 0 is valid"),
-            gw: None,
-        }],
-        Some(Value::Array(items)) => items.iter().map(parse_route).collect::<Result<_, _>>()?,
+        None | Some(Value::Null) => {
+            if let Some(v6) = v6.as_mut() {
+                v6.routes.push(Ipam6::default_route());
+            }
+            vec![Route {
+                dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("prefix 0 is valid"),
+                gw: None,
+            }]
+        }
+        Some(Value::Array(items)) => {
+            let mut routes = Vec::new();
+            for item in items {
+                match parse_route(item)? {
+                    AnyRoute::V4(r) => routes.push(r),
+                    AnyRoute::V6(dst_str, dst, o) => {
+                        let Some(v6) = v6.as_mut() else {
+                            return Err(invalid(format!(
+                                "ipam route dst {dst_str} is IPv6, but the network has no IPv6 range"
+                            )));
+                        };
+                        v6.routes.push(ipam6::parse_route6(&dst_str, dst, o)?);
+                    }
+                }
+            }
+            routes
+        }
         Some(v) => return Err(invalid(format!("ipam routes must be a list, not {v}"))),
     };
     Ok(IpamConf {
@@ -355,16 +364,79 @@ fn parse_ipam(v: Option<&Value>) -> Result<IpamConf, ConfigError> {
         range_end,
         gateway,
         routes,
+        v6,
     })
 }
 
-fn parse_route(v: &Value) -> Result<Route, ConfigError> {
+/// `ipam.ranges`: at most one set per family, each with exactly one range; the IPv4 one is
+/// required (returned as its object, checked by the caller), the IPv6 one parsed here.
+fn parse_range_sets(sets: &[Value]) -> Result<(&Map<String, Value>, Option<Ipam6>), ConfigError> {
+    let mut v4 = None;
+    let mut v6 = None;
+    for set in sets {
+        let Value::Array(ranges) = set else {
+            return Err(invalid(format!(
+                "ipam ranges must be a list of lists, found {set}"
+            )));
+        };
+        let range = match ranges.as_slice() {
+            [Value::Object(r)] => r,
+            [_] => return Err(invalid("each ipam range must be an object")),
+            _ => {
+                return Err(invalid(format!(
+                    "an ipam range set holds {} ranges; flatnet supports exactly one range per address family",
+                    ranges.len()
+                )))
+            }
+        };
+        let subnet_str = opt_str(range, "subnet")?;
+        match subnet_str
+            .as_deref()
+            .map(str::parse::<ipnetwork::IpNetwork>)
+        {
+            Some(Ok(ipnetwork::IpNetwork::V6(net))) => {
+                if v6.is_some() {
+                    return Err(invalid(
+                        "ipam ranges holds two IPv6 range sets; flatnet supports one per address family",
+                    ));
+                }
+                let subnet_str = subnet_str.as_deref().unwrap_or_default();
+                v6 = Some(ipam6::parse_range6(subnet_str, net, range)?);
+            }
+            _ => {
+                if v4.is_some() {
+                    return Err(invalid(
+                        "ipam ranges holds two IPv4 range sets; flatnet supports one per address family",
+                    ));
+                }
+                v4 = Some(range);
+            }
+        }
+    }
+    let Some(v4) = v4 else {
+        return Err(invalid(
+            "ipam ranges has no IPv4 range: a flatnet network needs one, with an IPv6 range beside it if wanted (IPv6-only networks are not supported); add [{\"subnet\": \"10.87.1.0/24\"}]",
+        ));
+    };
+    Ok((v4, v6))
+}
+
+/// A route of either family: IPv6 ones are finished by [`ipam6::parse_route6`].
+enum AnyRoute<'a> {
+    V4(Route),
+    V6(String, ipnetwork::Ipv6Network, &'a Map<String, Value>),
+}
+
+fn parse_route(v: &Value) -> Result<AnyRoute<'_>, ConfigError> {
     let Value::Object(o) = v else {
         return Err(invalid(format!(
             "each ipam route must be an object, not {v}"
         )));
     };
     let dst_str = req_str(o, "dst").map_err(|_| invalid(format!("ipam route {v} has no dst")))?;
+    if let Ok(ipnetwork::IpNetwork::V6(dst)) = dst_str.parse() {
+        return Ok(AnyRoute::V6(dst_str, dst, o));
+    }
     let dst = parse_cidr("ipam route dst", &dst_str)?;
     if dst.ip() != dst.network() {
         return Err(invalid(format!(
@@ -379,39 +451,65 @@ fn parse_route(v: &Value) -> Result<Route, ConfigError> {
                 .map_err(|_| invalid(format!("ipam route gw {s:?} is not an IPv4 address")))
         })
         .transpose()?;
-    Ok(Route { dst, gw })
+    Ok(AnyRoute::V4(Route { dst, gw }))
 }
 
-type RuntimeConfig = (Option<Ipv4Addr>, Option<[u8; 6]>);
+/// `runtimeConfig.ips` (one address per family at most) and `runtimeConfig.mac`.
+struct RuntimeConfig {
+    ip: Option<Ipv4Addr>,
+    ip6: Option<Ipv6Addr>,
+    mac: Option<[u8; 6]>,
+}
 
 fn parse_runtime_config(v: Option<&Value>) -> Result<RuntimeConfig, ConfigError> {
     let obj = match v {
-        None | Some(Value::Null) => return Ok((None, None)),
+        None | Some(Value::Null) => {
+            return Ok(RuntimeConfig {
+                ip: None,
+                ip6: None,
+                mac: None,
+            })
+        }
         Some(Value::Object(o)) => o,
         Some(v) => return Err(invalid(format!("runtimeConfig must be an object, not {v}"))),
     };
-    let ip = match obj.get("ips") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(ips)) => match ips.as_slice() {
-            [] => None,
-            [Value::String(s)] => {
+    let (mut ip, mut ip6) = (None, None);
+    match obj.get("ips") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(ips)) => {
+            for one in ips {
+                let Value::String(s) = one else {
+                    return Err(invalid(format!(
+                        "runtimeConfig ips must be a list of addresses, found {one}"
+                    )));
+                };
                 let addr = s.split('/').next().unwrap_or(s);
-                Some(addr.parse::<Ipv4Addr>().map_err(|_| {
-                    invalid(format!("runtimeConfig ips {s:?} is not an IPv4 address"))
-                })?)
+                match addr.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(a)) if ip.is_none() => ip = Some(a),
+                    Ok(IpAddr::V6(a)) if ip6.is_none() => ip6 = Some(a),
+                    Ok(_) => {
+                        return Err(invalid(
+                            "runtimeConfig ips holds two addresses of one family: flatnet gives a container one IPv4 and one IPv6 address per network",
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(invalid(format!(
+                            "runtimeConfig ips {s:?} is not an IP address"
+                        )))
+                    }
+                }
             }
-            _ => {
-                return Err(invalid(
-                    "runtimeConfig ips must hold one IPv4 address: flatnet gives a container one address per network",
-                ))
-            }
-        },
-        Some(v) => return Err(invalid(format!("runtimeConfig ips must be a list, not {v}"))),
+        }
+        Some(v) => {
+            return Err(invalid(format!(
+                "runtimeConfig ips must be a list, not {v}"
+            )))
+        }
     };
     let mac = opt_str(obj, "mac")?
         .map(|s| cni::parse_mac(&s).map_err(|e| invalid(format!("runtimeConfig mac: {e}"))))
         .transpose()?;
-    Ok((ip, mac))
+    Ok(RuntimeConfig { ip, ip6, mac })
 }
 
 /// `runtimeConfig.aliases`: network name → names, as Podman sends it; only this network's.
@@ -529,6 +627,78 @@ mod tests {
         assert_eq!(c.ipam.subnet.to_string(), "10.88.0.0/16");
         assert_eq!(c.ipam.range_start, Ipv4Addr::new(10, 88, 1, 10));
         assert_eq!(c.ipam.gateway, Ipv4Addr::new(10, 88, 0, 1));
+    }
+
+    #[test]
+    fn dual_stack_ranges_and_routes() {
+        let c = parse(with(json!({"ipam": {"ranges": [
+            [{"subnet": "fd87:1::/64"}], [{"subnet": "10.87.1.0/24"}]]}})))
+        .unwrap();
+        assert_eq!(c.ipam.subnet.to_string(), "10.87.1.0/24");
+        let v6 = c.ipam.v6.expect("the IPv6 set");
+        assert_eq!(v6.subnet.to_string(), "fd87:1::/64");
+        assert_eq!(v6.gateway, "fd87:1::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            v6.range_end,
+            "fd87:1::ffff:ffff:ffff:ffff".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(v6.routes, [Ipam6::default_route()], "::/0 by default");
+        assert!(!v6.assignable(v6.gateway) && !v6.assignable(v6.subnet.network()));
+        assert!(v6.assignable("fd87:1::2".parse().unwrap()));
+
+        let c = parse(with(json!({"ipam": {
+            "ranges": [[{"subnet": "10.87.1.0/24"}], [{"subnet": "fd87:1::/64", "gateway": "fd87:1::fe",
+                        "rangeStart": "fd87:1::10", "rangeEnd": "fd87:1::20"}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "fd00::/8", "gw": "fd87:1::fe"}]}})))
+        .unwrap();
+        let v6 = c.ipam.v6.unwrap();
+        assert_eq!(c.ipam.routes.len(), 1);
+        assert_eq!(v6.routes.len(), 1);
+        assert_eq!(v6.routes[0].dst.to_string(), "fd00::/8");
+        assert_eq!(v6.range_start, "fd87:1::10".parse::<Ipv6Addr>().unwrap());
+
+        let c = parse(with(
+            json!({"runtimeConfig": {"ips": ["fd87:1::5/64", "10.87.1.5/24"]}}),
+        ))
+        .unwrap();
+        assert_eq!(c.runtime_ip, Some(Ipv4Addr::new(10, 87, 1, 5)));
+        assert_eq!(c.runtime_ip6, Some("fd87:1::5".parse().unwrap()));
+
+        for (bad, says) in [
+            (
+                json!({"ranges": [[{"subnet": "fd87:1::/64"}]]}),
+                "no IPv4 range",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.87.1.0/24"}], [{"subnet": "fd87:1::/64"}],
+                                  [{"subnet": "fd87:2::/64"}]]}),
+                "two IPv6",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.87.1.0/24"}], [{"subnet": "fd87:1::1/64"}]]}),
+                "host bits",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.87.1.0/24"}], [{"subnet": "fd87:1::/127"}]]}),
+                "too small",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.87.1.0/24"}],
+                                  [{"subnet": "fd87:1::/64", "gateway": "fd87:2::1"}]]}),
+                "not a host address",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.87.1.0/24"}],
+                                  [{"subnet": "fd87:1::/64", "rangeStart": "10.87.1.5"}]]}),
+                "not an IPv6 address",
+            ),
+            (json!({"routes": [{"dst": "::/0"}]}), "no IPv6 range"),
+            (json!({"subnet": "fd87:1::/64"}), "second range set"),
+        ] {
+            let e = parse(with(json!({ "ipam": bad }))).expect_err(&bad.to_string());
+            assert_eq!(e.code(), Code::InvalidConfig);
+            assert!(e.msg.contains(says), "{bad}: {}", e.msg);
+        }
     }
 
     #[test]

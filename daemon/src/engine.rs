@@ -34,9 +34,9 @@ use crate::ipam::{self, AllocKey, Allocation, HeldBack, IpamError, Store};
 use crate::netlink::{random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, Netns, VethSpec};
 use crate::result::{CniResult, Interface, IpConfig, RouteOut};
 use flatnet_proto::cni;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,7 @@ mod status;
 #[cfg(any(test, feature = "fake"))]
 pub mod testing;
 
-use crate::host::{enable_forwarding, unix_now};
+use crate::host::{enable_forwarding, enable_forwarding6, unix_now};
 use crate::veth::{is_flatnet_veth, veth_name, veth_name_salted, NAME_SALTS};
 use locks::{KeyGuard, KeyLocks};
 
@@ -141,22 +141,27 @@ fn network_record(conf: &NetConf) -> ipam::NetworkRecord {
         hairpin: conf.hairpin_mode,
         range: Some((conf.ipam.range_start, conf.ipam.range_end)),
         ip_masq: conf.ip_masq,
+        v6: conf.ipam.v6.as_ref().map(|v6| ipam::NetworkRecord6 {
+            subnet: v6.subnet.network(),
+            prefix: v6.subnet.prefix(),
+            gateway: v6.gateway,
+            range: (v6.range_start, v6.range_end),
+        }),
     }
 }
 
-/// The bridge a network uses, with its gateway address when the bridge is the gateway.
-fn bridge_spec(
-    bridge: &str,
-    mtu: Option<u32>,
-    is_gateway: bool,
-    gateway: Ipv4Addr,
-    prefix: u8,
-) -> BridgeSpec {
+/// The bridge a network uses, with its gateway addresses when the bridge is the gateway.
+fn bridge_spec(record: &ipam::NetworkRecord) -> BridgeSpec {
+    let gateway = Ipv4Network::new(record.gateway, record.prefix).ok();
+    let gateway6 = record
+        .v6
+        .as_ref()
+        .and_then(|v6| Ipv6Network::new(v6.gateway, v6.prefix).ok());
     BridgeSpec {
-        name: bridge.to_string(),
-        mtu,
-        gateway: is_gateway
-            .then(|| Ipv4Network::new(gateway, prefix).expect("prefix comes from a valid subnet")),
+        name: record.bridge.clone(),
+        mtu: record.mtu,
+        gateway: gateway.filter(|_| record.is_gateway),
+        gateway6: gateway6.filter(|_| record.is_gateway),
     }
 }
 
@@ -164,6 +169,7 @@ fn bridge_spec(
 struct BridgeCache {
     state: LinkState,
     gateway: Option<Ipv4Network>,
+    gateway6: Option<Ipv6Network>,
 }
 
 /// The daemon's domain: attaches, detaches and checks containers.
@@ -444,16 +450,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
 
     /// The network's bridge, from the cache unless `refresh` or the gateway changed.
     async fn bridge(&self, conf: &NetConf, refresh: bool) -> Result<LinkState, Error> {
-        let spec = bridge_spec(
-            &conf.bridge,
-            conf.mtu,
-            conf.is_gateway,
-            conf.ipam.gateway,
-            conf.ipam.subnet.prefix(),
-        );
+        let spec = bridge_spec(&network_record(conf));
         if !refresh {
             let cache = self.bridges.lock().expect("bridge cache poisoned");
-            if let Some(c) = cache.get(&spec.name).filter(|c| c.gateway == spec.gateway) {
+            let same = |c: &&BridgeCache| c.gateway == spec.gateway && c.gateway6 == spec.gateway6;
+            if let Some(c) = cache.get(&spec.name).filter(same) {
                 return Ok(c.state.clone());
             }
         }
@@ -467,11 +468,15 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if spec.gateway.is_some() {
             enable_forwarding();
         }
+        if spec.gateway6.is_some() {
+            enable_forwarding6();
+        }
         self.bridges.lock().expect("bridge cache poisoned").insert(
             spec.name,
             BridgeCache {
                 state: state.clone(),
                 gateway: spec.gateway,
+                gateway6: spec.gateway6,
             },
         );
         Ok(state)
@@ -898,6 +903,7 @@ pub(crate) mod tests {
                 hairpin: true,
                 range: Some((Ipv4Addr::new(10, 87, 1, 10), Ipv4Addr::new(10, 87, 1, 11))),
                 ip_masq: false,
+                v6: None,
             }
         );
     }
@@ -953,11 +959,14 @@ pub(crate) mod tests {
         fn get(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError> {
             self.0.get(key)
         }
-        fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+        fn is_taken(&self, network: &str, ip: std::net::IpAddr) -> Result<bool, StoreError> {
             self.0.is_taken(network, ip)
         }
         fn last_handed_out(&self, network: &str) -> Result<Option<Ipv4Addr>, StoreError> {
             self.0.last_handed_out(network)
+        }
+        fn last_handed_out6(&self, network: &str) -> Result<Option<Ipv6Addr>, StoreError> {
+            self.0.last_handed_out6(network)
         }
         fn insert(&self, alloc: &Allocation) -> Result<(), StoreError> {
             self.0.insert(alloc)

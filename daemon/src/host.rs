@@ -41,6 +41,38 @@ pub(crate) fn enable_forwarding() {
     }
 }
 
+/// A network with an IPv6 range routes IPv6 for its containers: IPv6 forwarding in the daemon's
+/// namespace, turned on only then. Forwarding makes the kernel ignore router advertisements on
+/// links with `accept_ra=1`, so a host whose uplink learned its default route from them would
+/// lose it when that route expires: every such link is set to `accept_ra=2` (accept them while
+/// forwarding) first, and said so. Failures are logged, not fatal.
+pub(crate) fn enable_forwarding6() {
+    const PATH: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/sys/net/ipv6/conf") {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let accept_ra = entry.path().join("accept_ra");
+            if name == "all" || name == "default" || name == "lo" {
+                continue;
+            }
+            if std::fs::read_to_string(&accept_ra).is_ok_and(|v| v.trim() == "1") {
+                match std::fs::write(&accept_ra, "2") {
+                    Ok(()) => tracing::info!(link = %name,
+                        "set accept_ra=2 so the link keeps the routes it learns from router advertisements with IPv6 forwarding on"),
+                    Err(e) => tracing::warn!(link = %name, error = %e,
+                        "could not set accept_ra=2: with IPv6 forwarding on, the link ignores router advertisements"),
+                }
+            }
+        }
+    }
+    if let Err(e) = std::fs::write(PATH, "1") {
+        tracing::warn!(error = %e, "could not enable IPv6 forwarding");
+    }
+}
+
 /// The names of every link in the daemon's namespace, and nothing else about them, from
 /// `/proc/self/net/dev`: that lists the links of this process's namespace, which is the daemon's
 /// (only throwaway threads ever enter another one). The kernel writes it at about 2 µs per link,

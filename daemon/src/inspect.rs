@@ -73,6 +73,9 @@ pub fn matches_container(a: &ipam::Allocation, wanted: &str) -> bool {
 fn to_proto(a: ipam::Allocation) -> v1::Allocation {
     v1::Allocation {
         address: format!("{}/{}", a.address, a.prefix),
+        address6: a
+            .address6
+            .map_or(String::new(), |(ip, prefix)| format!("{ip}/{prefix}")),
         network: a.network,
         container_id: a.container_id,
         ifname: a.ifname,
@@ -350,6 +353,26 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
                 mtu: u.record.mtu.unwrap_or(0),
                 addresses_in_use: u.in_use,
                 addresses_free: u.free,
+                subnet6: u
+                    .record
+                    .v6
+                    .as_ref()
+                    .map_or(String::new(), |v| format!("{}/{}", v.subnet, v.prefix)),
+                gateway6: u
+                    .record
+                    .v6
+                    .as_ref()
+                    .map_or(String::new(), |v| v.gateway.to_string()),
+                range6_start: u
+                    .record
+                    .v6
+                    .as_ref()
+                    .map_or(String::new(), |v| v.range.0.to_string()),
+                range6_end: u
+                    .record
+                    .v6
+                    .as_ref()
+                    .map_or(String::new(), |v| v.range.1.to_string()),
                 name: u.record.name,
                 bridge: u.record.bridge,
             })

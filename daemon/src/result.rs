@@ -49,13 +49,14 @@ fn empty_object() -> Value {
 
 impl CniResult {
     /// Renders the result JSON for `version` (a version Flatnet supports): 0.3.x and 0.4.0 carry
-    /// `"version": "4"` on each IP, 1.x does not.
+    /// `"version": "4"` or `"6"` on each IP, 1.x does not.
     pub fn render(&self, version: &str) -> String {
         let mut v = serde_json::to_value(self).expect("CniResult is plain data");
         if cni::result_format(version) == Some(ResultFormat::V03) {
             if let Some(ips) = v.get_mut("ips").and_then(Value::as_array_mut) {
                 for ip in ips {
-                    ip["version"] = json!("4");
+                    let v6 = ip["address"].as_str().is_some_and(|a| a.contains(':'));
+                    ip["version"] = json!(if v6 { "6" } else { "4" });
                 }
             }
         }
@@ -118,6 +119,15 @@ mod tests {
             let legacy = version.starts_with("0.");
             assert_eq!(v["ips"][0].get("version").is_some(), legacy, "{version}");
         }
+        let mut dual = sample();
+        dual.ips.push(IpConfig {
+            address: "fd87:1::2/64".into(),
+            gateway: Some("fd87:1::1".into()),
+            interface: Some(2),
+        });
+        let v: Value = serde_json::from_str(&dual.render("0.3.1")).unwrap();
+        assert_eq!(v["ips"][0]["version"], "4");
+        assert_eq!(v["ips"][1]["version"], "6");
     }
 
     #[test]

@@ -539,7 +539,7 @@ proptest! {
         if !unknown.is_empty() && ignore.is_none() {
             prop_assert!(parsed.is_err(), "unknown keys without IgnoreUnknown accepted: {raw}");
         } else {
-            let want = CniArgs { ip, mac, pod_name: name.clone() };
+            let want = CniArgs { ip, ip6: None, mac, pod_name: name.clone() };
             prop_assert_eq!(parsed, Ok(want), "{}", raw);
         }
     }
@@ -760,7 +760,7 @@ fn run_allocator<S: Store>(store: &S, p: &Pool, ops: &[Op]) -> Result<Outcomes, 
                     .map_err(|e| TestCaseError::fail(format!("step {step}: remove: {e}")))?;
                 prop_assert_eq!(removed.map(|a| a.address), Some(ip), "step {}", step);
                 prop_assert!(
-                    !store.is_taken("n", ip).unwrap(),
+                    !store.is_taken("n", ip.into()).unwrap(),
                     "step {step}: {ip} still taken"
                 );
                 seen.released += 1;

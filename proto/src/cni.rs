@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Versions answered by VERSION, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -198,6 +198,8 @@ pub fn validate_ifname(what: &str, name: &str) -> Result<(), Invalid> {
 pub struct CniArgs {
     /// `IP=`: a fixed address (Podman's `--ip`).
     pub ip: Option<Ipv4Addr>,
+    /// `IP=`'s IPv6 address (Podman's `--ip6`).
+    pub ip6: Option<Ipv6Addr>,
     /// `MAC=`: the container interface's MAC (Podman's `--mac-address`).
     pub mac: Option<[u8; 6]>,
     /// `K8S_POD_NAME=`: Podman puts the container name here.
@@ -241,12 +243,23 @@ pub fn parse_cni_args(raw: &str) -> Result<CniArgs, Invalid> {
                 }
             }
             "IP" => {
-                let ip = value.parse::<Ipv4Addr>().map_err(|_| {
-                    Invalid(format!(
-                        "CNI_ARGS IP={value:?} is not an IPv4 address (flatnet takes one IPv4 address, e.g. IP=10.87.1.50)"
-                    ))
-                })?;
-                args.ip = Some(ip);
+                // Podman sends one address per family, comma-separated (`--ip` and `--ip6`).
+                for one in value.split(',') {
+                    match one.parse::<IpAddr>() {
+                        Ok(IpAddr::V4(ip)) if args.ip.is_none() => args.ip = Some(ip),
+                        Ok(IpAddr::V6(ip)) if args.ip6.is_none() => args.ip6 = Some(ip),
+                        Ok(_) => {
+                            return Err(Invalid(format!(
+                                "CNI_ARGS IP={value:?} holds two addresses of one family: a container gets one IPv4 and one IPv6 address per network"
+                            )))
+                        }
+                        Err(_) => {
+                            return Err(Invalid(format!(
+                                "CNI_ARGS IP={value:?}: {one:?} is not an IP address (e.g. IP=10.87.1.50 or IP=10.87.1.50,fd87:1::50)"
+                            )))
+                        }
+                    }
+                }
             }
             "MAC" => {
                 args.mac =
@@ -311,13 +324,18 @@ mod tests {
         assert_eq!(a.mac, Some([2, 0x11, 0x22, 0x33, 0x44, 0x55]));
         assert_eq!(a.pod_name.as_deref(), Some("dumpc1"));
         assert_eq!(parse_cni_args("").unwrap(), CniArgs::default());
+        let both = parse_cni_args("IP=fd87:1::5,10.87.1.5").unwrap();
+        assert_eq!(both.ip, Some(Ipv4Addr::new(10, 87, 1, 5)));
+        assert_eq!(both.ip6, Some("fd87:1::5".parse().unwrap()));
     }
 
     #[test]
     fn bad_args_are_refused() {
         for raw in [
             "IP=10.87.1",
-            "IP=fe80::1",
+            "IP=10.87.1.5,10.87.1.6",
+            "IP=fd87:1::5,fd87:1::6",
+            "IP=10.87.1.5,",
             "MAC=02:11:22:33:44",
             "MAC=01:00:5e:00:00:01",
             "MAC=zz:11:22:33:44:55",

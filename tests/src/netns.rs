@@ -52,7 +52,8 @@ impl Netns {
         Path::new(&self.path()).exists()
     }
 
-    fn exec_command(&self, args: &[&str]) -> Command {
+    /// The `ip netns exec` command that runs `args` inside the namespace, to be configured further.
+    pub fn exec_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         // Cleared environment: no proxy variables can leak into wget, nothing host-specific.
         cmd.env_clear()

@@ -13,6 +13,8 @@ struct Attachment<'a> {
     netns: &'a Netns,
     key: &'a AllocKey,
     address: Ipv4Network,
+    /// On a dual-stack network.
+    address6: Option<Ipv6Network>,
     mac: [u8; 6],
     host_mac: [u8; 6],
 }
@@ -25,6 +27,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             return Err(Error::Environment(
                 "CNI_NETNS is empty: ADD needs the container's network namespace".into(),
             ));
+        }
+        let requested6 = args.ip6.or(conf.runtime_ip6);
+        if let (Some(ip6), None) = (requested6, &conf.ipam.v6) {
+            return Err(Error::Environment(format!(
+                "IPv6 address {ip6} was asked for, but network {} has no IPv6 range: add one to ipam.ranges or ask for none",
+                conf.name
+            )));
         }
         let t0 = Instant::now();
         let netns = Netns::open(&req.netns)?;
@@ -48,17 +57,24 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let _attachment = self.attachment_lock(&key, req.deadline).await?;
         let guard = self.lock(&conf.name, req.deadline).await?;
         let t_lock = t0.elapsed();
-        if let Some(result) = self.existing_attachment(conf, req, &key, requested).await? {
+        if let Some(result) = self
+            .existing_attachment(conf, req, &key, requested, requested6)
+            .await?
+        {
             return Ok(result);
         }
         self.check_overlap(conf)?;
-        let (ip, guard) = self
-            .choose_address(conf, &key, requested, guard, req.deadline)
+        let ((ip, ip6), guard) = self
+            .choose_address(conf, &key, (requested, requested6), guard, req.deadline)
             .await?;
+        let address6 = ip6.zip(conf.ipam.v6.as_ref()).map(|(ip6, v6)| {
+            Ipv6Network::new(ip6, v6.subnet.prefix()).expect("prefix comes from a valid subnet")
+        });
         let a = Attachment {
             conf,
             netns: &netns,
             key: &key,
+            address6,
             address: Ipv4Network::new(ip, conf.ipam.subnet.prefix())
                 .expect("prefix comes from a valid subnet"),
             mac: args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac),
@@ -71,6 +87,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             ifname: req.ifname.clone(),
             address: ip,
             prefix: conf.ipam.subnet.prefix(),
+            address6: address6.map(|n| (n.ip(), n.prefix())),
             container_name: args.pod_name.clone(),
             aliases: conf.aliases.clone(),
             host_veth: host_veth.clone(),
@@ -125,7 +142,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     address: Some(a.address),
                 })
             }
-            Err(failure) => Err(self.undo_add(conf, &key, ip, &veth, failure).await),
+            Err(failure) => Err(self.undo_add(conf, &key, &alloc, &veth, failure).await),
         }
     }
 
@@ -138,11 +155,14 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         req: &Request,
         key: &AllocKey,
         requested: Option<Ipv4Addr>,
+        requested6: Option<Ipv6Addr>,
     ) -> Result<Option<Done>, Error> {
         let Some(existing) = self.store.get(key)? else {
             return Ok(None);
         };
-        let same = existing.netns == req.netns && requested.is_none_or(|ip| ip == existing.address);
+        let same = existing.netns == req.netns
+            && requested.is_none_or(|ip| ip == existing.address)
+            && requested6.is_none_or(|ip| Some(ip) == existing.address6.map(|(a, _)| a));
         if !same {
             return Err(Error::AlreadyAttached(format!(
                 "container {} already has {} on network {} (address {}, namespace {}): delete it first",
@@ -168,14 +188,33 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         &self,
         conf: &NetConf,
         key: &AllocKey,
-        requested: Option<Ipv4Addr>,
+        (requested, requested6): (Option<Ipv4Addr>, Option<Ipv6Addr>),
         guard: tokio::sync::OwnedMutexGuard<()>,
         deadline: Option<Instant>,
-    ) -> Result<(Ipv4Addr, tokio::sync::OwnedMutexGuard<()>), Error> {
-        let choose = || ipam::choose(&self.store, &self.held, &conf.name, &conf.ipam, requested);
+    ) -> Result<
+        (
+            (Ipv4Addr, Option<Ipv6Addr>),
+            tokio::sync::OwnedMutexGuard<()>,
+        ),
+        Error,
+    > {
+        let choose = || -> Result<_, IpamError> {
+            let ip = ipam::choose(&self.store, &self.held, &conf.name, &conf.ipam, requested)?;
+            let ip6 = conf
+                .ipam
+                .v6
+                .as_ref()
+                .map(|v6| ipam::choose6(&self.store, &self.held, &conf.name, v6, requested6))
+                .transpose()?;
+            Ok((ip, ip6))
+        };
         match choose() {
             Err(e @ (IpamError::Taken { .. } | IpamError::Exhausted { .. })) => {
-                let waiting = self.held.veths_holding(&conf.name, requested);
+                let which = match &e {
+                    IpamError::Taken { ip, .. } => Some(*ip),
+                    _ => None,
+                };
+                let waiting = self.held.veths_holding(&conf.name, which);
                 if waiting.is_empty() {
                     return Err(e.into());
                 }
@@ -226,7 +265,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         &self,
         conf: &NetConf,
         key: &AllocKey,
-        ip: Ipv4Addr,
+        alloc: &Allocation,
         host_veth: &str,
         failure: Error,
     ) -> Error {
@@ -238,8 +277,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         match undo {
             Ok(_) => failure,
             Err(undo) => {
-                self.held.hold(&conf.name, ip, host_veth);
-                tracing::error!(host_veth, address = %ip, error = %undo,
+                for ip in alloc.addresses() {
+                    self.held.hold(&conf.name, ip, host_veth);
+                }
+                tracing::error!(host_veth, address = %alloc.address, error = %undo,
                     "cannot undo a failed ADD; its address is held back until the interface is gone");
                 Error::RollbackFailed {
                     error: Box::new(failure),
@@ -318,6 +359,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     ifname: ifname.to_string(),
                     address: a.address,
                     routes,
+                    address6: a.address6,
+                    routes6: conf
+                        .ipam
+                        .v6
+                        .iter()
+                        .flat_map(|v6| v6.routes.iter().map(|r| (r.dst, v6.route_gateway(r))))
+                        .collect(),
                 },
             )
             .await?;
@@ -346,11 +394,21 @@ fn cni_result(a: &Attachment<'_>, bridge_mac: &[u8], host_veth: &str) -> CniResu
                 sandbox: Some(a.netns.path.clone()),
             },
         ],
-        ips: vec![IpConfig {
+        ips: std::iter::once(IpConfig {
             address: a.address.to_string(),
             gateway: Some(conf.ipam.gateway.to_string()),
             interface: Some(2),
-        }],
+        })
+        .chain(
+            a.address6
+                .zip(conf.ipam.v6.as_ref())
+                .map(|(addr, v6)| IpConfig {
+                    address: addr.to_string(),
+                    gateway: Some(v6.gateway.to_string()),
+                    interface: Some(2),
+                }),
+        )
+        .collect(),
         routes: conf
             .ipam
             .routes
@@ -359,6 +417,12 @@ fn cni_result(a: &Attachment<'_>, bridge_mac: &[u8], host_veth: &str) -> CniResu
                 dst: r.dst.to_string(),
                 gw: r.gw.map(|g| g.to_string()),
             })
+            .chain(conf.ipam.v6.iter().flat_map(|v6| {
+                v6.routes.iter().map(|r| RouteOut {
+                    dst: r.dst.to_string(),
+                    gw: r.gw.map(|g| g.to_string()),
+                })
+            }))
             .collect(),
         dns: conf.dns.clone(),
     }

@@ -73,7 +73,19 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
             Some(_) => {}
         }
-        let Some(view) = self.nl.inspect_container(&netns, &req.ifname).await? else {
+        let address6 = alloc.network_address6();
+        if let Some(a6) = address6 {
+            if !prev.ips.iter().any(|i| i.address == a6.to_string()) {
+                return failed(format!(
+                    "prevResult lacks the IPv6 address {a6} flatnet assigned"
+                ));
+            }
+        }
+        let Some(view) = self
+            .nl
+            .inspect_container(&netns, &req.ifname, address6.is_some())
+            .await?
+        else {
             return failed(format!(
                 "interface {} does not exist in {}",
                 req.ifname, req.netns
@@ -112,6 +124,23 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     "route {} via {gw} is missing in {}",
                     route.dst, req.netns
                 ));
+            }
+        }
+        if let (Some(a6), Some(v6)) = (address6, &conf.ipam.v6) {
+            if !view.addrs6.contains(&a6) {
+                return failed(format!(
+                    "interface {} in {} does not hold {a6} (or it is tentative or failed duplicate address detection)",
+                    req.ifname, req.netns
+                ));
+            }
+            for route in &v6.routes {
+                let gw = v6.route_gateway(route);
+                if !view.routes6.contains(&(route.dst, Some(gw))) {
+                    return failed(format!(
+                        "route {} via {gw} is missing in {}",
+                        route.dst, req.netns
+                    ));
+                }
             }
         }
         Ok(Some(address))

@@ -28,7 +28,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             // The address stays held back until the veth is gone, so it can never be live twice;
             // the record goes now, and the kernel's slow veth deletion happens after the reply.
             // Both under the network's lock, so no ADD can choose the address in between.
-            self.held.hold(&alloc.network, alloc.address, &host_veth);
+            for ip in alloc.addresses() {
+                self.held.hold(&alloc.network, ip, &host_veth);
+            }
             self.store.remove(&key)?;
         }
         drop(guard);

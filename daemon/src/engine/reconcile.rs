@@ -297,13 +297,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     continue;
                 }
             };
-            let spec = bridge_spec(
-                &record.bridge,
-                record.mtu,
-                record.is_gateway,
-                record.gateway,
-                record.prefix,
-            );
+            let spec = bridge_spec(&record);
             // A bridge that is not there now is created below, with no port.
             let bridge_was_gone = !links.contains_key(&record.bridge);
             let bridge = match self.ensure_bridge(spec).await {

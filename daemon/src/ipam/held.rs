@@ -13,7 +13,7 @@
 //!   periodic passes ([`GRACE`]).
 
 use super::AllocSummary;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub const GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Hold {
     network: String,
-    address: Ipv4Addr,
+    address: IpAddr,
     host_veth: String,
 }
 
@@ -52,23 +52,24 @@ impl HeldBack {
     }
 
     /// Holds `address` of `network` back until `host_veth` is gone.
-    pub fn hold(&self, network: &str, address: Ipv4Addr, host_veth: &str) {
+    pub fn hold(&self, network: &str, address: impl Into<IpAddr>, host_veth: &str) {
         self.holds().push(Hold {
             network: network.to_string(),
-            address,
+            address: address.into(),
             host_veth: host_veth.to_string(),
         });
     }
 
     /// Whether `address` of `network` is held back.
-    pub fn is_held(&self, network: &str, address: Ipv4Addr) -> bool {
+    pub fn is_held(&self, network: &str, address: impl Into<IpAddr>) -> bool {
+        let address = address.into();
         self.holds()
             .iter()
             .any(|h| h.network == network && h.address == address)
     }
 
     /// The veths whose deletion holds back addresses of `network` (only `address`, if given).
-    pub fn veths_holding(&self, network: &str, address: Option<Ipv4Addr>) -> Vec<String> {
+    pub fn veths_holding(&self, network: &str, address: Option<IpAddr>) -> Vec<String> {
         self.holds()
             .iter()
             .filter(|h| h.network == network && address.is_none_or(|a| a == h.address))
@@ -141,6 +142,7 @@ pub fn fate(a: &AllocSummary, facts: Facts<'_>, veth_exists: bool, missing_befor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn an_address_is_held_until_its_veth_is_gone() {
@@ -150,7 +152,7 @@ mod tests {
         held.hold("n", Ipv4Addr::new(10, 87, 1, 11), "fn-2");
         assert!(held.is_held("n", ip));
         assert!(!held.is_held("other", ip), "held per network");
-        assert_eq!(held.veths_holding("n", Some(ip)), ["fn-1"]);
+        assert_eq!(held.veths_holding("n", Some(ip.into())), ["fn-1"]);
         assert_eq!(held.veths_holding("n", None), ["fn-1", "fn-2"]);
         held.veth_gone("fn-1");
         assert!(!held.is_held("n", ip));
@@ -165,6 +167,7 @@ mod tests {
             container_id: "c".into(),
             ifname: "eth0".into(),
             address: Ipv4Addr::new(10, 87, 1, 10),
+            address6: None,
             host_veth: "fn-1".into(),
             created_unix: 100,
             boot_id: "b".into(),

@@ -12,6 +12,7 @@ pub struct MemStore {
 struct MemInner {
     allocs: std::collections::BTreeMap<AllocKey, Allocation>,
     last: std::collections::HashMap<String, Ipv4Addr>,
+    last6: std::collections::HashMap<String, Ipv6Addr>,
     networks: std::collections::BTreeMap<String, NetworkRecord>,
 }
 
@@ -27,32 +28,39 @@ impl Store for MemStore {
         Ok(self.lock().allocs.get(key).cloned())
     }
 
-    fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+    fn is_taken(&self, network: &str, ip: IpAddr) -> Result<bool, StoreError> {
         Ok(self
             .lock()
             .allocs
             .values()
-            .any(|a| a.network == network && a.address == ip))
+            .any(|a| a.network == network && a.addresses().any(|held| held == ip)))
     }
 
     fn last_handed_out(&self, network: &str) -> Result<Option<Ipv4Addr>, StoreError> {
         Ok(self.lock().last.get(network).copied())
     }
 
+    fn last_handed_out6(&self, network: &str) -> Result<Option<Ipv6Addr>, StoreError> {
+        Ok(self.lock().last6.get(network).copied())
+    }
+
     fn insert(&self, alloc: &Allocation) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let key = alloc.key();
-        if let Some(other) = inner
-            .allocs
-            .values()
-            .find(|a| a.network == alloc.network && a.address == alloc.address && a.key() != key)
-        {
-            return Err(StoreError::AddressHeld {
-                ip: alloc.address,
-                owner: other.container_id.clone(),
-            });
+        for ip in alloc.addresses() {
+            if let Some(other) = inner.allocs.values().find(|a| {
+                a.network == alloc.network && a.addresses().any(|held| held == ip) && a.key() != key
+            }) {
+                return Err(StoreError::AddressHeld {
+                    ip,
+                    owner: other.container_id.clone(),
+                });
+            }
         }
         inner.last.insert(alloc.network.clone(), alloc.address);
+        if let Some((ip6, _)) = alloc.address6 {
+            inner.last6.insert(alloc.network.clone(), ip6);
+        }
         inner.allocs.insert(key, alloc.clone());
         Ok(())
     }

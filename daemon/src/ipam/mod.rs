@@ -3,11 +3,11 @@
 //! The choice ([`pick`]) is pure; [`Store`] is the record, with sled ([`SledStore`], in
 //! `sled_store.rs`) as the real one and [`MemStore`] (`mem_store.rs`) for tests.
 
-use crate::config::IpamConf;
+use crate::config::{Ipam6, IpamConf};
 use crate::result::CniResult;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -53,6 +53,9 @@ pub struct Allocation {
     pub ifname: String,
     pub address: Ipv4Addr,
     pub prefix: u8,
+    /// The IPv6 address and prefix length, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<(Ipv6Addr, u8)>,
     /// The container's name (CNI_ARGS `K8S_POD_NAME`), when the runtime gave one.
     pub container_name: Option<String>,
     pub host_veth: String,
@@ -74,6 +77,17 @@ impl Allocation {
         ipnetwork::Ipv4Network::new(self.address, self.prefix).expect("stored prefix is valid")
     }
 
+    /// The IPv6 address with its prefix length, on a dual-stack network.
+    pub fn network_address6(&self) -> Option<ipnetwork::Ipv6Network> {
+        self.address6
+            .and_then(|(ip, prefix)| ipnetwork::Ipv6Network::new(ip, prefix).ok())
+    }
+
+    /// Every address the attachment holds (IPv4, then IPv6).
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(IpAddr::V4(self.address)).chain(self.address6.map(|(a, _)| IpAddr::V6(a)))
+    }
+
     pub fn key(&self) -> AllocKey {
         AllocKey {
             network: self.network.clone(),
@@ -91,6 +105,8 @@ pub struct AllocSummary {
     pub container_id: String,
     pub ifname: String,
     pub address: Ipv4Addr,
+    #[serde(default)]
+    pub address6: Option<(Ipv6Addr, u8)>,
     pub host_veth: String,
     pub created_unix: u64,
     pub boot_id: String,
@@ -116,6 +132,7 @@ impl From<&Allocation> for AllocSummary {
             container_id: a.container_id.clone(),
             ifname: a.ifname.clone(),
             address: a.address,
+            address6: a.address6,
             host_veth: a.host_veth.clone(),
             created_unix: a.created_unix,
             boot_id: a.boot_id.clone(),
@@ -144,6 +161,18 @@ pub struct NetworkRecord {
     /// `ipMasq`, so the NAT table can be written again at start; false in older records.
     #[serde(default)]
     pub ip_masq: bool,
+    /// The IPv6 range of a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<NetworkRecord6>,
+}
+
+/// The IPv6 half of a [`NetworkRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord6 {
+    pub subnet: Ipv6Addr,
+    pub prefix: u8,
+    pub gateway: Ipv6Addr,
+    pub range: (Ipv6Addr, Ipv6Addr),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,17 +182,19 @@ pub enum StoreError {
     #[error("state database holds a record that cannot be read ({0}); was it written by another version?")]
     Corrupt(String),
     #[error("address {ip} is already held by container {owner}")]
-    AddressHeld { ip: Ipv4Addr, owner: String },
+    AddressHeld { ip: IpAddr, owner: String },
 }
 
 /// The durable record of allocations. Callers serialise changes per network; implementations still
 /// refuse to record one address for two owners.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError>;
-    fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError>;
+    fn is_taken(&self, network: &str, ip: IpAddr) -> Result<bool, StoreError>;
     /// The address most recently handed out on `network` (where round robin continues).
     fn last_handed_out(&self, network: &str) -> Result<Option<Ipv4Addr>, StoreError>;
-    /// Records `alloc` and makes its address the last handed out.
+    /// The IPv6 address most recently handed out on `network`.
+    fn last_handed_out6(&self, network: &str) -> Result<Option<Ipv6Addr>, StoreError>;
+    /// Records `alloc` and makes its addresses the last handed out.
     fn insert(&self, alloc: &Allocation) -> Result<(), StoreError>;
     fn remove(&self, key: &AllocKey) -> Result<Option<Allocation>, StoreError>;
     /// Every allocation, or those of one network.
@@ -197,20 +228,20 @@ pub enum IpamError {
     #[error("no free address left in {start}-{end} of network {network}: delete containers you no longer need or widen the range")]
     Exhausted {
         network: String,
-        start: Ipv4Addr,
-        end: Ipv4Addr,
+        start: IpAddr,
+        end: IpAddr,
     },
     #[error("address {ip} is already in use by container {owner} on network {network}")]
     Taken {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         owner: String,
         network: String,
     },
     #[error("requested address {ip} is outside the range {start}-{end} that network {network} hands out{reserved}")]
     OutsideRange {
-        ip: Ipv4Addr,
-        start: Ipv4Addr,
-        end: Ipv4Addr,
+        ip: IpAddr,
+        start: IpAddr,
+        end: IpAddr,
         network: String,
         reserved: &'static str,
     },
@@ -253,7 +284,7 @@ pub fn choose<S: Store>(
     requested: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr, IpamError> {
     let taken = |ip| -> Result<bool, StoreError> {
-        Ok(held.is_held(network, ip) || store.is_taken(network, ip)?)
+        Ok(held.is_held(network, ip) || store.is_taken(network, IpAddr::V4(ip))?)
     };
     if let Some(ip) = requested {
         if !ipam.assignable(ip) {
@@ -265,33 +296,95 @@ pub fn choose<S: Store>(
                 ""
             };
             return Err(IpamError::OutsideRange {
-                ip,
-                start: ipam.range_start,
-                end: ipam.range_end,
+                ip: ip.into(),
+                start: ipam.range_start.into(),
+                end: ipam.range_end.into(),
                 network: network.to_string(),
                 reserved,
             });
         }
         if taken(ip)? {
-            let owner = store
-                .list(Some(network))?
-                .into_iter()
-                .find(|a| a.address == ip)
-                .map(|a| a.container_name.unwrap_or(a.container_id))
-                .unwrap_or_else(|| "unknown".into());
-            return Err(IpamError::Taken {
-                ip,
-                owner,
-                network: network.to_string(),
-            });
+            return Err(taken_by(store, network, ip.into())?);
         }
         return Ok(ip);
     }
     let last = store.last_handed_out(network)?;
     pick(ipam, last, taken)?.ok_or_else(|| IpamError::Exhausted {
         network: network.to_string(),
-        start: ipam.range_start,
-        end: ipam.range_end,
+        start: ipam.range_start.into(),
+        end: ipam.range_end.into(),
+    })
+}
+
+/// The error for a requested address that is taken, naming who holds it.
+fn taken_by<S: Store>(store: &S, network: &str, ip: IpAddr) -> Result<IpamError, StoreError> {
+    let owner = store
+        .list(Some(network))?
+        .into_iter()
+        .find(|a| a.addresses().any(|held| held == ip))
+        .map(|a| a.container_name.unwrap_or(a.container_id))
+        .unwrap_or_else(|| "unknown".into());
+    Ok(IpamError::Taken {
+        ip,
+        owner,
+        network: network.to_string(),
+    })
+}
+
+/// The IPv6 address for a new attachment of a dual-stack network, chosen as [`choose`] chooses
+/// the IPv4 one: the requested one when it is free and in range, otherwise the next free one
+/// after the last handed out.
+pub fn choose6<S: Store>(
+    store: &S,
+    held: &HeldBack,
+    network: &str,
+    v6: &Ipam6,
+    requested: Option<Ipv6Addr>,
+) -> Result<Ipv6Addr, IpamError> {
+    let taken = |ip: Ipv6Addr| -> Result<bool, StoreError> {
+        Ok(held.is_held(network, ip) || store.is_taken(network, IpAddr::V6(ip))?)
+    };
+    if let Some(ip) = requested {
+        if !v6.assignable(ip) {
+            let reserved = if ip == v6.gateway {
+                " (it is the gateway)"
+            } else if ip == v6.subnet.network() {
+                " (it is the subnet-router anycast address)"
+            } else {
+                ""
+            };
+            return Err(IpamError::OutsideRange {
+                ip: ip.into(),
+                start: v6.range_start.into(),
+                end: v6.range_end.into(),
+                network: network.to_string(),
+                reserved,
+            });
+        }
+        if taken(ip)? {
+            return Err(taken_by(store, network, ip.into())?);
+        }
+        return Ok(ip);
+    }
+    let (start, end) = (u128::from(v6.range_start), u128::from(v6.range_end));
+    let size = end - start + 1;
+    let first = match store.last_handed_out6(network)?.map(u128::from) {
+        Some(l) if (start..end).contains(&l) => l + 1,
+        _ => start,
+    };
+    // Round robin over the range; a /64 is never searched far, a small range to its end.
+    let mut i = 0u128;
+    while i < size {
+        let candidate = Ipv6Addr::from(start + (first - start + i) % size);
+        if v6.assignable(candidate) && !taken(candidate)? {
+            return Ok(candidate);
+        }
+        i += 1;
+    }
+    Err(IpamError::Exhausted {
+        network: network.to_string(),
+        start: v6.range_start.into(),
+        end: v6.range_end.into(),
     })
 }
 
@@ -460,7 +553,7 @@ pub(crate) mod tests {
                 s.insert(&alloc("b", ip)),
                 Err(StoreError::AddressHeld { .. })
             ));
-            assert!(s.is_taken("n", ip).unwrap());
+            assert!(s.is_taken("n", ip.into()).unwrap());
             assert_eq!(s.last_handed_out("n").unwrap(), Some(ip));
             futures::executor::block_on(s.flush()).unwrap();
         }
@@ -470,7 +563,7 @@ pub(crate) mod tests {
             assert_eq!(s.list(Some("n")).unwrap().len(), 1);
             assert_eq!(s.list(Some("other")).unwrap().len(), 0);
             assert!(s.remove(&alloc("a", ip).key()).unwrap().is_some());
-            assert!(!s.is_taken("n", ip).unwrap());
+            assert!(!s.is_taken("n", ip.into()).unwrap());
             assert!(s.remove(&alloc("a", ip).key()).unwrap().is_none());
             let net = testing::network("n", "br-n");
             assert!(s.put_network(&net).unwrap());
@@ -487,10 +580,10 @@ pub(crate) mod tests {
                     b"n\0gone\0eth0".as_slice(),
                 )
                 .unwrap();
-            assert!(!s.is_taken("n", ip).unwrap());
+            assert!(!s.is_taken("n", ip.into()).unwrap());
             assert_eq!(s.repair_index(&s.summaries().unwrap()).unwrap(), 2);
-            assert!(s.is_taken("n", ip).unwrap());
-            assert!(!s.is_taken("n", Ipv4Addr::new(10, 87, 1, 9)).unwrap());
+            assert!(s.is_taken("n", ip.into()).unwrap());
+            assert!(!s.is_taken("n", Ipv4Addr::new(10, 87, 1, 9).into()).unwrap());
             assert_eq!(s.repair_index(&s.summaries().unwrap()).unwrap(), 0);
             s.remove(&alloc("b", ip).key()).unwrap();
             futures::executor::block_on(s.probe()).unwrap();

@@ -91,12 +91,20 @@ async fn group_flush(db: sled::Db, flushes: Arc<GroupFlush>) {
     }
 }
 
-pub(super) fn addr_key(network: &str, ip: Ipv4Addr) -> Vec<u8> {
-    [network.as_bytes(), b"\0", &ip.octets()].concat()
+/// The index key of an address: 4 bytes after the network name for IPv4, 16 for IPv6.
+pub(super) fn addr_key(network: &str, ip: impl Into<IpAddr>) -> Vec<u8> {
+    match ip.into() {
+        IpAddr::V4(ip) => [network.as_bytes(), b"\0", &ip.octets()].concat(),
+        IpAddr::V6(ip) => [network.as_bytes(), b"\0", &ip.octets()].concat(),
+    }
 }
 
 fn last_key(network: &str) -> Vec<u8> {
     [b"last\0".as_slice(), network.as_bytes()].concat()
+}
+
+fn last6_key(network: &str) -> Vec<u8> {
+    [b"last6\0".as_slice(), network.as_bytes()].concat()
 }
 
 fn decode(bytes: &[u8]) -> Result<Allocation, StoreError> {
@@ -111,7 +119,7 @@ impl Store for SledStore {
             .transpose()
     }
 
-    fn is_taken(&self, network: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+    fn is_taken(&self, network: &str, ip: IpAddr) -> Result<bool, StoreError> {
         Ok(self.addrs.contains_key(addr_key(network, ip))?)
     }
 
@@ -122,31 +130,46 @@ impl Store for SledStore {
             .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok().map(Ipv4Addr::from)))
     }
 
+    fn last_handed_out6(&self, network: &str) -> Result<Option<Ipv6Addr>, StoreError> {
+        Ok(self
+            .meta
+            .get(last6_key(network))?
+            .and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok().map(Ipv6Addr::from)))
+    }
+
     fn insert(&self, alloc: &Allocation) -> Result<(), StoreError> {
         use sled::transaction::{ConflictableTransactionError as Abortable, TransactionError};
         use sled::Transactional;
         let key = alloc.key().encode();
-        let akey = addr_key(&alloc.network, alloc.address);
+        let akeys: Vec<(IpAddr, Vec<u8>)> = alloc
+            .addresses()
+            .map(|ip| (ip, addr_key(&alloc.network, ip)))
+            .collect();
         let value = serde_json::to_vec(alloc).expect("Allocation is plain data");
         let res = (&self.allocs, &self.addrs, &self.meta).transaction(|(allocs, addrs, meta)| {
-            if let Some(owner) = addrs.get(&akey)? {
-                if owner.as_ref() != key.as_slice() {
-                    return Err(Abortable::Abort(
-                        String::from_utf8_lossy(&owner).replace('\0', "/"),
-                    ));
+            for (ip, akey) in &akeys {
+                if let Some(owner) = addrs.get(akey)? {
+                    if owner.as_ref() != key.as_slice() {
+                        return Err(Abortable::Abort((
+                            *ip,
+                            String::from_utf8_lossy(&owner).replace('\0', "/"),
+                        )));
+                    }
                 }
             }
             allocs.insert(key.as_slice(), value.as_slice())?;
-            addrs.insert(akey.as_slice(), key.as_slice())?;
+            for (_, akey) in &akeys {
+                addrs.insert(akey.as_slice(), key.as_slice())?;
+            }
             meta.insert(last_key(&alloc.network), &alloc.address.octets())?;
+            if let Some((ip6, _)) = alloc.address6 {
+                meta.insert(last6_key(&alloc.network), &ip6.octets())?;
+            }
             Ok(())
         });
         match res {
             Ok(()) => Ok(()),
-            Err(TransactionError::Abort(owner)) => Err(StoreError::AddressHeld {
-                ip: alloc.address,
-                owner,
-            }),
+            Err(TransactionError::Abort((ip, owner))) => Err(StoreError::AddressHeld { ip, owner }),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
     }
@@ -160,13 +183,15 @@ impl Store for SledStore {
                 return Ok(None);
             };
             let alloc = decode(&v).map_err(Abortable::Abort)?;
-            let akey = addr_key(&alloc.network, alloc.address);
-            // Only drop the address index if it still points at this allocation.
-            if addrs
-                .get(&akey)?
-                .is_some_and(|owner| owner.as_ref() == k.as_slice())
-            {
-                addrs.remove(akey)?;
+            for ip in alloc.addresses() {
+                let akey = addr_key(&alloc.network, ip);
+                // Only drop the address index if it still points at this allocation.
+                if addrs
+                    .get(&akey)?
+                    .is_some_and(|owner| owner.as_ref() == k.as_slice())
+                {
+                    addrs.remove(akey)?;
+                }
             }
             Ok(Some(alloc))
         });
@@ -251,17 +276,21 @@ impl Store for SledStore {
         // index says, then the differences.
         let mut claimed: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
         for a in allocs {
-            let akey = addr_key(&a.network, a.address);
             let key = a.key().encode();
-            if let Some(other) = claimed.get(&akey) {
-                // Two records for one address: nothing here can tell which is right; say so loudly.
-                tracing::error!(address = %a.address, network = %a.network,
-                    first = %String::from_utf8_lossy(other).replace('\0', "/"),
-                    second = %String::from_utf8_lossy(&key).replace('\0', "/"),
-                    "two allocations hold the same address");
-                continue;
+            let ips =
+                std::iter::once(IpAddr::V4(a.address)).chain(a.address6.map(|(ip, _)| ip.into()));
+            for ip in ips {
+                let akey = addr_key(&a.network, ip);
+                if let Some(other) = claimed.get(&akey) {
+                    // Two records for one address: nothing here can tell which is right; say so loudly.
+                    tracing::error!(address = %ip, network = %a.network,
+                        first = %String::from_utf8_lossy(other).replace('\0', "/"),
+                        second = %String::from_utf8_lossy(&key).replace('\0', "/"),
+                        "two allocations hold the same address");
+                    continue;
+                }
+                claimed.insert(akey, key.clone());
             }
-            claimed.insert(akey, key);
         }
         let mut wrong: Vec<sled::IVec> = Vec::new();
         for kv in self.addrs.iter() {

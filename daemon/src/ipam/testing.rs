@@ -13,6 +13,7 @@ pub fn allocation(container: &str, ip: Ipv4Addr, prefix: u8) -> Allocation {
         ifname: "eth0".into(),
         address: ip,
         prefix,
+        address6: None,
         container_name: None,
         host_veth: "fn-00000000".into(),
         netns: "/run/netns/x".into(),
@@ -40,5 +41,6 @@ pub fn network(name: &str, bridge: &str) -> NetworkRecord {
         hairpin: false,
         range: None,
         ip_masq: false,
+        v6: None,
     }
 }

@@ -131,6 +131,7 @@ impl Netlink for FakeNetlink {
         &self,
         _: &Netns,
         _: &str,
+        _: bool,
     ) -> Result<Option<ContainerView>, NetlinkError> {
         Ok(None)
     }

@@ -4,10 +4,10 @@
 //! plain thread) for the container side. Every kernel operation is bounded by [`KERNEL_TIMEOUT`], so a
 //! netlink request that never gets an answer fails its CNI request instead of holding it forever.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::fs::File;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
@@ -155,6 +155,8 @@ pub struct BridgeSpec {
     pub mtu: Option<u32>,
     /// The gateway address (with the subnet's prefix) the bridge holds when `isGateway`.
     pub gateway: Option<Ipv4Network>,
+    /// The IPv6 gateway address of a dual-stack network, likewise.
+    pub gateway6: Option<Ipv6Network>,
 }
 
 /// A veth pair: `host` on the bridge, the peer created directly inside `netns` as `ifname`.
@@ -177,6 +179,10 @@ pub struct ContainerSpec {
     pub address: Ipv4Network,
     /// Destination and gateway.
     pub routes: Vec<(Ipv4Network, Ipv4Addr)>,
+    /// The IPv6 address of a dual-stack network (added without duplicate address detection, so
+    /// it is usable at once) and its routes.
+    pub address6: Option<Ipv6Network>,
+    pub routes6: Vec<(Ipv6Network, Ipv6Addr)>,
 }
 
 /// What the kernel shows inside a container namespace for one interface.
@@ -186,6 +192,9 @@ pub struct ContainerView {
     pub addrs: Vec<Ipv4Network>,
     /// Destination and gateway of the main-table routes through the interface.
     pub routes: Vec<(Ipv4Network, Option<Ipv4Addr>)>,
+    /// The usable IPv6 addresses and the IPv6 routes, when asked for.
+    pub addrs6: Vec<Ipv6Network>,
+    pub routes6: Vec<(Ipv6Network, Option<Ipv6Addr>)>,
 }
 
 /// The kernel operations Flatnet needs.
@@ -256,11 +265,12 @@ pub trait Netlink: Send + Sync + 'static {
         &self,
         index: u32,
     ) -> impl Future<Output = Result<Vec<Ipv4Network>, NetlinkError>> + Send;
-    /// The interface `ifname` inside `netns`, if it exists.
+    /// The interface `ifname` inside `netns`, if it exists (its IPv6 side only when `v6`).
     fn inspect_container(
         &self,
         netns: &Netns,
         ifname: &str,
+        v6: bool,
     ) -> impl Future<Output = Result<Option<ContainerView>, NetlinkError>> + Send;
 }
 

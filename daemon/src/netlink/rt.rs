@@ -11,8 +11,26 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
+
+/// Adds an IPv6 address without duplicate address detection (IFA_F_NODAD): usable the moment
+/// the request answers, never `tentative` or `dadfailed`. Flatnet's IPAM makes it unique.
+fn add_address6(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    net: ipnetwork::Ipv6Network,
+) -> rtnetlink::AddressAddRequest {
+    use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+    let mut req = handle
+        .address()
+        .add(index, IpAddr::V6(net.ip()), net.prefix());
+    let msg = req.message_mut();
+    msg.header.flags |= AddressHeaderFlags::Nodad;
+    msg.attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    req
+}
 
 /// The real [`Netlink`], on rtnetlink.
 pub struct RtNetlink {
@@ -162,6 +180,14 @@ impl Netlink for RtNetlink {
                     .map_err(kernel(format!("adding gateway {gw} to bridge {name}"))),
             )?;
         }
+        if let Some(gw) = spec.gateway6 {
+            exists_ok(
+                add_address6(&self.main.handle, state.index, gw)
+                    .execute()
+                    .await
+                    .map_err(kernel(format!("adding IPv6 gateway {gw} to bridge {name}"))),
+            )?;
+        }
         Ok(state)
         },
         )
@@ -272,7 +298,14 @@ impl Netlink for RtNetlink {
                     .link()
                     .change(LinkUnspec::new_with_name("lo").up().build())
                     .execute();
-                let (no_autoconf, addr, up, lo) = futures::join!(no_autoconf, addr, up, lo);
+                let addr6 = async {
+                    match spec.address6 {
+                        Some(a6) => add_address6(handle, link.index, a6).execute().await,
+                        None => Ok(()),
+                    }
+                };
+                let (no_autoconf, addr, addr6, up, lo) =
+                    futures::join!(no_autoconf, addr, addr6, up, lo);
                 match no_autoconf {
                     // No IPv6 on this link (MTU below 1280, or IPv6 off in the kernel): nothing to turn off.
                     Err(e) if errno_of(&e) == Some(nix::libc::EAFNOSUPPORT) => {}
@@ -285,6 +318,9 @@ impl Netlink for RtNetlink {
                     "adding {} to {}",
                     spec.address, spec.ifname
                 )))?;
+                if let Some(a6) = spec.address6 {
+                    addr6.map_err(kernel(format!("adding {a6} to {}", spec.ifname)))?;
+                }
                 up.map_err(kernel(format!(
                     "bringing {} up in {}",
                     spec.ifname, netns.path
@@ -292,6 +328,24 @@ impl Netlink for RtNetlink {
                 lo.map_err(kernel(format!("bringing lo up in {}", netns.path)))?;
                 for (dst, gw) in &spec.routes {
                     let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(dst.network(), dst.prefix())
+                        .gateway(*gw)
+                        .output_interface(link.index)
+                        .build();
+                    exists_ok(
+                        handle
+                            .route()
+                            .add(route)
+                            .execute()
+                            .await
+                            .map_err(kernel(format!(
+                                "adding route {dst} via {gw} in {}",
+                                netns.path
+                            ))),
+                    )?;
+                }
+                for (dst, gw) in &spec.routes6 {
+                    let route = RouteMessageBuilder::<Ipv6Addr>::new()
                         .destination_prefix(dst.network(), dst.prefix())
                         .gateway(*gw)
                         .output_interface(link.index)
@@ -489,6 +543,7 @@ impl Netlink for RtNetlink {
         &self,
         netns: &Netns,
         ifname: &str,
+        v6: bool,
     ) -> Result<Option<ContainerView>, NetlinkError> {
         bounded(|| format!("inspecting {ifname} in {}", netns.path), async {
             let socket = ns_socket(netns).await?;
@@ -497,10 +552,20 @@ impl Netlink for RtNetlink {
             };
             let addrs = get_addresses(&socket, link.index).await?;
             let routes = get_routes(&socket, link.index).await?;
+            let (addrs6, routes6) = if v6 {
+                (
+                    get_addresses6(&socket, link.index).await?,
+                    get_routes6(&socket, link.index).await?,
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
             Ok(Some(ContainerView {
                 link,
                 addrs,
                 routes,
+                addrs6,
+                routes6,
             }))
         })
         .await

@@ -4,7 +4,7 @@
 
 use super::*;
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -13,7 +13,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::RouteMessageBuilder;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// One rtnetlink socket, and the turn to run a dump on it. The kernel runs one dump per socket at a
@@ -283,6 +283,88 @@ pub(super) async fn get_routes(
         }
         if oif == Some(index) {
             if let Ok(net) = Ipv4Network::new(dst, msg.header.destination_prefix_length) {
+                out.push((net, gw));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The usable IPv6 addresses of a link: neither `tentative` (duplicate address detection still
+/// running) nor `dadfailed`.
+pub(super) async fn get_addresses6(
+    socket: &Socket,
+    index: u32,
+) -> Result<Vec<Ipv6Network>, NetlinkError> {
+    use netlink_packet_route::address::AddressFlags;
+    let mut request = AddressMessage::default();
+    request.header.family = AddressFamily::Inet6;
+    request.header.index = index;
+    let msgs = dump(
+        socket,
+        RouteNetlinkMessage::GetAddress(request),
+        &format!("listing IPv6 addresses of link {index}"),
+    )
+    .await?;
+    let mut out = Vec::new();
+    for msg in msgs {
+        let RouteNetlinkMessage::NewAddress(msg) = msg else {
+            continue;
+        };
+        if msg.header.index != index {
+            continue;
+        }
+        let mut flags = AddressFlags::from_bits_retain(u32::from(msg.header.flags.bits()));
+        let mut address = None;
+        for attr in &msg.attributes {
+            match attr {
+                AddressAttribute::Address(IpAddr::V6(ip)) => address = Some(*ip),
+                AddressAttribute::Flags(f) => flags = *f,
+                _ => {}
+            }
+        }
+        if flags.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed) {
+            continue;
+        }
+        if let Some(net) = address.and_then(|a| Ipv6Network::new(a, msg.header.prefix_len).ok()) {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn get_routes6(
+    socket: &Socket,
+    index: u32,
+) -> Result<Vec<(Ipv6Network, Option<Ipv6Addr>)>, NetlinkError> {
+    let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
+    let msgs = dump(
+        socket,
+        RouteNetlinkMessage::GetRoute(request),
+        "listing IPv6 routes",
+    )
+    .await?;
+    let mut out = Vec::new();
+    for msg in msgs {
+        let RouteNetlinkMessage::NewRoute(msg) = msg else {
+            continue;
+        };
+        if msg.header.table != RouteHeader::RT_TABLE_MAIN {
+            continue;
+        }
+        let mut dst = Ipv6Addr::UNSPECIFIED;
+        let mut gw = None;
+        let mut oif = None;
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = *a,
+                RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gw = Some(*a),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if oif == Some(index) {
+            if let Ok(net) = Ipv6Network::new(dst, msg.header.destination_prefix_length) {
                 out.push((net, gw));
             }
         }
