@@ -29,7 +29,7 @@
 use crate::config::{ConfigError, ConfigKind, NetConf};
 pub use crate::error::Error;
 use crate::events::{EventKind, Events};
-use crate::firewall::{Firewall, NftCommand, DEFAULT_FLAT_RANGE};
+use crate::firewall::{Firewall, NftCommand, Subnets, DEFAULT_FLAT_RANGE};
 use crate::ipam::{self, AllocKey, Allocation, HeldBack, IpamError, Store};
 use crate::netlink::{random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, Netns, VethSpec};
 use crate::result::{CniResult, Interface, IpConfig, RouteOut};
@@ -262,8 +262,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     pub async fn restore_firewall(&self) -> Result<(), Error> {
         let networks = self.store.networks()?;
         let masq = networks.into_iter().filter(|n| n.ip_masq).filter_map(|n| {
-            let subnet = Ipv4Network::new(n.subnet, n.prefix).ok()?;
-            Some((n.name, subnet))
+            let v4 = Ipv4Network::new(n.subnet, n.prefix).ok()?;
+            let v6 =
+                n.v6.as_ref()
+                    .and_then(|v6| Ipv6Network::new(v6.subnet, v6.prefix).ok());
+            Some((n.name, Subnets { v4, v6 }))
         });
         Ok(self.firewall.load(masq.collect::<Vec<_>>()).await?)
     }

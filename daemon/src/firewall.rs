@@ -12,8 +12,11 @@
 //! cost is a runtime dependency on the `nft` tool (Debian's `nftables` package), which only hosts
 //! with an `ipMasq` network need.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
+
+mod blocks;
+pub use blocks::{blocked_warning, forward_blocks, Block};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,6 +27,21 @@ pub const TABLE: &str = "flatnet";
 /// The flat range used when flatnetd is not told another: traffic from a network to an address in
 /// it keeps its source address (other Flatnet networks, later other Flatnet hosts).
 pub const DEFAULT_FLAT_RANGE: &str = "10.87.0.0/16";
+/// The same for IPv6: the IPv6 ranges of dual-stack networks (e.g. fd87:1::/64).
+pub const DEFAULT_FLAT_RANGE6: &str = "fd87::/16";
+
+/// A network's subnets: IPv4, and IPv6 on a dual-stack network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnets {
+    pub v4: Ipv4Network,
+    pub v6: Option<Ipv6Network>,
+}
+
+impl From<Ipv4Network> for Subnets {
+    fn from(v4: Ipv4Network) -> Subnets {
+        Subnets { v4, v6: None }
+    }
+}
 
 /// nftables could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,146 +135,10 @@ impl Nft for NftCommand {
     }
 }
 
-/// Another table's base chain that drops forwarded IPv4 traffic by default (`policy drop` on the
-/// forward hook, as Docker installs in `ip filter FORWARD`) and accepts neither direction of some
-/// networks' traffic itself: whatever flatnetd's table accepts, that chain drops the rest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Block {
-    /// `family table chain`, e.g. `ip filter FORWARD`.
-    pub chain: String,
-    /// The subnets it drops, in either direction.
-    pub subnets: Vec<Ipv4Network>,
-}
-
-/// Whether `expr` (one rule's expressions) ends in `accept` and matches `field` (`saddr` or
-/// `daddr`) on a prefix holding all of `subnet`.
-fn accepts(expr: &[serde_json::Value], field: &str, subnet: Ipv4Network) -> bool {
-    let verdict = expr.iter().any(|e| e.get("accept").is_some());
-    verdict
-        && expr.iter().filter_map(|e| e.get("match")).any(|m| {
-            let payload = &m["left"]["payload"];
-            let prefix = match &m["right"] {
-                serde_json::Value::String(a) => {
-                    a.parse::<std::net::Ipv4Addr>().ok().map(|a| (a, 32))
-                }
-                r => r["prefix"]["addr"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .zip(r["prefix"]["len"].as_u64().map(|l| l as u8)),
-            };
-            m["op"] == "=="
-                && payload["protocol"] == "ip"
-                && payload["field"] == field
-                && prefix
-                    .and_then(|(a, l)| Ipv4Network::new(a, l).ok())
-                    .is_some_and(|p| subnet.is_subnet_of(p))
-        })
-}
-
-/// The chains of other tables that drop some of `subnets`' forwarded traffic (see [`Block`]),
-/// read from `nft -j list ruleset`. A subnet is let through by such a chain when the chain, or a
-/// chain it jumps to, accepts `ip saddr` in it and `ip daddr` in it (the replies), as the advice
-/// of [`blocked_warning`] does.
-pub fn forward_blocks(ruleset_json: &str, subnets: &[Ipv4Network]) -> Vec<Block> {
-    use serde_json::Value;
-    let Ok(v) = serde_json::from_str::<Value>(ruleset_json) else {
-        return Vec::new();
-    };
-    let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else {
-        return Vec::new();
-    };
-    let key = |o: &Value, name: &str| {
-        (
-            o["family"].as_str().unwrap_or("").to_string(),
-            o["table"].as_str().unwrap_or("").to_string(),
-            o[name].as_str().unwrap_or("").to_string(),
-        )
-    };
-    let mut rules: BTreeMap<(String, String, String), Vec<&[Value]>> = BTreeMap::new();
-    for r in items.iter().filter_map(|i| i.get("rule")) {
-        if let Some(expr) = r["expr"].as_array() {
-            rules.entry(key(r, "chain")).or_default().push(expr);
-        }
-    }
-    let mut blocks = Vec::new();
-    for c in items.iter().filter_map(|i| i.get("chain")) {
-        let (family, table, name) = key(c, "name");
-        if c["hook"] != "forward"
-            || c["policy"] != "drop"
-            || !matches!(family.as_str(), "ip" | "inet")
-            || (family == "inet" && table == TABLE)
-        {
-            continue;
-        }
-        // The chain's rules and those of every chain it jumps or goes to.
-        let mut seen = vec![name.clone()];
-        let mut exprs: Vec<&[Value]> = Vec::new();
-        let mut i = 0;
-        while i < seen.len() {
-            let k = (family.clone(), table.clone(), seen[i].clone());
-            for expr in rules.get(&k).into_iter().flatten() {
-                exprs.push(expr);
-                for e in expr.iter() {
-                    let target = e["jump"]["target"]
-                        .as_str()
-                        .or(e["goto"]["target"].as_str());
-                    if let Some(t) = target.filter(|t| !seen.iter().any(|s| s == t)) {
-                        seen.push(t.to_string());
-                    }
-                }
-            }
-            i += 1;
-        }
-        let dropped: Vec<Ipv4Network> = subnets
-            .iter()
-            .copied()
-            .filter(|s| {
-                !(exprs.iter().any(|e| accepts(e, "saddr", *s))
-                    && exprs.iter().any(|e| accepts(e, "daddr", *s)))
-            })
-            .collect();
-        if !dropped.is_empty() {
-            blocks.push(Block {
-                chain: format!("{family} {table} {name}"),
-                subnets: dropped,
-            });
-        }
-    }
-    blocks
-}
-
-/// What to say about chains that drop forwarded traffic, with what to do about it.
-pub fn blocked_warning(blocks: &[Block]) -> String {
-    blocks
-        .iter()
-        .map(|b| {
-            let subnets: Vec<String> = b.subnets.iter().map(|s| s.to_string()).collect();
-            let advice: Vec<String> = subnets
-                .iter()
-                .map(|s| {
-                    format!(
-                        "iptables -I DOCKER-USER -s {s} -j ACCEPT; iptables -I DOCKER-USER -d {s} \
-                         -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
-                    )
-                })
-                .collect();
-            format!(
-                "outbound traffic of {} is dropped: nftables chain {} drops forwarded traffic by \
-                 default (Docker installs such a policy) and does not accept it; accept it there, \
-                 for Docker: {}",
-                subnets.join(", "),
-                b.chain,
-                advice.join("; ")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[derive(Debug, Default)]
 struct State {
     /// The networks with `ipMasq`, by name: their subnets.
-    networks: BTreeMap<String, Ipv4Network>,
+    networks: BTreeMap<String, Subnets>,
     /// The table as nftables listed it right after flatnetd wrote it; `None` when there is no
     /// table (no network asks for NAT).
     written: Option<String>,
@@ -272,6 +154,7 @@ struct State {
 pub struct Firewall {
     nft: Arc<dyn Nft>,
     flat_range: Ipv4Network,
+    flat_range6: Ipv6Network,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -280,8 +163,15 @@ impl Firewall {
         Firewall {
             nft,
             flat_range,
+            flat_range6: DEFAULT_FLAT_RANGE6.parse().expect("a valid network"),
             state: Default::default(),
         }
+    }
+
+    /// The firewall, keeping the source of IPv6 traffic to `flat_range6` instead of the default.
+    pub fn with_flat_range6(mut self, flat_range6: Ipv6Network) -> Firewall {
+        self.flat_range6 = flat_range6;
+        self
     }
 
     /// Makes the table hold network `name`'s rules when `masq` (and not when not), writing it
@@ -289,12 +179,12 @@ impl Firewall {
     pub async fn ensure(
         &self,
         name: &str,
-        subnet: Ipv4Network,
+        subnets: impl Into<Subnets>,
         masq: bool,
     ) -> Result<(), FirewallError> {
         let mut state = self.state.lock().await;
         let current = state.networks.get(name).copied();
-        let wanted = masq.then_some(subnet);
+        let wanted = masq.then_some(subnets.into());
         // A network without NAT whose rules are not in the table has nothing to write, even while
         // another network's write is failing: that one retries it, and so does `heal`.
         if current == wanted && (wanted.is_none() || !state.stale) {
@@ -312,10 +202,10 @@ impl Firewall {
         Ok(())
     }
 
-    /// Sets every network at once (start-up): `(name, subnet)` of each network with `ipMasq`.
+    /// Sets every network at once (start-up): `(name, subnets)` of each network with `ipMasq`.
     pub async fn load(
         &self,
-        networks: impl IntoIterator<Item = (String, Ipv4Network)>,
+        networks: impl IntoIterator<Item = (String, Subnets)>,
     ) -> Result<(), FirewallError> {
         let mut state = self.state.lock().await;
         state.networks = networks.into_iter().collect();
@@ -357,7 +247,7 @@ impl Firewall {
                 .map_err(|e| {
                     FirewallError(format!("listing the nftables ruleset failed: {e}"))
                 })??;
-            let subnets: Vec<Ipv4Network> = state.networks.values().copied().collect();
+            let subnets: Vec<Ipv4Network> = state.networks.values().map(|s| s.v4).collect();
             forward_blocks(&json, &subnets)
         };
         if found == state.blocked {
@@ -380,7 +270,7 @@ impl Firewall {
                     .iter()
                     .copied()
                     .filter(|s| subnet.is_none_or(|x| x == *s))
-                    .filter(|s| state.networks.values().any(|n| n == s))
+                    .filter(|s| state.networks.values().any(|n| n.v4 == *s))
                     .collect();
                 (!subnets.is_empty()).then(|| Block {
                     chain: b.chain.clone(),
@@ -404,7 +294,7 @@ impl Firewall {
     }
 
     async fn write(&self, state: &mut State) -> Result<(), FirewallError> {
-        let script = script(&state.networks, self.flat_range);
+        let script = script(&state.networks, self.flat_range, self.flat_range6);
         let nft = self.nft.clone();
         state.stale = true;
         let listed = tokio::task::spawn_blocking(move || {
@@ -426,28 +316,45 @@ impl Firewall {
 }
 
 /// The transaction that replaces the table with one holding `networks`' rules (or removes it
-/// when there are none): the table is created empty first, so the delete never fails.
-pub fn script(networks: &BTreeMap<String, Ipv4Network>, flat_range: Ipv4Network) -> String {
+/// when there are none): the table is created empty first, so the delete never fails. IPv6 is
+/// masqueraded the same way (`ip6` rules), keeping its source inside `flat_range6`.
+pub fn script(
+    networks: &BTreeMap<String, Subnets>,
+    flat_range: Ipv4Network,
+    flat_range6: Ipv6Network,
+) -> String {
     let mut s = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
     if networks.is_empty() {
         return s;
     }
     let mut nat = String::new();
     let mut forward = String::new();
-    for (name, subnet) in networks {
+    let mut rules = |family: &str, subnet: String, keep: String, name: &str| {
+        nat.push_str(&format!(
+            "\t\t{family} saddr {subnet} {family} daddr != {keep} masquerade comment \"{name}\"\n"
+        ));
+        forward.push_str(&format!(
+            "\t\t{family} saddr {subnet} accept comment \"{name}\"\n\
+             \t\t{family} daddr {subnet} ct state established,related accept comment \"{name}\"\n"
+        ));
+    };
+    for (name, subnets) in networks {
         // Traffic that stays in the flat range (or in the network itself) keeps its source.
+        let subnet = subnets.v4;
         let keep = if subnet.is_subnet_of(flat_range) {
             flat_range.to_string()
         } else {
             format!("{{ {flat_range}, {subnet} }}")
         };
-        nat.push_str(&format!(
-            "\t\tip saddr {subnet} ip daddr != {keep} masquerade comment \"{name}\"\n"
-        ));
-        forward.push_str(&format!(
-            "\t\tip saddr {subnet} accept comment \"{name}\"\n\
-             \t\tip daddr {subnet} ct state established,related accept comment \"{name}\"\n"
-        ));
+        rules("ip", subnet.to_string(), keep, name);
+        if let Some(subnet6) = subnets.v6 {
+            let keep = if subnet6.is_subnet_of(flat_range6) {
+                flat_range6.to_string()
+            } else {
+                format!("{{ {flat_range6}, {subnet6} }}")
+            };
+            rules("ip6", subnet6.to_string(), keep, name);
+        }
     }
     s.push_str(&format!(
         "table inet {TABLE} {{\n\
@@ -521,10 +428,19 @@ mod tests {
     #[test]
     fn the_script_masquerades_what_leaves_the_flat_range() {
         let nets = BTreeMap::from([
-            ("a".to_string(), net("10.87.1.0/24")),
-            ("b".to_string(), net("172.30.0.0/24")),
+            (
+                "a".to_string(),
+                Subnets {
+                    v4: net("10.87.1.0/24"),
+                    v6: Some("fd87:1::/64".parse().unwrap()),
+                },
+            ),
+            ("b".to_string(), net("172.30.0.0/24").into()),
         ]);
-        let s = script(&nets, net(DEFAULT_FLAT_RANGE));
+        let flat6 = DEFAULT_FLAT_RANGE6.parse().unwrap();
+        let s = script(&nets, net(DEFAULT_FLAT_RANGE), flat6);
+        assert!(s.contains("ip6 saddr fd87:1::/64 ip6 daddr != fd87::/16 masquerade comment \"a\""));
+        assert!(s.contains("ip6 daddr fd87:1::/64 ct state established,related accept"));
         assert!(s.starts_with("table inet flatnet\ndelete table inet flatnet\n"));
         assert!(
             s.contains("ip saddr 10.87.1.0/24 ip daddr != 10.87.0.0/16 masquerade comment \"a\"")
@@ -534,7 +450,7 @@ mod tests {
         ));
         assert!(s.contains("ip daddr 10.87.1.0/24 ct state established,related accept"));
         assert_eq!(
-            script(&BTreeMap::new(), net(DEFAULT_FLAT_RANGE)),
+            script(&BTreeMap::new(), net(DEFAULT_FLAT_RANGE), flat6),
             "table inet flatnet\ndelete table inet flatnet\n"
         );
     }
@@ -574,50 +490,10 @@ mod tests {
             .expect_err("the table is stale: written again");
     }
 
-    /// Docker's FORWARD chain as iptables-nft leaves it, with its DOCKER-USER chain accepting
-    /// 10.87.2.0/24 both ways (the advice followed) and ip6 and flatnet's own forward chains.
-    const DOCKER: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
-        {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER", "handle": 1}},
-        {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 2,
-                   "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
-        {"chain": {"family": "ip", "table": "filter", "name": "INPUT", "handle": 3,
-                   "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}},
-        {"chain": {"family": "inet", "table": "flatnet", "name": "forward", "handle": 4,
-                   "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
-        {"chain": {"family": "ip6", "table": "filter", "name": "FORWARD", "handle": 5,
-                   "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
-        {"rule": {"family": "ip", "table": "filter", "chain": "DOCKER-USER", "handle": 6, "expr": [
-            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                       "right": {"prefix": {"addr": "10.87.2.0", "len": 24}}}},
-            {"xt": {"type": "match", "name": "conntrack"}}, {"counter": null}, {"accept": null}]}},
-        {"rule": {"family": "ip", "table": "filter", "chain": "DOCKER-USER", "handle": 7, "expr": [
-            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                       "right": {"prefix": {"addr": "10.87.0.0", "len": 16}}}}, {"accept": null}]}},
-        {"rule": {"family": "ip", "table": "filter", "chain": "DOCKER-USER", "handle": 8, "expr": [
-            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                       "right": {"prefix": {"addr": "10.87.1.0", "len": 24}}}}, {"drop": null}]}},
-        {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 9, "expr": [
-            {"counter": null}, {"jump": {"target": "DOCKER-USER"}}]}}]}"#;
-
-    #[test]
-    fn only_other_tables_ipv4_forward_drops_block_and_accept_rules_lift_them() {
-        let subnets = [net("10.87.1.0/24"), net("10.87.2.0/24")];
-        assert_eq!(
-            forward_blocks(DOCKER, &subnets),
-            [Block {
-                chain: "ip filter FORWARD".into(),
-                subnets: vec![net("10.87.1.0/24")],
-            }],
-            "10.87.2.0/24 is accepted both ways (DOCKER-USER), 10.87.1.0/24 only outwards"
-        );
-        assert!(forward_blocks("not json", &subnets).is_empty());
-        assert!(forward_blocks(r#"{"nftables": []}"#, &subnets).is_empty());
-    }
-
     #[tokio::test]
     async fn a_drop_policy_is_reported_while_it_is_there() {
         let (nft, fw) = firewall();
-        *nft.ruleset.lock().unwrap() = DOCKER.into();
+        *nft.ruleset.lock().unwrap() = blocks::tests::DOCKER.into();
         assert_eq!(
             fw.check_forward_policy().await.unwrap(),
             None,

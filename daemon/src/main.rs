@@ -13,7 +13,7 @@
 use anyhow::{bail, Context};
 use flatnet_daemon::engine::reconcile::Pass;
 use flatnet_daemon::engine::Engine;
-use flatnet_daemon::firewall::{Firewall, NftCommand, DEFAULT_FLAT_RANGE};
+use flatnet_daemon::firewall::{Firewall, NftCommand, DEFAULT_FLAT_RANGE, DEFAULT_FLAT_RANGE6};
 use flatnet_daemon::host::current_boot_id;
 use flatnet_daemon::inspect::{network_usage, pending_releases, DaemonInfo, InspectService};
 use flatnet_daemon::ipam::{SledStore, Store};
@@ -56,6 +56,9 @@ struct Options {
     /// to anywhere else it leaves with the host's
     #[arg(long, value_name = "CIDR", env = "FLATNET_FLAT_RANGE", default_value = DEFAULT_FLAT_RANGE)]
     flat_range: ipnetwork::Ipv4Network,
+    /// The same for the IPv6 traffic of dual-stack networks with ipMasq
+    #[arg(long, value_name = "CIDR", env = "FLATNET_FLAT_RANGE6", default_value = DEFAULT_FLAT_RANGE6)]
+    flat_range6: ipnetwork::Ipv6Network,
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; e.g. 127.0.0.1:9187)
     #[arg(long, value_name = "ADDR:PORT", value_parser = metrics_addr)]
     metrics_listen: Option<SocketAddr>,
@@ -308,7 +311,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             "cannot read the kernel's boot id; allocations cannot be told apart by boot"
         );
     }
-    let firewall = Firewall::new(Arc::new(NftCommand), opts.flat_range);
+    let firewall =
+        Firewall::new(Arc::new(NftCommand), opts.flat_range).with_flat_range6(opts.flat_range6);
     let engine: Arc<DaemonEngine> =
         Arc::new(Engine::new(nl, store, boot_id).with_firewall(firewall));
     // Bound before anything else is served, so a taken port stops the start with a clear error.

@@ -10,9 +10,13 @@ use std::process::Command;
 pub const HOST_UPLINK: &str = "198.18.0.1";
 pub const UPSTREAM: &str = "198.18.0.2";
 pub const UPSTREAM_URL: &str = "http://198.18.0.2:8080/";
+/// The same over IPv6 (unique local addresses outside Flatnet's fd87::/16).
+pub const HOST_UPLINK6: &str = "fd98:18::1";
+pub const UPSTREAM6: &str = "fd98:18::2";
+pub const UPSTREAM6_URL: &str = "http://[fd98:18::2]:8080/";
 
-/// Answers every GET with the client address the upstream saw.
-const ECHO_SOURCE: &str = "import http.server as h
+/// Answers every GET with the client address the upstream saw, over IPv4 and IPv6.
+const ECHO_SOURCE: &str = "import http.server as h, socket, threading
 class H(h.BaseHTTPRequestHandler):
     def do_GET(self):
         body = self.client_address[0].encode()
@@ -22,6 +26,9 @@ class H(h.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
+class V6(h.HTTPServer):
+    address_family = socket.AF_INET6
+threading.Thread(target=V6(('fd98:18::2', 8080), H).serve_forever, daemon=True).start()
 h.HTTPServer(('198.18.0.2', 8080), H).serve_forever()
 ";
 
@@ -43,16 +50,37 @@ impl Upstream {
             "eth0",
             &format!("{UPSTREAM}/24"),
         );
-        crate::run_ok(Command::new("ip").args([
-            "-n",
-            ns.name(),
-            "route",
-            "add",
-            "10.87.0.0/16",
-            "via",
-            HOST_UPLINK,
-        ]));
+        // IPv6 without duplicate address detection, so the addresses are usable at once.
+        for (netns, dev, addr) in [(host, "up0", HOST_UPLINK6), (&ns, "eth0", UPSTREAM6)] {
+            crate::run_ok(Command::new("ip").args([
+                "-n",
+                netns.name(),
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]));
+        }
+        for (dst, via) in [("10.87.0.0/16", HOST_UPLINK), ("fd87::/16", HOST_UPLINK6)] {
+            crate::run_ok(Command::new("ip").args([
+                "-n",
+                ns.name(),
+                "route",
+                "add",
+                dst,
+                "via",
+                via,
+            ]));
+        }
         let server = ns.spawn(&["python3", "-c", ECHO_SOURCE]);
+        // Both listeners up before the first request.
+        let listening = crate::poll(std::time::Duration::from_secs(5), || {
+            let out = ns.exec(&["ss", "-Hltn", "sport", "=", ":8080"]);
+            String::from_utf8_lossy(&out.stdout).lines().count() >= 2
+        });
+        assert!(listening, "the upstream's echo server did not start");
         Upstream {
             _server: server,
             _ns: ns,

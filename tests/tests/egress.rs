@@ -300,3 +300,40 @@ fn a_forward_drop_policy_elsewhere_is_reported_with_what_to_do_until_it_is_done(
     );
     host.del(&c, &conf).assert_ok_empty();
 }
+
+#[test]
+fn ipv6_egress_of_a_dual_stack_network_is_masqueraded_too() {
+    let host = host();
+    let _up = upstream(&host);
+    let conf = host.conf(json!({
+        "ipMasq": true,
+        "ipam": {"ranges": [[{"subnet": "10.87.1.0/24"}], [{"subnet": "fd87:1::/64"}]]},
+    }));
+    let c = host.container("web6");
+    host.add_ok(&c, &conf);
+    assert_eq!(http_get(&c, UPSTREAM_URL), HOST_UPLINK);
+    assert_eq!(
+        http_get(&c, UPSTREAM6_URL),
+        HOST_UPLINK6,
+        "IPv6 leaves with the host's IPv6 address"
+    );
+    let t = table(&host).expect("written at the first ADD");
+    assert!(
+        t.contains("ip6 saddr fd87:1::/64 ip6 daddr != fd87::/16"),
+        "{t}"
+    );
+
+    // Without ipMasq the container's own IPv6 address arrives (routed: the upstream has a route
+    // back to fd87::/16).
+    let routed = host.conf(json!({
+        "name": "routed",
+        "bridge": "flatnet-br1",
+        "ipam": {"ranges": [[{"subnet": "10.87.2.0/24"}], [{"subnet": "fd87:2::/64"}]]},
+    }));
+    let r = host.container("routed6");
+    let result = host.add_ok(&r, &routed);
+    let own6 = result["ips"][1]["address"].as_str().unwrap();
+    assert_eq!(http_get(&r, UPSTREAM6_URL), own6.split('/').next().unwrap());
+    host.del(&c, &conf).assert_ok_empty();
+    host.del(&r, &routed).assert_ok_empty();
+}
