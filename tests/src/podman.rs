@@ -99,6 +99,23 @@ impl PodmanHost {
 
     /// A host whose conflist runs `chained` (plugin objects) after the flatnet plugin.
     pub fn with_chain(chained: &[Value]) -> PodmanHost {
+        PodmanHost::with_plugin(
+            json!({"ipam": {"subnet": SUBNET, "gateway": GATEWAY, "routes": [{"dst": "0.0.0.0/0"}]}}),
+            chained,
+        )
+    }
+
+    /// A host whose `flatnet` network is dual-stack: `SUBNET` and `subnet6`.
+    pub fn dual_stack(subnet6: &str) -> PodmanHost {
+        PodmanHost::with_plugin(
+            json!({"ipam": {"ranges": [[{"subnet": SUBNET, "gateway": GATEWAY}], [{"subnet": subnet6}]]}}),
+            &[],
+        )
+    }
+
+    /// A host whose conflist holds the flatnet plugin with `plugin` (keys over the harness's
+    /// defaults), then `chained`.
+    fn with_plugin(plugin: Value, chained: &[Value]) -> PodmanHost {
         let host = Host::start();
         let label = unique_token("fnt");
         let net_d = host.dir().join("net.d");
@@ -106,11 +123,10 @@ impl PodmanHost {
 
         // The harness's default plugin config, as a conflist entry, with the gateway spelled out
         // and outbound NAT on, as in the shipped conflist.
-        let mut flatnet = host.conf(json!({
-            "mtu": 1500,
-            "ipMasq": true,
-            "ipam": {"subnet": SUBNET, "gateway": GATEWAY, "routes": [{"dst": "0.0.0.0/0"}]},
-        }));
+        let mut flatnet = host.conf(json!({"mtu": 1500, "ipMasq": true}));
+        for (k, v) in plugin.as_object().expect("plugin keys are an object") {
+            flatnet[k] = v.clone();
+        }
         let entry = flatnet
             .as_object_mut()
             .expect("Host::conf returns an object");

@@ -132,6 +132,47 @@ fn podman_container_reaches_out_with_the_hosts_address() {
 }
 
 #[test]
+fn podman_ip6_on_a_dual_stack_network() {
+    require_podman();
+    let p = PodmanHost::dual_stack("fd87:1::/64");
+    let c = p.run_idle("six", &["--ip6", "fd87:1::66", "--ip", "10.87.1.66"]);
+    let eth0 = c.exec(&["ip", "-o", "addr", "show", "eth0"]);
+    let eth0 = String::from_utf8_lossy(&eth0.stdout);
+    assert!(
+        eth0.contains("inet 10.87.1.66/24") && eth0.contains("inet6 fd87:1::66/64"),
+        "{eth0}"
+    );
+    let inspected = p.podman_ok(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}",
+        c.name(),
+    ]);
+    assert_eq!(
+        inspected.trim(),
+        "fd87:1::66",
+        "Podman shows the IPv6 address"
+    );
+    // Without --ip6 the container gets one from the range; the host reaches both over HTTP.
+    let token = unique_token("six");
+    let web = p.run_httpd("web6", &[], &token);
+    let list = allocations(p.host(), &[]);
+    let a6 = list
+        .iter()
+        .find(|a| a["containerName"] == web.name())
+        .and_then(|a| a["address6"].as_str())
+        .expect("an IPv6 address")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        http_get(p.host().netns(), &format!("http://[{a6}]/")).trim(),
+        token
+    );
+}
+
+#[test]
 fn podman_host_gateway_proxies_to_a_container() {
     let p = podman_host();
     let token = unique_token("flatnet-page");
