@@ -148,6 +148,30 @@ fn flatnet_conf(socket: &Path) -> Value {
     })
 }
 
+/// Both plugins' configurations for a dual-stack network: the same IPv4 /16 as in [`flatnet_conf`]
+/// and [`reference_conf`] on bridges of their own, plus an IPv6 /64 each (host-local's two range
+/// sets, which both plugins read), with routes of both families.
+fn dual_stack_confs(socket: &Path, data_dir: &Path) -> [Value; 2] {
+    let routes = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+    let mut flatnet = flatnet_conf(socket);
+    flatnet["name"] = json!("flatnet6");
+    flatnet["bridge"] = json!("fnbr6");
+    flatnet["ipam"] = json!({
+        "ranges": [[{"subnet": "10.86.0.0/16"}], [{"subnet": "fd87:86::/64"}]],
+        "routes": routes,
+    });
+    let mut reference = reference_conf(data_dir);
+    reference["name"] = json!("refbr6");
+    reference["bridge"] = json!("refbr6");
+    reference["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.85.0.0/16"}], [{"subnet": "fd87:85::/64"}]],
+        "routes": routes,
+        "dataDir": data_dir.to_str().expect("temp paths are UTF-8"),
+    });
+    [flatnet, reference]
+}
+
 fn reference_conf(data_dir: &Path) -> Value {
     json!({
         "cniVersion": "1.0.0",
@@ -164,6 +188,9 @@ fn reference_conf(data_dir: &Path) -> Value {
         },
     })
 }
+
+/// Containers per plugin in the dual-stack phase (at most; `--n` lowers it).
+const DUAL_STACK_N: usize = 50;
 
 pub fn main() -> ExitCode {
     let opts = match Options::parse(std::env::args().skip(1)) {
@@ -221,6 +248,7 @@ pub fn main() -> ExitCode {
             ],
         ],
         latency: None,
+        latency6: None,
         cycles_total: opts.cycles,
         cycles: Vec::new(),
         podman_runs: opts.podman_runs,
@@ -270,6 +298,22 @@ pub fn main() -> ExitCode {
             latency.del[1].map(|s| s.p50)
         ));
         res.latency = Some(latency);
+
+        // Dual-stack: fewer containers, as the reference waits for duplicate address detection
+        // on every ADD.
+        let n6 = opts.n.min(DUAL_STACK_N);
+        ctx.settle();
+        ctx.progress(&format!(
+            "dual-stack sequential ADD/CHECK/DEL, n={n6} per plugin"
+        ));
+        let dual = dual_stack_confs(&socket, &ctx.dir.join("host-local6"));
+        let latency6 = sequential::latency(&ctx, plugins, [&dual[0], &dual[1]], n6);
+        ctx.progress(&format!(
+            "  ADD p50 {:?} vs {:?}",
+            latency6.add[0].map(|s| s.p50),
+            latency6.add[1].map(|s| s.p50)
+        ));
+        res.latency6 = Some((n6, latency6));
 
         for threads in [8, 32] {
             ctx.settle();

@@ -180,6 +180,8 @@ pub struct Added {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub ifname: String,
+    /// The IPv6 address (CIDR) on a dual-stack network.
+    pub ip6: Option<String>,
 }
 
 impl Added {
@@ -197,11 +199,19 @@ impl Added {
             .as_str()
             .ok_or("ips[0].interface names no interface")?
             .to_string();
+        let ip6 = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str())
+            .find(|a| a.contains(':'))
+            .map(str::to_string);
         Ok(Added {
             result,
             ip,
             prefix,
             ifname,
+            ip6,
         })
     }
 }
@@ -323,6 +333,10 @@ impl Plugin {
                 }
             }
         };
+        let problem = problem.or_else(|| {
+            let cidr6 = added.ip6.as_ref()?;
+            usable_ipv6(a, cidr6).err()
+        });
         self.report_verify("ADD", a, problem)
     }
 
@@ -351,6 +365,31 @@ impl Plugin {
                 false
             }
         }
+    }
+}
+
+/// Whether `cidr6` is on the attachment's interface and usable (neither tentative nor failed
+/// duplicate address detection), as `ip -6 -j addr` shows it in the namespace.
+fn usable_ipv6(a: &Attachment, cidr6: &str) -> Result<(), String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", a.netns.display()))
+        .args(["ip", "-j", "-6", "addr", "show", "dev", &a.ifname])
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("ip -j -6 addr printed no JSON ({e})"))?;
+    let found = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .find(|i| format!("{}/{}", i["local"].as_str().unwrap_or(""), i["prefixlen"]) == cidr6);
+    match found {
+        None => Err(format!("{cidr6} is not on {}: {v}", a.ifname)),
+        Some(i) if i["tentative"] == true || i["dadfailed"] == true => {
+            Err(format!("{cidr6} on {} is not usable yet: {i}", a.ifname))
+        }
+        Some(_) => Ok(()),
     }
 }
 

@@ -18,6 +18,8 @@ pub struct Results {
     /// [[flatnet, bridge], [flatnetd, host-local]] in bytes.
     pub sizes: [[Option<u64>; 2]; 2],
     pub latency: Option<Latency>,
+    /// The same on a dual-stack network, with its number of containers.
+    pub latency6: Option<(usize, Latency)>,
     pub cycles_total: usize,
     pub cycles: Vec<(usize, [Rate; 2])>,
     pub podman_runs: usize,
@@ -212,6 +214,10 @@ pub fn rows(res: &Results) -> Vec<Row> {
             "not measured".into(),
             NONE.into(),
         )),
+    }
+    if let Some((n6, l)) = &res.latency6 {
+        latency_rows(&mut rows, "dual-stack ADD", &l.add, *n6, None);
+        latency_rows(&mut rows, "dual-stack DEL", &l.del, *n6, None);
     }
 
     for (threads, rates) in &res.cycles {
