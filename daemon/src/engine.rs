@@ -196,7 +196,7 @@ pub struct Engine<N, S> {
     held: Arc<HeldBack>,
     /// Networks whose subnet passed [`Engine::check_overlap`], so the check (which reads other
     /// networks' allocations) runs only when a network is new or its subnet changed.
-    admitted: std::sync::Mutex<HashMap<String, Ipv4Network>>,
+    admitted: std::sync::Mutex<HashMap<String, (Ipv4Network, Option<Ipv6Network>)>>,
     /// Deletes host veths after DEL has answered (see [`deleter`]).
     deleter: Arc<deleter::Deleter<N>>,
     /// Committed allocation changes, for `Inspect.Watch`.
@@ -406,12 +406,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     /// two would hand out the same addresses, and the host could route to only one of them.
     fn check_overlap(&self, conf: &NetConf) -> Result<(), Error> {
         let ours = conf.ipam.subnet;
+        let ours6 = conf.ipam.v6.as_ref().map(|v6| v6.subnet);
         if self
             .admitted
             .lock()
             .expect("admitted poisoned")
             .get(&conf.name)
-            == Some(&ours)
+            == Some(&(ours, ours6))
         {
             return Ok(());
         }
@@ -422,22 +423,33 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             let Ok(theirs) = Ipv4Network::new(other.subnet, other.prefix) else {
                 continue;
             };
-            let overlap = theirs.contains(ours.network()) || ours.contains(theirs.network());
-            if overlap && !self.store.list(Some(&other.name))?.is_empty() {
-                return Err(Error::Config(ConfigError {
-                    kind: ConfigKind::Invalid,
-                    msg: format!(
-                        "subnet {ours} of network {} overlaps subnet {theirs} of network {}, which holds addresses: give each network a subnet of its own",
-                        conf.name, other.name
-                    ),
-                }));
+            let overlap = (theirs.contains(ours.network()) || ours.contains(theirs.network()))
+                .then(|| (ours.to_string(), theirs.to_string()));
+            let theirs6 = other
+                .v6
+                .as_ref()
+                .and_then(|v6| Ipv6Network::new(v6.subnet, v6.prefix).ok());
+            let overlap6 = ours6.zip(theirs6).and_then(|(o, t)| {
+                (t.contains(o.network()) || o.contains(t.network()))
+                    .then(|| (o.to_string(), t.to_string()))
+            });
+            if let Some((mine, theirs)) = overlap.or(overlap6) {
+                if !self.store.list(Some(&other.name))?.is_empty() {
+                    return Err(Error::Config(ConfigError {
+                        kind: ConfigKind::Invalid,
+                        msg: format!(
+                            "subnet {mine} of network {} overlaps subnet {theirs} of network {}, which holds addresses: give each network a subnet of its own",
+                            conf.name, other.name
+                        ),
+                    }));
+                }
             }
         }
         // Admitting this network may make an earlier admission stale (it may overlap a network that
         // held no addresses then): every other network is checked again on its next ADD.
         let mut admitted = self.admitted.lock().expect("admitted poisoned");
         admitted.clear();
-        admitted.insert(conf.name.clone(), ours);
+        admitted.insert(conf.name.clone(), (ours, ours6));
         Ok(())
     }
 

@@ -328,3 +328,23 @@ fn the_host_reaches_the_container_over_ipv6_http_at_once() {
     assert_eq!(String::from_utf8_lossy(&body.stdout), "six\n");
     host.del(&c, &conf).assert_ok_empty();
 }
+
+#[test]
+fn an_ipv6_subnet_that_overlaps_another_networks_is_refused() {
+    let host = host();
+    let a = host.container("a");
+    host.add_ok(&a, &dual(&host, "1.0.0"));
+    let other = host.conf(json!({
+        "name": "other",
+        "bridge": "flatnet-br1",
+        "ipam": {"ranges": [[{"subnet": "10.87.2.0/24"}], [{"subnet": "fd87:1::/80"}]]},
+    }));
+    let b = host.container("b");
+    let out = host.add(&b, &other);
+    out.assert_code(7);
+    assert!(
+        out.msg().contains("fd87:1::/80") && out.msg().contains("overlaps"),
+        "{out}"
+    );
+    assert_eq!(non_lo_links(b.name()), Vec::<String>::new());
+}

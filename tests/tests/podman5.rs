@@ -244,6 +244,49 @@ fn containers_reach_out_with_the_hosts_address_unless_ip_masq_is_off() {
 }
 
 #[test]
+fn a_network_created_with_ipv6_is_dual_stack_and_takes_ip6() {
+    let s = guest();
+    s.podman_ok(&[
+        "network",
+        "create",
+        "-d",
+        "flatnet",
+        "--ipv6",
+        "--subnet",
+        "10.87.6.0/24",
+        "-o",
+        "bridge=fnbr6",
+        "six",
+    ]);
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web6",
+        "--network",
+        "six",
+        "--ip6",
+        "fd87:6::66",
+        IMAGE,
+        "sh",
+        "-c",
+        &httpd("six"),
+    ]);
+    let eth0 = s.podman_ok(&["exec", "web6", "ip", "-o", "addr", "show", "eth0"]);
+    assert!(eth0.contains("inet6 fd87:6::66/64"), "{eth0}");
+    let shown = s.podman_ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.six.GlobalIPv6Address}}",
+        "web6",
+    ]);
+    assert_eq!(shown, "fd87:6::66", "Podman shows the IPv6 address");
+    assert_eq!(s.fetch("http://[fd87:6::66]/").unwrap().trim(), "six");
+    s.podman_ok(&["rm", "-f", "-t", "0", "web6"]);
+    assert_eq!(held(&s), Vec::<(String, String)>::new());
+}
+
+#[test]
 fn ten_started_in_parallel_get_ten_addresses() {
     let s = guest();
     let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();

@@ -2,12 +2,13 @@
 //! CNI request each becomes.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use flatnet_proto::cni::{parse_mac, validate_container_id, validate_ifname};
 use flatnet_proto::v1::Command;
 use serde_json::{json, Map, Value};
 
+use super::subnet6;
 use super::*;
 
 /// What setup and teardown need from their input.
@@ -18,6 +19,7 @@ pub struct Attachment {
     pub container_name: String,
     pub ifname: String,
     pub static_ip: Option<Ipv4Addr>,
+    pub static_ip6: Option<Ipv6Addr>,
     pub static_mac: Option<String>,
     /// What the status block's `dns_server_ips` says (the network's DNS servers, if any).
     pub dns_servers: Vec<String>,
@@ -63,15 +65,13 @@ pub fn attachment(input: &Map<String, Value>) -> Result<Attachment, String> {
         Some(_) => return Err("\"static_ips\" must be an array".into()),
     };
     let name = &network_flat.name;
-    let static_ip = match static_ips.as_slice() {
+    let (ips6, ips4): (Vec<&str>, Vec<&str>) = static_ips.iter().partition(|ip| ip.contains(':'));
+    let static_ip = match ips4.as_slice() {
         [] => None,
         [one] => {
-            let ip: Ipv4Addr = one.parse().map_err(|_| {
-                format!(
-                    "--ip {one}: Flatnet networks are IPv4 only; give an address of {}",
-                    network_flat.subnet
-                )
-            })?;
+            let ip: Ipv4Addr = one
+                .parse()
+                .map_err(|_| format!("--ip {one} is not an IPv4 address"))?;
             let (first, last) = network_flat
                 .range
                 .unwrap_or_else(|| network_flat.subnet.hosts());
@@ -85,7 +85,16 @@ pub fn attachment(input: &Map<String, Value>) -> Result<Attachment, String> {
         }
         _ => {
             return Err(format!(
-                "network {name} gives a container one address: give --ip once"
+                "network {name} gives a container one IPv4 address: give --ip once"
+            ))
+        }
+    };
+    let static_ip6 = match ips6.as_slice() {
+        [] => None,
+        [one] => Some(subnet6::static_ip6(name, network_flat.v6, one)?),
+        _ => {
+            return Err(format!(
+                "network {name} gives a container one IPv6 address: give --ip6 once"
             ))
         }
     };
@@ -121,6 +130,7 @@ pub fn attachment(input: &Map<String, Value>) -> Result<Attachment, String> {
         container_name,
         ifname,
         static_ip,
+        static_ip6,
         static_mac,
         dns_servers,
         aliases,
@@ -135,8 +145,14 @@ impl Attachment {
             args.push_str(&format!(";K8S_POD_NAME={}", self.container_name));
         }
         if command == Command::Add {
-            if let Some(ip) = self.static_ip {
-                args.push_str(&format!(";IP={ip}"));
+            let ips: Vec<String> = self
+                .static_ip
+                .map(|ip| ip.to_string())
+                .into_iter()
+                .chain(self.static_ip6.map(|ip| ip.to_string()))
+                .collect();
+            if !ips.is_empty() {
+                args.push_str(&format!(";IP={}", ips.join(",")));
             }
             if let Some(mac) = &self.static_mac {
                 args.push_str(&format!(";MAC={mac}"));

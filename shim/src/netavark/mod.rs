@@ -24,6 +24,7 @@ use crate::request::Request;
 
 mod attachment;
 mod network;
+mod subnet6;
 
 pub use attachment::*;
 pub use network::*;
@@ -158,7 +159,12 @@ pub fn create(mut net: Map<String, Value>, known: &[Known]) -> Result<Map<String
             json!({ "start_ip": start.to_string(), "end_ip": end.to_string() }),
         );
     }
-    net.insert("subnets".into(), Value::Array(vec![Value::Object(subnet)]));
+    let mut subnets = vec![Value::Object(subnet)];
+    if let Some(v6) = flat.v6 {
+        subnets.push(json!({ "subnet": v6.cidr(), "gateway": v6.gateway.to_string() }));
+        net.insert("ipv6_enabled".into(), true.into());
+    }
+    net.insert("subnets".into(), Value::Array(subnets));
     net.insert("network_interface".into(), flat.bridge.clone().into());
     let mut options = match net.remove("options") {
         Some(Value::Object(o)) => o,
@@ -295,6 +301,39 @@ mod tests {
         assert_eq!(flat.cni_config()["ipMasq"], false);
     }
 
+    #[test]
+    fn create_with_ipv6_gives_a_dual_stack_network() {
+        let mut input = fixture("create-default.stdin.json");
+        input.insert("driver".into(), "flatnet".into());
+        input.insert("ipv6_enabled".into(), true.into());
+        let out = create(input.clone(), &[]).unwrap();
+        assert_eq!(
+            out["subnets"],
+            json!([{"subnet": "10.87.1.0/24", "gateway": "10.87.1.1"},
+                   {"subnet": "fd87:1::/64", "gateway": "fd87:1::1"}])
+        );
+        let conf = FlatnetNetwork::from_podman(&out, &[]).unwrap().cni_config();
+        assert_eq!(
+            conf["ipam"],
+            json!({"ranges": [[{"subnet": "10.87.1.0/24", "gateway": "10.87.1.1"}],
+                              [{"subnet": "fd87:1::/64", "gateway": "fd87:1::1"}]],
+                   "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]})
+        );
+        // A given IPv6 subnet and gateway, and --ip6 inside it.
+        input.insert(
+            "subnets".into(),
+            json!([{"subnet": "fd00:9::/64", "gateway": "fd00:9::fe"}, {"subnet": "10.87.9.0/24"}]),
+        );
+        let out = create(input, &[]).unwrap();
+        let flat = FlatnetNetwork::from_podman(&out, &[]).unwrap();
+        assert_eq!(flat.subnet.to_string(), "10.87.9.0/24");
+        let v6 = flat.v6.unwrap();
+        assert_eq!(
+            (v6.cidr(), v6.gateway.to_string()),
+            ("fd00:9::/64".into(), "fd00:9::fe".into())
+        );
+    }
+
     /// One row per refused create: what is sent, and a piece of the message that says what to do.
     #[test]
     fn create_refuses_what_flatnet_cannot_do_and_says_what_to_change() {
@@ -309,7 +348,21 @@ mod tests {
             in_use: 3,
         }];
         let rows: Vec<(&str, Value, &str)> = vec![
-            ("ipv6", json!({"ipv6_enabled": true}), "without --ipv6"),
+            (
+                "ipv6 beside a subnet outside 10.87.0.0/16",
+                json!({"ipv6_enabled": true, "subnets": [{"subnet": "10.99.0.0/24"}]}),
+                "give an IPv6 --subnet",
+            ),
+            (
+                "two IPv6 subnets",
+                json!({"subnets": [{"subnet": "10.87.1.0/24"}, {"subnet": "fd87:1::/64"}, {"subnet": "fd87:2::/64"}]}),
+                "IPv6 --subnet once",
+            ),
+            (
+                "an IPv6 range",
+                json!({"subnets": [{"subnet": "10.87.1.0/24"}, {"subnet": "fd87:1::/64", "lease_range": {"start_ip": "fd87:1::5"}}]}),
+                "--ip-range for the IPv6 subnet",
+            ),
             ("internal", json!({"internal": true}), "without --internal"),
             (
                 "unknown option",
@@ -338,9 +391,9 @@ mod tests {
                 "1 to 15",
             ),
             (
-                "v6 subnet",
+                "v6 subnet only",
                 json!({"subnets": [{"subnet": "fd87::/64"}]}),
-                "IPv4 subnet",
+                "needs an IPv4 subnet",
             ),
             (
                 "bad subnet",
@@ -442,7 +495,7 @@ mod tests {
         for (ips, says) in [
             (json!(["10.87.2.5"]), "choose one in that range"),
             (json!(["10.87.1.1"]), "not the gateway"),
-            (json!(["fd87::5"]), "IPv4 only"),
+            (json!(["fd87::5"]), "create it with --ipv6"),
             (json!(["10.87.1.5", "10.87.1.6"]), "--ip once"),
         ] {
             input["network_options"]["static_ips"] = ips;

@@ -7,6 +7,7 @@ use flatnet_proto::v1::{self};
 use flatnet_proto::DEFAULT_SOCKET;
 use serde_json::{json, Map, Value};
 
+use super::subnet6::{self, Subnet6};
 use super::*;
 
 /// An IPv4 subnet: network address and prefix length.
@@ -79,6 +80,8 @@ pub struct FlatnetNetwork {
     pub bridge: String,
     pub mtu: Option<u32>,
     pub default_route: bool,
+    /// The IPv6 subnet of a dual-stack network (`--ipv6`).
+    pub v6: Option<Subnet6>,
     /// Outbound NAT (`ipMasq`); on unless `-o ip_masq=false`.
     pub ip_masq: bool,
     /// Extra routes: destination and gateway.
@@ -124,11 +127,7 @@ impl FlatnetNetwork {
             .filter(|n| !n.is_empty())
             .ok_or("the network has no name")?
             .to_string();
-        if bool_field(net, "ipv6_enabled")? {
-            return Err(format!(
-                "network {name}: Flatnet networks are IPv4 only: create it without --ipv6"
-            ));
-        }
+        let ipv6 = bool_field(net, "ipv6_enabled")?;
         if bool_field(net, "internal")? {
             return Err(format!(
                 "network {name}: a Flatnet network is routable from the host by design, so --internal is not supported: create it without --internal"
@@ -202,7 +201,14 @@ impl FlatnetNetwork {
             Some(Value::Array(s)) => s.clone(),
             Some(_) => return Err("\"subnets\" must be an array".into()),
         };
+        let (subnets6, subnets): (Vec<Value>, Vec<Value>) =
+            subnets.into_iter().partition(subnet6::is_v6);
         let (subnet, gateway, range) = match subnets.as_slice() {
+            [] if !subnets6.is_empty() => {
+                return Err(format!(
+                    "network {name}: a Flatnet network needs an IPv4 subnet beside its IPv6 one (IPv6-only networks are not supported): add an IPv4 --subnet such as 10.87.7.0/24"
+                ))
+            }
             [] => {
                 let subnet = free_default_subnet(&name, known)?;
                 (subnet, subnet.hosts().0, None)
@@ -210,7 +216,20 @@ impl FlatnetNetwork {
             [one] => parse_subnet(&name, one)?,
             _ => {
                 return Err(format!(
-                    "network {name}: a Flatnet network has one IPv4 subnet: give --subnet once"
+                    "network {name}: a Flatnet network has one IPv4 subnet (and with --ipv6 one IPv6 subnet): give each --subnet once"
+                ))
+            }
+        };
+        let v6 = match subnets6.as_slice() {
+            [] if ipv6 => Some(Subnet6::default_for(subnet).ok_or_else(|| {
+                format!("network {name}: --ipv6 without an IPv6 --subnet needs an IPv4 subnet of 10.87.0.0/16 (the IPv6 one is then fd87:N::/64): give an IPv6 --subnet")
+            })?),
+            [] => None,
+            [Value::Object(one)] => Some(subnet6::parse_subnet6(&name, one)?),
+            [_] => return Err("each \"subnets\" entry must be an object".into()),
+            _ => {
+                return Err(format!(
+                    "network {name}: a Flatnet network has one IPv6 subnet: give an IPv6 --subnet once"
                 ))
             }
         };
@@ -223,6 +242,7 @@ impl FlatnetNetwork {
             bridge,
             mtu,
             default_route,
+            v6,
             ip_masq,
             routes,
             socket,
@@ -238,15 +258,28 @@ impl FlatnetNetwork {
         for (dst, gw) in &self.routes {
             routes.push(json!({ "dst": dst.to_string(), "gw": gw.to_string() }));
         }
-        let mut ipam = json!({
+        let mut range = json!({
             "subnet": self.subnet.to_string(),
             "gateway": self.gateway.to_string(),
-            "routes": routes,
         });
         if let Some((start, end)) = self.range {
-            ipam["rangeStart"] = start.to_string().into();
-            ipam["rangeEnd"] = end.to_string().into();
+            range["rangeStart"] = start.to_string().into();
+            range["rangeEnd"] = end.to_string().into();
         }
+        let ipam = match self.v6 {
+            None => {
+                let mut ipam = range;
+                ipam["routes"] = routes.into();
+                ipam
+            }
+            Some(v6) => {
+                if self.default_route {
+                    routes.push(json!({ "dst": "::/0" }));
+                }
+                let range6 = json!({ "subnet": v6.cidr(), "gateway": v6.gateway.to_string() });
+                json!({ "ranges": [[range], [range6]], "routes": routes })
+            }
+        };
         let mut conf = json!({
             "cniVersion": CNI_VERSION,
             "name": self.name,
