@@ -82,6 +82,8 @@ pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
                 v["gateway6"] = json!(n.gateway6);
                 v["range6Start"] = json!(n.range6_start);
                 v["range6End"] = json!(n.range6_end);
+                v["addresses6InUse"] = json!(n.addresses6_in_use);
+                v["addresses6Free"] = json!(n.addresses6_free);
             }
             v
         });
@@ -100,8 +102,8 @@ pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
                 both(&n.subnet, &n.subnet6),
                 both(&n.gateway, &n.gateway6),
                 range,
-                n.addresses_in_use.to_string(),
-                n.addresses_free.to_string(),
+                both_counts(n.addresses_in_use, n.addresses6_in_use, &n.subnet6),
+                both_counts(n.addresses_free, n.addresses6_free, &n.subnet6),
             ]
         })
         .collect();
@@ -117,6 +119,15 @@ fn both(v4: &str, v6: &str) -> String {
     match v6 {
         "" => v4.to_string(),
         v6 => format!("{v4},{v6}"),
+    }
+}
+
+/// A count and, on a dual-stack network (`subnet6` not empty), the IPv6 one.
+fn both_counts(v4: u64, v6: u64, subnet6: &str) -> String {
+    if subnet6.is_empty() {
+        v4.to_string()
+    } else {
+        format!("{v4},{v6}")
     }
 }
 

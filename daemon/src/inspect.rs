@@ -108,13 +108,23 @@ pub struct NetworkUsage {
     pub range: (Ipv4Addr, Ipv4Addr),
     pub in_use: u64,
     pub free: u64,
+    /// On a dual-stack network: IPv6 addresses held, and those that can still be handed out
+    /// (at most `u64::MAX`).
+    pub v6: Option<(u64, u64)>,
 }
 
 /// Every remembered network with how many addresses are held and how many can still be handed
 /// out, sorted by name. Reads the store twice (networks, allocations); nothing is locked.
 pub fn network_usage<S: Store>(store: &S) -> Result<Vec<NetworkUsage>, StoreError> {
     let mut held: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    let mut held6: BTreeMap<String, BTreeSet<u128>> = BTreeMap::new();
     for a in store.list(None)? {
+        if let Some((ip6, _)) = a.address6 {
+            held6
+                .entry(a.network.clone())
+                .or_default()
+                .insert(u128::from(ip6));
+        }
         held.entry(a.network).or_default().push(a.address);
     }
     let mut out: Vec<NetworkUsage> = store
@@ -125,7 +135,14 @@ pub fn network_usage<S: Store>(store: &S) -> Result<Vec<NetworkUsage>, StoreErro
                 .get(&record.name)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            usage(record, addrs)
+            let v6 = record.v6.as_ref().map(|v6| {
+                let used = held6.get(&record.name).cloned().unwrap_or_default();
+                usage6(v6, &used)
+            });
+            NetworkUsage {
+                v6,
+                ..usage(record, addrs)
+            }
         })
         .collect();
     out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
@@ -164,7 +181,25 @@ fn usage(record: NetworkRecord, held: &[Ipv4Addr]) -> NetworkUsage {
         in_use: held.len() as u64,
         free: capacity.saturating_sub(used_in_range),
         record,
+        v6: None,
     }
+}
+
+/// IPv6 addresses held and still free in a network's IPv6 range (the gateway and the subnet's
+/// first address are never handed out).
+fn usage6(v6: &ipam::NetworkRecord6, held: &BTreeSet<u128>) -> (u64, u64) {
+    let (start, end) = (u128::from(v6.range.0), u128::from(v6.range.1));
+    let in_range = |ip: u128| (start..=end).contains(&ip);
+    let reserved = [u128::from(v6.gateway), u128::from(v6.subnet)]
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|ip| in_range(*ip))
+        .count() as u128;
+    let used = held.iter().filter(|ip| in_range(**ip)).count() as u128;
+    let size = (end - start).saturating_add(1);
+    let free = size.saturating_sub(reserved).saturating_sub(used);
+    (held.len() as u64, u64::try_from(free).unwrap_or(u64::MAX))
 }
 
 /// DELs waiting in the spool: files named like spool entries (what `Spool::pending` would read),
@@ -353,6 +388,8 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
                 mtu: u.record.mtu.unwrap_or(0),
                 addresses_in_use: u.in_use,
                 addresses_free: u.free,
+                addresses6_in_use: u.v6.map_or(0, |v| v.0),
+                addresses6_free: u.v6.map_or(0, |v| v.1),
                 subnet6: u
                     .record
                     .v6

@@ -272,10 +272,20 @@ fn metrics_page(
             Ok(usage) => {
                 gauges.networks = usage
                     .into_iter()
-                    .map(|u| NetworkGauge {
-                        network: u.record.name,
-                        in_use: u.in_use,
-                        free: u.free,
+                    .flat_map(|u| {
+                        let v6 = u.v6.map(|(in_use, free)| NetworkGauge {
+                            network: u.record.name.clone(),
+                            family: "ipv6",
+                            in_use,
+                            free,
+                        });
+                        std::iter::once(NetworkGauge {
+                            network: u.record.name,
+                            family: "ipv4",
+                            in_use: u.in_use,
+                            free: u.free,
+                        })
+                        .chain(v6)
                     })
                     .collect()
             }

@@ -53,6 +53,7 @@ struct VerbLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NetworkLabel {
     network: String,
+    family: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,6 +95,8 @@ impl Default for Metrics {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkGauge {
     pub network: String,
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
     pub in_use: u64,
     pub free: u64,
 }
@@ -152,18 +155,19 @@ impl Metrics {
         for n in &gauges.networks {
             let label = NetworkLabel {
                 network: n.network.clone(),
+                family: n.family,
             };
             in_use.get_or_create(&label).set(gauge_value(n.in_use));
             free.get_or_create(&label).set(gauge_value(n.free));
         }
         r.register(
             "addresses_in_use",
-            "Addresses held by containers, by network",
+            "Addresses held by containers, by network and address family",
             in_use,
         );
         r.register(
             "addresses_free",
-            "Addresses that can still be handed out, by network",
+            "Addresses that can still be handed out, by network and address family",
             free,
         );
         let single = |value: u64| {
@@ -333,11 +337,20 @@ mod tests {
         m.record("ADD", Duration::from_millis(30), Some(100));
         m.record("DEL", Duration::from_secs(100), None);
         let page = m.render(&Gauges {
-            networks: vec![NetworkGauge {
-                network: "we\"ird".into(),
-                in_use: 1,
-                free: 252,
-            }],
+            networks: vec![
+                NetworkGauge {
+                    network: "we\"ird".into(),
+                    family: "ipv4",
+                    in_use: 1,
+                    free: 252,
+                },
+                NetworkGauge {
+                    network: "we\"ird".into(),
+                    family: "ipv6",
+                    in_use: 1,
+                    free: u64::MAX,
+                },
+            ],
             pending_releases: 3,
             uptime_seconds: 7,
             store_error: false,
@@ -354,8 +367,9 @@ mod tests {
             // Slower than every bucket: only in +Inf.
             "flatnet_request_duration_seconds_bucket{le=\"60.0\",verb=\"DEL\"} 0",
             "flatnet_request_duration_seconds_bucket{le=\"+Inf\",verb=\"DEL\"} 1",
-            "flatnet_addresses_in_use{network=\"we\\\"ird\"} 1",
-            "flatnet_addresses_free{network=\"we\\\"ird\"} 252",
+            "flatnet_addresses_in_use{network=\"we\\\"ird\",family=\"ipv4\"} 1",
+            "flatnet_addresses_free{network=\"we\\\"ird\",family=\"ipv4\"} 252",
+            "flatnet_addresses_in_use{network=\"we\\\"ird\",family=\"ipv6\"} 1",
             "flatnet_pending_releases 3",
         ] {
             assert!(page.contains(want), "{want} missing from\n{page}");

@@ -179,11 +179,17 @@ fn metrics_page_parses_and_moves_with_add_and_del() {
         .assert_code(100);
     let during = parse(&fetch(&host, "/metrics").unwrap());
     assert_eq!(
-        get(&during, "flatnet_addresses_in_use{network=\"flatnet\"}"),
+        get(
+            &during,
+            "flatnet_addresses_in_use{network=\"flatnet\",family=\"ipv4\"}"
+        ),
         1.0
     );
     assert_eq!(
-        get(&during, "flatnet_addresses_free{network=\"flatnet\"}"),
+        get(
+            &during,
+            "flatnet_addresses_free{network=\"flatnet\",family=\"ipv4\"}"
+        ),
         252.0
     );
 
@@ -206,8 +212,14 @@ fn metrics_page_parses_and_moves_with_add_and_del() {
             2.0,
         ),
         ("flatnet_request_duration_seconds_count{verb=\"DEL\"}", 1.0),
-        ("flatnet_addresses_in_use{network=\"flatnet\"}", 0.0),
-        ("flatnet_addresses_free{network=\"flatnet\"}", 253.0),
+        (
+            "flatnet_addresses_in_use{network=\"flatnet\",family=\"ipv4\"}",
+            0.0,
+        ),
+        (
+            "flatnet_addresses_free{network=\"flatnet\",family=\"ipv4\"}",
+            253.0,
+        ),
         ("flatnet_pending_releases", 0.0),
     ] {
         assert_eq!(get(&after, series), want, "{series}");
@@ -238,6 +250,44 @@ fn metrics_page_parses_and_moves_with_add_and_del() {
     // Status names where the metrics are.
     let status = flatnet_tests::ctl::json(&host, &["status"]);
     assert_eq!(status["metricsListen"], LISTEN, "{status:#}");
+}
+
+#[test]
+fn a_dual_stack_network_has_gauges_per_family() {
+    require_root();
+    let host = Host::start_with_args(&["--metrics-listen", LISTEN]);
+    let conf = host.conf(json!({
+        "ipam": {"ranges": [[{"subnet": "10.87.1.0/24"}], [{"subnet": "fd87:1::/120"}]]},
+    }));
+    let web = host.container("web");
+    host.add_ok(&web, &conf);
+    let page = parse(&fetch(&host, "/metrics").unwrap());
+    for (series, want) in [
+        (
+            "flatnet_addresses_in_use{network=\"flatnet\",family=\"ipv4\"}",
+            1.0,
+        ),
+        (
+            "flatnet_addresses_free{network=\"flatnet\",family=\"ipv4\"}",
+            252.0,
+        ),
+        (
+            "flatnet_addresses_in_use{network=\"flatnet\",family=\"ipv6\"}",
+            1.0,
+        ),
+        // fd87:1::1 to fd87:1::ff, less the gateway and the one held.
+        (
+            "flatnet_addresses_free{network=\"flatnet\",family=\"ipv6\"}",
+            253.0,
+        ),
+    ] {
+        assert_eq!(get(&page, series), want, "{series}");
+    }
+    let networks = flatnet_tests::ctl::json(&host, &["networks"]);
+    assert_eq!(networks[0]["subnet6"], "fd87:1::/120", "{networks:#}");
+    assert_eq!(networks[0]["addresses6InUse"], 1, "{networks:#}");
+    assert_eq!(networks[0]["addresses6Free"], 253, "{networks:#}");
+    host.del(&web, &conf).assert_ok_empty();
 }
 
 #[test]
