@@ -78,7 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Show { what, network } => {
             let bare = what.split_once('/').map_or(what.as_str(), |(ip, _)| ip);
-            let key = if bare.parse::<std::net::Ipv4Addr>().is_ok() {
+            let key = if bare.parse::<std::net::IpAddr>().is_ok() {
                 Key::Address(what)
             } else {
                 Key::Container(what)

@@ -224,10 +224,12 @@ fn store_status(e: StoreError) -> Status {
 }
 
 /// An address as a user may give it: `10.87.1.2` or `10.87.1.2/24`.
-fn parse_address(raw: &str) -> Result<Ipv4Addr, Status> {
+fn parse_address(raw: &str) -> Result<std::net::IpAddr, Status> {
     let ip = raw.split_once('/').map_or(raw, |(ip, _)| ip).trim();
     ip.parse().map_err(|_| {
-        Status::invalid_argument(format!("{raw:?} is not an IPv4 address (like 10.87.1.2)"))
+        Status::invalid_argument(format!(
+            "{raw:?} is not an IP address (like 10.87.1.2 or fd87:1::2)"
+        ))
     })
 }
 
@@ -347,7 +349,10 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
         let (mut found, what) = match req.key {
             Some(Key::Address(raw)) => {
                 let ip = parse_address(&raw)?;
-                let found: Vec<_> = list.into_iter().filter(|a| a.address == ip).collect();
+                let found: Vec<_> = list
+                    .into_iter()
+                    .filter(|a| a.addresses().any(|held| held == ip))
+                    .collect();
                 (found, format!("address {ip}"))
             }
             Some(Key::Container(c)) if !c.is_empty() => {

@@ -237,6 +237,11 @@ fn static_ipv6_addresses_from_cni_args_and_runtime_config() {
         shown.contains(&"fd87:1::50/64") && shown.contains(&"fd87:1::51/64"),
         "{list:?}"
     );
+    let shown = flatnet_tests::ctl::flatnetctl_ok(&host, &["show", "fd87:1::50"]);
+    assert!(
+        shown.contains("address6") && shown.contains("fd87:1::50/64") && shown.contains("ipargs"),
+        "{shown}"
+    );
     host.del(&a, &conf).assert_ok_empty();
     host.del(&b, &rc).assert_ok_empty();
 }
