@@ -12,7 +12,7 @@
 //! cost is a runtime dependency on the `nft` tool (Debian's `nftables` package), which only hosts
 //! with an `ipMasq` network need.
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
 
 mod blocks;
@@ -35,6 +35,13 @@ pub const DEFAULT_FLAT_RANGE6: &str = "fd87::/16";
 pub struct Subnets {
     pub v4: Ipv4Network,
     pub v6: Option<Ipv6Network>,
+}
+
+impl Subnets {
+    /// Both subnets (IPv4 first).
+    pub fn all(&self) -> impl Iterator<Item = IpNetwork> {
+        std::iter::once(IpNetwork::V4(self.v4)).chain(self.v6.map(IpNetwork::V6))
+    }
 }
 
 impl From<Ipv4Network> for Subnets {
@@ -247,7 +254,7 @@ impl Firewall {
                 .map_err(|e| {
                     FirewallError(format!("listing the nftables ruleset failed: {e}"))
                 })??;
-            let subnets: Vec<Ipv4Network> = state.networks.values().map(|s| s.v4).collect();
+            let subnets: Vec<IpNetwork> = state.networks.values().flat_map(|s| s.all()).collect();
             forward_blocks(&json, &subnets)
         };
         if found == state.blocked {
@@ -257,9 +264,9 @@ impl Firewall {
         Ok(Some(found))
     }
 
-    /// What drops the outbound traffic of the NAT networks (of `subnet` only, when given), with
-    /// what to do; `None` when nothing does, as of the last check.
-    pub async fn blocked(&self, subnet: Option<Ipv4Network>) -> Option<String> {
+    /// What drops the outbound traffic of the NAT networks (of the network with `subnets` only,
+    /// when given), with what to do; `None` when nothing does, as of the last check.
+    pub async fn blocked(&self, subnets: Option<Subnets>) -> Option<String> {
         let state = self.state.lock().await;
         let blocks: Vec<Block> = state
             .blocked
@@ -269,8 +276,8 @@ impl Firewall {
                     .subnets
                     .iter()
                     .copied()
-                    .filter(|s| subnet.is_none_or(|x| x == *s))
-                    .filter(|s| state.networks.values().any(|n| n.v4 == *s))
+                    .filter(|s| subnets.is_none_or(|x| x.all().any(|n| n == *s)))
+                    .filter(|s| state.networks.values().any(|n| n.all().any(|x| x == *s)))
                     .collect();
                 (!subnets.is_empty()).then(|| Block {
                     chain: b.chain.clone(),
@@ -510,8 +517,8 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("10.87.2.0"), "{msg}");
-        assert_eq!(fw.blocked(Some(net("10.87.2.0/24"))).await, None);
-        assert!(fw.blocked(Some(net("10.87.1.0/24"))).await.is_some());
+        assert_eq!(fw.blocked(Some(net("10.87.2.0/24").into())).await, None);
+        assert!(fw.blocked(Some(net("10.87.1.0/24").into())).await.is_some());
         *nft.ruleset.lock().unwrap() = r#"{"nftables": []}"#.into();
         assert_eq!(fw.check_forward_policy().await.unwrap(), Some(vec![]));
         assert_eq!(fw.blocked(None).await, None);

@@ -210,22 +210,6 @@ fn warnings(host: &Host) -> Vec<String> {
         .collect()
 }
 
-/// One try of an HTTP GET from `c` to the upstream, bounded to 2 s.
-fn reaches_upstream(c: &Netns) -> bool {
-    let args = [
-        "busybox",
-        "timeout",
-        "2",
-        "busybox",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        UPSTREAM_URL,
-    ];
-    c.exec(&args).status.success()
-}
-
 #[test]
 fn a_forward_drop_policy_elsewhere_is_reported_with_what_to_do_until_it_is_done() {
     let host = host();
@@ -248,7 +232,7 @@ fn a_forward_drop_policy_elsewhere_is_reported_with_what_to_do_until_it_is_done(
     ] {
         ok(host.netns(), args);
     }
-    assert!(!reaches_upstream(&c), "the drop policy drops egress");
+    assert!(!reaches(&c, UPSTREAM_URL), "the drop policy drops egress");
     assert!(
         poll(Duration::from_secs(3), || !warnings(&host).is_empty()),
         "flatnetctl status never warned:\n{}",
@@ -336,4 +320,64 @@ fn ipv6_egress_of_a_dual_stack_network_is_masqueraded_too() {
     assert_eq!(http_get(&r, UPSTREAM6_URL), own6.split('/').next().unwrap());
     host.del(&c, &conf).assert_ok_empty();
     host.del(&r, &routed).assert_ok_empty();
+}
+
+/// One try of an HTTP GET from `c` to `url`, bounded to 2 s.
+fn reaches(c: &Netns, url: &str) -> bool {
+    let args = [
+        "busybox", "timeout", "2", "busybox", "wget", "-q", "-O", "-", url,
+    ];
+    c.exec(&args).status.success()
+}
+
+#[test]
+fn an_ipv6_forward_drop_policy_is_reported_for_the_ipv6_subnet() {
+    let host = host();
+    require_tool("ip6tables", "iptables");
+    let _up = upstream(&host);
+    let conf = host.conf(json!({
+        "ipMasq": true,
+        "cniVersion": "1.1.0",
+        "ipam": {"ranges": [[{"subnet": "10.87.1.0/24"}], [{"subnet": "fd87:1::/64"}]]},
+    }));
+    let c = host.container("web6");
+    host.add_ok(&c, &conf);
+    assert_eq!(http_get(&c, UPSTREAM6_URL), HOST_UPLINK6);
+    for args in [
+        &["ip6tables", "-N", "DOCKER-USER"][..],
+        &["ip6tables", "-P", "FORWARD", "DROP"],
+        &["ip6tables", "-A", "FORWARD", "-j", "DOCKER-USER"],
+    ] {
+        ok(host.netns(), args);
+    }
+    assert!(!reaches(&c, UPSTREAM6_URL), "IPv6 egress is dropped");
+    assert!(reaches(&c, UPSTREAM_URL), "IPv4 egress is not");
+    assert!(
+        poll(Duration::from_secs(3), || !warnings(&host).is_empty()),
+        "flatnetctl status never warned:\n{}",
+        host.daemon_log()
+    );
+    let warning = warnings(&host).remove(0);
+    assert!(
+        warning.contains("ip6 filter FORWARD")
+            && warning.contains("fd87:1::/64")
+            && !warning.contains("10.87.1.0/24"),
+        "{warning}"
+    );
+    let status = host.cni("STATUS", None, "", "", "", &conf);
+    status.assert_code(51);
+    let (_, advice) = warning
+        .split_once("for Docker: ")
+        .expect("the warning says what to do");
+    assert!(advice.starts_with("ip6tables "), "{advice}");
+    ok(host.netns(), &["sh", "-c", advice]);
+    assert!(
+        poll(Duration::from_secs(3), || warnings(&host).is_empty()),
+        "still warned after following the advice: {:?}",
+        warnings(&host)
+    );
+    host.cni("STATUS", None, "", "", "", &conf)
+        .assert_ok_empty();
+    assert_eq!(http_get(&c, UPSTREAM6_URL), HOST_UPLINK6);
+    host.del(&c, &conf).assert_ok_empty();
 }

@@ -30,7 +30,14 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         // Counting only the records: an address held back is free again in a moment.
         match ipam::choose(&self.store, HeldBack::none(), &conf.name, &conf.ipam, None) {
-            Ok(_) if conf.ip_masq => match self.firewall.blocked(Some(conf.ipam.subnet)).await {
+            Ok(_) if conf.ip_masq => match self
+                .firewall
+                .blocked(Some(Subnets {
+                    v4: conf.ipam.subnet,
+                    v6: conf.ipam.v6.as_ref().map(|v6| v6.subnet),
+                }))
+                .await
+            {
                 Some(warning) => Err(Error::Unavailable(warning)),
                 None => Ok(()),
             },

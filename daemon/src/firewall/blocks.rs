@@ -2,50 +2,59 @@
 //! Docker installs. Found in `nft -j list ruleset`, reported with what to do.
 
 use super::TABLE;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
 
-/// Another table's base chain that drops forwarded IPv4 traffic by default (`policy drop` on the
-/// forward hook, as Docker installs in `ip filter FORWARD`) and accepts neither direction of some
-/// networks' traffic itself: whatever flatnetd's table accepts, that chain drops the rest.
+/// Another table's base chain that drops forwarded traffic by default (`policy drop` on the
+/// forward hook, as Docker installs in `ip filter FORWARD`, and in `ip6 filter FORWARD` with
+/// IPv6 on) and accepts neither direction of some networks' traffic itself: whatever flatnetd's
+/// table accepts, that chain drops the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
     /// `family table chain`, e.g. `ip filter FORWARD`.
     pub chain: String,
     /// The subnets it drops, in either direction.
-    pub subnets: Vec<Ipv4Network>,
+    pub subnets: Vec<IpNetwork>,
+}
+
+/// The nftables payload protocol of `subnet`'s family (`ip` or `ip6`).
+fn protocol(subnet: IpNetwork) -> &'static str {
+    if subnet.is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    }
 }
 
 /// Whether `expr` (one rule's expressions) ends in `accept` and matches `field` (`saddr` or
-/// `daddr`) on a prefix holding all of `subnet`.
-fn accepts(expr: &[serde_json::Value], field: &str, subnet: Ipv4Network) -> bool {
+/// `daddr`) of `subnet`'s family on a prefix holding all of `subnet`.
+fn accepts(expr: &[serde_json::Value], field: &str, subnet: IpNetwork) -> bool {
     let verdict = expr.iter().any(|e| e.get("accept").is_some());
     verdict
         && expr.iter().filter_map(|e| e.get("match")).any(|m| {
             let payload = &m["left"]["payload"];
             let prefix = match &m["right"] {
-                serde_json::Value::String(a) => {
-                    a.parse::<std::net::Ipv4Addr>().ok().map(|a| (a, 32))
-                }
+                serde_json::Value::String(a) => a.parse::<IpNetwork>().ok(),
                 r => r["prefix"]["addr"]
                     .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .zip(r["prefix"]["len"].as_u64().map(|l| l as u8)),
+                    .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                    .zip(r["prefix"]["len"].as_u64().map(|l| l as u8))
+                    .and_then(|(a, l)| IpNetwork::new(a, l).ok()),
             };
             m["op"] == "=="
-                && payload["protocol"] == "ip"
+                && payload["protocol"] == protocol(subnet)
                 && payload["field"] == field
                 && prefix
-                    .and_then(|(a, l)| Ipv4Network::new(a, l).ok())
-                    .is_some_and(|p| subnet.is_subnet_of(p))
+                    .is_some_and(|p| p.contains(subnet.network()) && p.prefix() <= subnet.prefix())
         })
 }
 
 /// The chains of other tables that drop some of `subnets`' forwarded traffic (see [`Block`]),
 /// read from `nft -j list ruleset`. A subnet is let through by such a chain when the chain, or a
-/// chain it jumps to, accepts `ip saddr` in it and `ip daddr` in it (the replies), as the advice
-/// of [`blocked_warning`] does.
-pub fn forward_blocks(ruleset_json: &str, subnets: &[Ipv4Network]) -> Vec<Block> {
+/// chain it jumps to, accepts `ip saddr` in it and `ip daddr` in it (the replies; `ip6` for an
+/// IPv6 subnet), as the advice of [`blocked_warning`] does. Chains of family `ip` hold up IPv4,
+/// `ip6` IPv6, `inet` both.
+pub fn forward_blocks(ruleset_json: &str, subnets: &[IpNetwork]) -> Vec<Block> {
     use serde_json::Value;
     let Ok(v) = serde_json::from_str::<Value>(ruleset_json) else {
         return Vec::new();
@@ -71,7 +80,7 @@ pub fn forward_blocks(ruleset_json: &str, subnets: &[Ipv4Network]) -> Vec<Block>
         let (family, table, name) = key(c, "name");
         if c["hook"] != "forward"
             || c["policy"] != "drop"
-            || !matches!(family.as_str(), "ip" | "inet")
+            || !matches!(family.as_str(), "ip" | "ip6" | "inet")
             || (family == "inet" && table == TABLE)
         {
             continue;
@@ -95,9 +104,10 @@ pub fn forward_blocks(ruleset_json: &str, subnets: &[Ipv4Network]) -> Vec<Block>
             }
             i += 1;
         }
-        let dropped: Vec<Ipv4Network> = subnets
+        let dropped: Vec<IpNetwork> = subnets
             .iter()
             .copied()
+            .filter(|s| family == "inet" || family == protocol(*s))
             .filter(|s| {
                 !(exprs.iter().any(|e| accepts(e, "saddr", *s))
                     && exprs.iter().any(|e| accepts(e, "daddr", *s)))
@@ -119,11 +129,13 @@ pub fn blocked_warning(blocks: &[Block]) -> String {
         .iter()
         .map(|b| {
             let subnets: Vec<String> = b.subnets.iter().map(|s| s.to_string()).collect();
-            let advice: Vec<String> = subnets
+            let advice: Vec<String> = b
+                .subnets
                 .iter()
                 .map(|s| {
+                    let tool = if s.is_ipv4() { "iptables" } else { "ip6tables" };
                     format!(
-                        "iptables -I DOCKER-USER -s {s} -j ACCEPT; iptables -I DOCKER-USER -d {s} \
+                        "{tool} -I DOCKER-USER -s {s} -j ACCEPT; {tool} -I DOCKER-USER -d {s} \
                          -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
                     )
                 })
@@ -145,7 +157,7 @@ pub fn blocked_warning(blocks: &[Block]) -> String {
 pub(super) mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Network {
+    fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
     }
 
@@ -185,6 +197,32 @@ pub(super) mod tests {
             }],
             "10.87.2.0/24 is accepted both ways (DOCKER-USER), 10.87.1.0/24 only outwards"
         );
+        // The ip6 chain drops IPv6 only; an accept of the subnet in it lifts that.
+        let v6 = [net("10.87.2.0/24"), net("fd87:2::/64")];
+        assert_eq!(
+            forward_blocks(DOCKER, &v6),
+            [Block {
+                chain: "ip6 filter FORWARD".into(),
+                subnets: vec![net("fd87:2::/64")],
+            }]
+        );
+        let warning = blocked_warning(&forward_blocks(DOCKER, &v6));
+        assert!(
+            warning.contains("ip6tables -I DOCKER-USER -s fd87:2::/64 -j ACCEPT"),
+            "{warning}"
+        );
+        let lifted = DOCKER.replace(
+            r#"{"counter": null}, {"jump": {"target": "DOCKER-USER"}}]}}]}"#,
+            r#"{"counter": null}, {"jump": {"target": "DOCKER-USER"}}]}},
+            {"rule": {"family": "ip6", "table": "filter", "chain": "FORWARD", "handle": 10, "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                           "right": {"prefix": {"addr": "fd87::", "len": 16}}}}, {"accept": null}]}},
+            {"rule": {"family": "ip6", "table": "filter", "chain": "FORWARD", "handle": 11, "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                           "right": {"prefix": {"addr": "fd87:2::", "len": 64}}}}, {"accept": null}]}}]}"#,
+        );
+        assert_ne!(lifted, DOCKER);
+        assert!(forward_blocks(&lifted, &v6).is_empty());
         assert!(forward_blocks("not json", &subnets).is_empty());
         assert!(forward_blocks(r#"{"nftables": []}"#, &subnets).is_empty());
     }
