@@ -36,8 +36,11 @@ pub fn document(
          Debian's `/usr/lib/cni/bridge` with `host-local` IPAM. Both run in the same run, \
          taking turns, in one host network namespace that the benchmark creates, with \
          equivalent configurations (a bridge with the gateway address, MTU 1500, a default \
-         route, a /16: `10.87.0.0/16` on `fnbr0` and `10.88.0.0/16` on `refbr0`). \
-         *Flatnet better by* is how many times better Flatnet is: reference ÷ Flatnet for \
+         route, a /16: `10.87.0.0/16` on `fnbr0` and `10.88.0.0/16` on `refbr0`; the \
+         dual-stack rows add an IPv6 /64 and a `::/0` route, with `10.86.0.0/16` + \
+         `fd87:86::/64` on `fnbr6` and `10.85.0.0/16` + `fd87:85::/64` on `refbr6`, and check \
+         after each ADD that the IPv6 address is on the interface and usable, neither \
+         tentative nor failed). *Flatnet better by* is how many times better Flatnet is: reference ÷ Flatnet for \
          times and sizes, Flatnet ÷ reference for cycles per second; above 1 means Flatnet is \
          better.\n\n",
     );
