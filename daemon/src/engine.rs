@@ -257,9 +257,12 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         &self.firewall
     }
 
-    /// Writes the NAT table for every remembered network with `ipMasq` (at start-up, so
-    /// containers that were running keep their egress).
-    pub async fn restore_firewall(&self) -> Result<(), Error> {
+    /// Starts writing the NAT table for every remembered network with `ipMasq` (at start-up, so
+    /// containers that were running keep their egress), in the background: whatever needs the
+    /// table after this returns waits for that write (see [`Firewall::load_in_background`]).
+    pub async fn restore_firewall(
+        &self,
+    ) -> Result<tokio::task::JoinHandle<Result<(), crate::firewall::FirewallError>>, Error> {
         let networks = self.store.networks()?;
         let masq = networks.into_iter().filter(|n| n.ip_masq).filter_map(|n| {
             let v4 = Ipv4Network::new(n.subnet, n.prefix).ok()?;
@@ -268,7 +271,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     .and_then(|v6| Ipv6Network::new(v6.subnet, v6.prefix).ok());
             Some((n.name, Subnets { v4, v6 }))
         });
-        Ok(self.firewall.load(masq.collect::<Vec<_>>()).await?)
+        Ok(self.firewall.load_in_background(masq.collect()).await)
     }
 
     /// The kernel side the engine works through.

@@ -162,7 +162,7 @@ pub struct Firewall {
     nft: Arc<dyn Nft>,
     flat_range: Ipv4Network,
     flat_range6: Ipv6Network,
-    state: tokio::sync::Mutex<State>,
+    state: Arc<tokio::sync::Mutex<State>>,
 }
 
 impl Firewall {
@@ -214,7 +214,27 @@ impl Firewall {
         &self,
         networks: impl IntoIterator<Item = (String, Subnets)>,
     ) -> Result<(), FirewallError> {
-        let mut state = self.state.lock().await;
+        let state = self.state.lock().await;
+        self.load_locked(state, networks).await
+    }
+
+    /// [`Firewall::load`] in a task of its own, so a start-up need not wait for nft: the table's
+    /// state is locked before this returns, so whatever asks for the table afterwards (an ADD's
+    /// [`Firewall::ensure`], a heal) waits for the load and sees what it loaded.
+    pub async fn load_in_background(
+        self: &Arc<Self>,
+        networks: Vec<(String, Subnets)>,
+    ) -> tokio::task::JoinHandle<Result<(), FirewallError>> {
+        let state = self.state.clone().lock_owned().await;
+        let fw = self.clone();
+        tokio::spawn(async move { fw.load_locked(state, networks).await })
+    }
+
+    async fn load_locked(
+        &self,
+        mut state: impl std::ops::DerefMut<Target = State>,
+        networks: impl IntoIterator<Item = (String, Subnets)>,
+    ) -> Result<(), FirewallError> {
         state.networks = networks.into_iter().collect();
         if state.networks.is_empty() {
             // Nothing asks for NAT: a table a previous run left is removed, if nft is there.

@@ -344,10 +344,20 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         .sweep(Pass::Startup, Some(&spool))
         .await
         .context("reconciling at start")?;
-    if let Err(e) = engine.restore_firewall().await {
-        tracing::error!(error = %e, "cannot write the outbound NAT table; containers of networks \
-            with ipMasq cannot reach beyond the host until it is written");
-    }
+    // In the background: serving need not wait for nft; an ADD that needs the table waits.
+    let restoring = engine.restore_firewall().await;
+    tokio::spawn(async move {
+        let failed = match restoring {
+            Ok(task) => match task.await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(error = %failed, "cannot write the outbound NAT table; containers of \
+            networks with ipMasq cannot reach beyond the host until it is written");
+    });
     tracing::info!(socket = %opts.socket.display(), state_dir = %opts.state_dir.display(),
         spool = %spool.dir().display(), boot_id = %engine.boot_id(),
         sweep_interval_s = opts.sweep_interval,

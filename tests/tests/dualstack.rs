@@ -353,3 +353,31 @@ fn an_ipv6_subnet_that_overlaps_another_networks_is_refused() {
     );
     assert_eq!(non_lo_links(b.name()), Vec::<String>::new());
 }
+
+#[test]
+fn ipv6_forwarding_keeps_router_advertisements_on_links_that_took_them() {
+    let host = host();
+    // An uplink that takes router advertisements (accept_ra=1, the kernel's default), as a
+    // host's often does.
+    let ns = host.netns();
+    run_in(ns, &["ip", "link", "add", "upra", "type", "dummy"]);
+    let accept_ra = || {
+        let out = ns.exec(&["cat", "/proc/sys/net/ipv6/conf/upra/accept_ra"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(accept_ra(), "1");
+    assert_eq!(ipv6_forwarding(&host), "0");
+    let c = host.container("ra");
+    host.add_ok(&c, &dual(&host, "1.0.0"));
+    assert_eq!(ipv6_forwarding(&host), "1");
+    assert_eq!(
+        accept_ra(),
+        "2",
+        "the uplink keeps taking router advertisements"
+    );
+    assert!(
+        host.daemon_log().contains("accept_ra=2"),
+        "{}",
+        host.daemon_log()
+    );
+}
