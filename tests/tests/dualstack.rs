@@ -360,7 +360,20 @@ fn ipv6_forwarding_keeps_router_advertisements_on_links_that_took_them() {
     // An uplink that takes router advertisements (accept_ra=1, the kernel's default), as a
     // host's often does.
     let ns = host.netns();
-    run_in(ns, &["ip", "link", "add", "upra", "type", "dummy"]);
+    run_in(
+        ns,
+        &[
+            "ip",
+            "link",
+            "add",
+            "upra",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "upra-peer",
+        ],
+    );
     let accept_ra = || {
         let out = ns.exec(&["cat", "/proc/sys/net/ipv6/conf/upra/accept_ra"]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
