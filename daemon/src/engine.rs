@@ -150,6 +150,14 @@ fn network_record(conf: &NetConf) -> ipam::NetworkRecord {
     }
 }
 
+/// The subnets of `conf` the NAT table is about.
+fn nat_subnets(conf: &NetConf) -> Subnets {
+    Subnets {
+        v4: conf.ipam.subnet,
+        v6: conf.ipam.v6.as_ref().map(|v6| v6.subnet),
+    }
+}
+
 /// The bridge a network uses, with its gateway addresses when the bridge is the gateway.
 fn bridge_spec(record: &ipam::NetworkRecord) -> BridgeSpec {
     let gateway = Ipv4Network::new(record.gateway, record.prefix).ok();

@@ -394,3 +394,28 @@ fn ipv6_forwarding_keeps_router_advertisements_on_links_that_took_them() {
         host.daemon_log()
     );
 }
+
+#[test]
+fn status_is_50_when_the_ipv6_range_is_full() {
+    let host = host();
+    let conf = host.conf(json!({
+        "cniVersion": "1.1.0",
+        "ipam": {"ranges": [[{"subnet": "10.87.1.0/24"}],
+                            [{"subnet": "fd87:1::/64", "rangeStart": "fd87:1::2", "rangeEnd": "fd87:1::2"}]]},
+    }));
+    host.cni("STATUS", None, "", "", "", &conf)
+        .assert_ok_empty();
+    let a = host.container("only");
+    host.add_ok(&a, &conf);
+    let out = host.cni("STATUS", None, "", "", "", &conf);
+    out.assert_code(50);
+    assert!(out.msg().contains("fd87:1::2"), "{out}");
+    // And ADD says the same, leaving nothing behind.
+    let b = host.container("none");
+    let add = host.add(&b, &conf);
+    add.assert_code(100);
+    assert_eq!(non_lo_links(b.name()), Vec::<String>::new());
+    host.del(&a, &conf).assert_ok_empty();
+    host.cni("STATUS", None, "", "", "", &conf)
+        .assert_ok_empty();
+}

@@ -40,14 +40,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         // The network's NAT rules, before any address is chosen: a firewall that refuses them
         // changes nothing else.
         self.firewall
-            .ensure(
-                &conf.name,
-                Subnets {
-                    v4: conf.ipam.subnet,
-                    v6: conf.ipam.v6.as_ref().map(|v6| v6.subnet),
-                },
-                conf.ip_masq,
-            )
+            .ensure(&conf.name, nat_subnets(conf), conf.ip_masq)
             .await?;
         let requested = args.ip.or(conf.runtime_ip);
         let host_veth = veth_name(&req.container_id, &req.ifname);

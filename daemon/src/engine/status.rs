@@ -1,5 +1,5 @@
-//! STATUS: whether the daemon can serve, whether this network has an address left, and whether
-//! its outbound traffic gets through.
+//! STATUS: whether the daemon can serve, whether this network has an address left (of each
+//! family), and whether its outbound traffic gets through.
 
 use super::*;
 
@@ -29,15 +29,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             )));
         }
         // Counting only the records: an address held back is free again in a moment.
-        match ipam::choose(&self.store, HeldBack::none(), &conf.name, &conf.ipam, None) {
-            Ok(_) if conf.ip_masq => match self
-                .firewall
-                .blocked(Some(Subnets {
-                    v4: conf.ipam.subnet,
-                    v6: conf.ipam.v6.as_ref().map(|v6| v6.subnet),
-                }))
-                .await
-            {
+        let free = ipam::choose(&self.store, HeldBack::none(), &conf.name, &conf.ipam, None)
+            .and_then(|_| match &conf.ipam.v6 {
+                Some(v6) => ipam::choose6(&self.store, HeldBack::none(), &conf.name, v6, None),
+                None => Ok(std::net::Ipv6Addr::UNSPECIFIED),
+            });
+        match free {
+            Ok(_) if conf.ip_masq => match self.firewall.blocked(Some(nat_subnets(conf))).await {
                 Some(warning) => Err(Error::Unavailable(warning)),
                 None => Ok(()),
             },
