@@ -326,30 +326,26 @@ impl Netlink for RtNetlink {
                     spec.ifname, netns.path
                 )))?;
                 lo.map_err(kernel(format!("bringing lo up in {}", netns.path)))?;
-                for (dst, gw) in &spec.routes {
-                    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                        .destination_prefix(dst.network(), dst.prefix())
-                        .gateway(*gw)
-                        .output_interface(link.index)
-                        .build();
-                    exists_ok(
-                        handle
-                            .route()
-                            .add(route)
-                            .execute()
-                            .await
-                            .map_err(kernel(format!(
-                                "adding route {dst} via {gw} in {}",
-                                netns.path
-                            ))),
-                    )?;
-                }
-                for (dst, gw) in &spec.routes6 {
-                    let route = RouteMessageBuilder::<Ipv6Addr>::new()
-                        .destination_prefix(dst.network(), dst.prefix())
-                        .gateway(*gw)
-                        .output_interface(link.index)
-                        .build();
+                let routes = spec
+                    .routes
+                    .iter()
+                    .map(|(dst, gw)| {
+                        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                            .destination_prefix(dst.network(), dst.prefix())
+                            .gateway(*gw)
+                            .output_interface(link.index)
+                            .build();
+                        (dst.to_string(), gw.to_string(), route)
+                    })
+                    .chain(spec.routes6.iter().map(|(dst, gw)| {
+                        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                            .destination_prefix(dst.network(), dst.prefix())
+                            .gateway(*gw)
+                            .output_interface(link.index)
+                            .build();
+                        (dst.to_string(), gw.to_string(), route)
+                    }));
+                for (dst, gw, route) in routes {
                     exists_ok(
                         handle
                             .route()

@@ -256,12 +256,56 @@ pub(super) async fn get_routes(
     index: u32,
 ) -> Result<Vec<(Ipv4Network, Option<Ipv4Addr>)>, NetlinkError> {
     let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    let msgs = dump(
-        socket,
-        RouteNetlinkMessage::GetRoute(request),
-        "listing routes",
-    )
-    .await?;
+    let routes = route_dump(socket, request, index, "listing routes").await?;
+    Ok(routes
+        .into_iter()
+        .filter_map(|(dst, prefix, gw)| match (dst, gw) {
+            (RouteAddress::Inet(d), gw) => {
+                let gw = match gw {
+                    Some(RouteAddress::Inet(g)) => Some(g),
+                    _ => None,
+                };
+                Some((Ipv4Network::new(d, prefix).ok()?, gw))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+pub(super) async fn get_routes6(
+    socket: &Socket,
+    index: u32,
+) -> Result<Vec<(Ipv6Network, Option<Ipv6Addr>)>, NetlinkError> {
+    let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
+    let routes = route_dump(socket, request, index, "listing IPv6 routes").await?;
+    Ok(routes
+        .into_iter()
+        .filter_map(|(dst, prefix, gw)| match (dst, gw) {
+            (RouteAddress::Inet6(d), gw) => {
+                let gw = match gw {
+                    Some(RouteAddress::Inet6(g)) => Some(g),
+                    _ => None,
+                };
+                Some((Ipv6Network::new(d, prefix).ok()?, gw))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The main-table routes through link `index` that a dump of `request`'s family lists:
+/// destination (the family's unspecified address for a default route), prefix length, gateway.
+async fn route_dump(
+    socket: &Socket,
+    request: netlink_packet_route::route::RouteMessage,
+    index: u32,
+    what: &str,
+) -> Result<Vec<(RouteAddress, u8, Option<RouteAddress>)>, NetlinkError> {
+    let unspecified = match request.header.address_family {
+        AddressFamily::Inet6 => RouteAddress::Inet6(Ipv6Addr::UNSPECIFIED),
+        _ => RouteAddress::Inet(Ipv4Addr::UNSPECIFIED),
+    };
+    let msgs = dump(socket, RouteNetlinkMessage::GetRoute(request), what).await?;
     let mut out = Vec::new();
     for msg in msgs {
         let RouteNetlinkMessage::NewRoute(msg) = msg else {
@@ -270,21 +314,19 @@ pub(super) async fn get_routes(
         if msg.header.table != RouteHeader::RT_TABLE_MAIN {
             continue;
         }
-        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut dst = unspecified.clone();
         let mut gw = None;
         let mut oif = None;
         for attr in &msg.attributes {
             match attr {
-                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-                RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(*a),
+                RouteAttribute::Destination(a) => dst = a.clone(),
+                RouteAttribute::Gateway(a) => gw = Some(a.clone()),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 _ => {}
             }
         }
         if oif == Some(index) {
-            if let Ok(net) = Ipv4Network::new(dst, msg.header.destination_prefix_length) {
-                out.push((net, gw));
-            }
+            out.push((dst, msg.header.destination_prefix_length, gw));
         }
     }
     Ok(out)
@@ -328,45 +370,6 @@ pub(super) async fn get_addresses6(
         }
         if let Some(net) = address.and_then(|a| Ipv6Network::new(a, msg.header.prefix_len).ok()) {
             out.push(net);
-        }
-    }
-    Ok(out)
-}
-
-pub(super) async fn get_routes6(
-    socket: &Socket,
-    index: u32,
-) -> Result<Vec<(Ipv6Network, Option<Ipv6Addr>)>, NetlinkError> {
-    let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
-    let msgs = dump(
-        socket,
-        RouteNetlinkMessage::GetRoute(request),
-        "listing IPv6 routes",
-    )
-    .await?;
-    let mut out = Vec::new();
-    for msg in msgs {
-        let RouteNetlinkMessage::NewRoute(msg) = msg else {
-            continue;
-        };
-        if msg.header.table != RouteHeader::RT_TABLE_MAIN {
-            continue;
-        }
-        let mut dst = Ipv6Addr::UNSPECIFIED;
-        let mut gw = None;
-        let mut oif = None;
-        for attr in &msg.attributes {
-            match attr {
-                RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = *a,
-                RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gw = Some(*a),
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                _ => {}
-            }
-        }
-        if oif == Some(index) {
-            if let Ok(net) = Ipv6Network::new(dst, msg.header.destination_prefix_length) {
-                out.push((net, gw));
-            }
         }
     }
     Ok(out)
