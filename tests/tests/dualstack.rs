@@ -131,7 +131,13 @@ fn dual_stack_add_check_del_in_every_cni_version() {
             host.check(&c, &results).assert_ok_empty();
         }
         host.del(&c, &results).assert_ok_empty();
-        assert_eq!(non_lo_links(c.name()), Vec::<String>::new(), "{version}");
+        // When DEL answers: no eth0, and no address of either family on what is left (the
+        // container end set aside until its deletion, if it is still there).
+        assert!(!link_exists(c.name(), "eth0"), "{version}");
+        for link in non_lo_links(c.name()) {
+            assert_eq!(addrs(c.name(), &link), Vec::<String>::new(), "{version}");
+            assert_eq!(global6(c.name(), &link), Vec::new(), "{version}");
+        }
         if version != "0.3.0" && version != "0.3.1" {
             // CHECK after DEL: the container is unknown.
             assert_ne!(host.check(&c, &results).status, 0);
