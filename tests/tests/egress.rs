@@ -235,12 +235,7 @@ fn a_forward_drop_policy_elsewhere_is_reported_with_what_to_do_until_it_is_done(
         ok(host.netns(), args);
     }
     assert!(!reaches(&c, UPSTREAM_URL), "the drop policy drops egress");
-    assert!(
-        poll(Duration::from_secs(3), || !warnings(&host).is_empty()),
-        "flatnetctl status never warned:\n{}",
-        host.daemon_log()
-    );
-    let warning = warnings(&host).remove(0);
+    let warning = wait_for_warning(&host);
     assert!(
         warning.contains("ip filter FORWARD") && warning.contains("10.87.1.0/24"),
         "{warning}"
@@ -267,15 +262,7 @@ fn a_forward_drop_policy_elsewhere_is_reported_with_what_to_do_until_it_is_done(
     .assert_ok_empty();
 
     // Doing what the warning says lets the traffic through and ends the warning.
-    let (_, advice) = warning
-        .split_once("for Docker: ")
-        .expect("the warning says what to do");
-    ok(host.netns(), &["sh", "-c", advice]);
-    assert!(
-        poll(Duration::from_secs(3), || warnings(&host).is_empty()),
-        "still warned after following the advice: {:?}",
-        warnings(&host)
-    );
+    follow_advice(&host, &warning);
     host.cni("STATUS", None, "", "", "", &conf)
         .assert_ok_empty();
     assert_eq!(http_get(&c, UPSTREAM_URL), HOST_UPLINK);
@@ -324,6 +311,30 @@ fn ipv6_egress_of_a_dual_stack_network_is_masqueraded_too() {
     host.del(&r, &routed).assert_ok_empty();
 }
 
+/// The first warning `flatnetctl status` gives, within 3 s (the check runs once a second).
+fn wait_for_warning(host: &Host) -> String {
+    assert!(
+        poll(Duration::from_secs(3), || !warnings(host).is_empty()),
+        "flatnetctl status never warned:\n{}",
+        host.daemon_log()
+    );
+    warnings(host).remove(0)
+}
+
+/// Runs what `warning` says to do, exactly as printed, in the host's namespace; the warnings end
+/// within 3 s.
+fn follow_advice(host: &Host, warning: &str) {
+    let (_, advice) = warning
+        .split_once("for Docker: ")
+        .expect("the warning says what to do");
+    ok(host.netns(), &["sh", "-c", advice]);
+    assert!(
+        poll(Duration::from_secs(3), || warnings(host).is_empty()),
+        "still warned after following the advice: {:?}",
+        warnings(host)
+    );
+}
+
 /// One try of an HTTP GET from `c` to `url`, bounded to 2 s.
 fn reaches(c: &Netns, url: &str) -> bool {
     let args = [
@@ -354,12 +365,7 @@ fn an_ipv6_forward_drop_policy_is_reported_for_the_ipv6_subnet() {
     }
     assert!(!reaches(&c, UPSTREAM6_URL), "IPv6 egress is dropped");
     assert!(reaches(&c, UPSTREAM_URL), "IPv4 egress is not");
-    assert!(
-        poll(Duration::from_secs(3), || !warnings(&host).is_empty()),
-        "flatnetctl status never warned:\n{}",
-        host.daemon_log()
-    );
-    let warning = warnings(&host).remove(0);
+    let warning = wait_for_warning(&host);
     assert!(
         warning.contains("ip6 filter FORWARD")
             && warning.contains("fd87:1::/64")
@@ -368,16 +374,8 @@ fn an_ipv6_forward_drop_policy_is_reported_for_the_ipv6_subnet() {
     );
     let status = host.cni("STATUS", None, "", "", "", &conf);
     status.assert_code(51);
-    let (_, advice) = warning
-        .split_once("for Docker: ")
-        .expect("the warning says what to do");
-    assert!(advice.starts_with("ip6tables "), "{advice}");
-    ok(host.netns(), &["sh", "-c", advice]);
-    assert!(
-        poll(Duration::from_secs(3), || warnings(&host).is_empty()),
-        "still warned after following the advice: {:?}",
-        warnings(&host)
-    );
+    assert!(warning.contains("for Docker: ip6tables "), "{warning}");
+    follow_advice(&host, &warning);
     host.cni("STATUS", None, "", "", "", &conf)
         .assert_ok_empty();
     assert_eq!(http_get(&c, UPSTREAM6_URL), HOST_UPLINK6);

@@ -223,32 +223,14 @@ pub(super) async fn get_addresses(
     socket: &Socket,
     index: u32,
 ) -> Result<Vec<Ipv4Network>, NetlinkError> {
-    let mut request = AddressMessage::default();
-    request.header.family = AddressFamily::Inet;
-    request.header.index = index;
-    let msgs = dump(
-        socket,
-        RouteNetlinkMessage::GetAddress(request),
-        &format!("listing addresses of link {index}"),
-    )
-    .await?;
-    let mut out = Vec::new();
-    for msg in msgs {
-        let RouteNetlinkMessage::NewAddress(msg) = msg else {
-            continue;
-        };
-        if msg.header.index != index {
-            continue;
-        }
-        for attr in &msg.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
-                if let Ok(net) = Ipv4Network::new(*ip, msg.header.prefix_len) {
-                    out.push(net);
-                }
-            }
-        }
-    }
-    Ok(out)
+    let addrs = address_dump(socket, index, AddressFamily::Inet).await?;
+    Ok(addrs
+        .into_iter()
+        .filter_map(|(ip, prefix, _)| match ip {
+            IpAddr::V4(ip) => Ipv4Network::new(ip, prefix).ok(),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
 }
 
 pub(super) async fn get_routes(
@@ -339,13 +321,34 @@ pub(super) async fn get_addresses6(
     index: u32,
 ) -> Result<Vec<Ipv6Network>, NetlinkError> {
     use netlink_packet_route::address::AddressFlags;
+    let addrs = address_dump(socket, index, AddressFamily::Inet6).await?;
+    Ok(addrs
+        .into_iter()
+        .filter(|(_, _, flags)| {
+            !flags.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed)
+        })
+        .filter_map(|(ip, prefix, _)| match ip {
+            IpAddr::V6(ip) => Ipv6Network::new(ip, prefix).ok(),
+            IpAddr::V4(_) => None,
+        })
+        .collect())
+}
+
+/// The addresses of one family on link `index`: address, prefix length and flags (IFA_FLAGS,
+/// or the header's when the kernel sends none).
+async fn address_dump(
+    socket: &Socket,
+    index: u32,
+    family: AddressFamily,
+) -> Result<Vec<(IpAddr, u8, netlink_packet_route::address::AddressFlags)>, NetlinkError> {
+    use netlink_packet_route::address::AddressFlags;
     let mut request = AddressMessage::default();
-    request.header.family = AddressFamily::Inet6;
+    request.header.family = family;
     request.header.index = index;
     let msgs = dump(
         socket,
         RouteNetlinkMessage::GetAddress(request),
-        &format!("listing IPv6 addresses of link {index}"),
+        &format!("listing addresses of link {index}"),
     )
     .await?;
     let mut out = Vec::new();
@@ -360,16 +363,13 @@ pub(super) async fn get_addresses6(
         let mut address = None;
         for attr in &msg.attributes {
             match attr {
-                AddressAttribute::Address(IpAddr::V6(ip)) => address = Some(*ip),
+                AddressAttribute::Address(ip) => address = Some(*ip),
                 AddressAttribute::Flags(f) => flags = *f,
                 _ => {}
             }
         }
-        if flags.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed) {
-            continue;
-        }
-        if let Some(net) = address.and_then(|a| Ipv6Network::new(a, msg.header.prefix_len).ok()) {
-            out.push(net);
+        if let Some(ip) = address {
+            out.push((ip, msg.header.prefix_len, flags));
         }
     }
     Ok(out)
