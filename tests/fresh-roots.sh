@@ -152,6 +152,9 @@ on_machine() { # on_machine PID LOG SCRIPT
         env -i HOME=/root TERM=dumb LANG=C.UTF-8 CI=true PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
         bash -lc "cd '$REPO' && set -euo pipefail && $3" >"$log" 2>&1; then
+        # A failed test's own output (cargo prints it between "---- NAME stdout ----" and the list
+        # of failures) comes first, since only what is printed outlives the checkout.
+        awk '/^---- .* stdout ----$/, /^failures:$/' "$log" | head -n 300 >&2
         tail -n 60 "$log" >&2
         return 1
     fi

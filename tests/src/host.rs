@@ -84,6 +84,12 @@ impl Host {
         fs::read_to_string(self.log_path()).unwrap_or_else(|e| format!("<no daemon log: {e}>"))
     }
 
+    /// Whether the daemon's log holds `text` within 5 s: the daemon logs a change after making it,
+    /// so a test that saw the change may read the log a moment too early.
+    pub fn logged(&self, text: &str) -> bool {
+        poll(Duration::from_secs(5), || self.daemon_log().contains(text))
+    }
+
     fn start_daemon(&self) {
         self.start_daemon_with_env(&[]);
     }

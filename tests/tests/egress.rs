@@ -125,7 +125,7 @@ fn the_table_is_back_within_two_seconds_after_a_flush_and_after_a_restart() {
         "egress works again, same container"
     );
     assert!(
-        host.daemon_log().contains("wrote it again"),
+        host.logged("wrote it again"),
         "{}",
         host.daemon_log()
     );
@@ -246,7 +246,7 @@ fn a_forward_drop_policy_elsewhere_is_reported_with_what_to_do_until_it_is_done(
     status.assert_code(51);
     assert_eq!(status.msg(), warning, "{status}");
     assert!(
-        host.daemon_log().contains(&warning),
+        host.logged(&warning),
         "{}",
         host.daemon_log()
     );
@@ -267,7 +267,7 @@ fn a_forward_drop_policy_elsewhere_is_reported_with_what_to_do_until_it_is_done(
         .assert_ok_empty();
     assert_eq!(http_get(&c, UPSTREAM_URL), HOST_UPLINK);
     assert!(
-        host.daemon_log().contains("no other nftables table drops"),
+        host.logged("no other nftables table drops"),
         "{}",
         host.daemon_log()
     );
