@@ -67,16 +67,18 @@ pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
             let mut v = json!({
                 "name": n.name,
                 "bridge": n.bridge,
-                "subnet": n.subnet,
-                "gateway": n.gateway,
                 "isGateway": n.is_gateway,
-                "rangeStart": n.range_start,
-                "rangeEnd": n.range_end,
                 "mtu": n.mtu,
-                "addressesInUse": n.addresses_in_use,
-                "addressesFree": n.addresses_free,
             });
-            // The IPv6 range only when there is one, as grpcurl leaves empty fields out.
+            // Each family's range only when there is one, as grpcurl leaves empty fields out.
+            if !n.subnet.is_empty() {
+                v["subnet"] = json!(n.subnet);
+                v["gateway"] = json!(n.gateway);
+                v["rangeStart"] = json!(n.range_start);
+                v["rangeEnd"] = json!(n.range_end);
+                v["addressesInUse"] = json!(n.addresses_in_use);
+                v["addressesFree"] = json!(n.addresses_free);
+            }
             if !n.subnet6.is_empty() {
                 v["subnet6"] = json!(n.subnet6);
                 v["gateway6"] = json!(n.gateway6);
@@ -102,8 +104,8 @@ pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
                 both(&n.subnet, &n.subnet6),
                 both(&n.gateway, &n.gateway6),
                 range,
-                both_counts(n.addresses_in_use, n.addresses6_in_use, &n.subnet6),
-                both_counts(n.addresses_free, n.addresses6_free, &n.subnet6),
+                both_counts(n, n.addresses_in_use, n.addresses6_in_use),
+                both_counts(n, n.addresses_free, n.addresses6_free),
             ]
         })
         .collect();
@@ -114,27 +116,25 @@ pub fn networks(list: &[v1::Network], as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An IPv4 value and, on a dual-stack network, its IPv6 counterpart, in one table cell.
+/// An IPv4 value and its IPv6 counterpart, those that are there, in one table cell.
 fn both(v4: &str, v6: &str) -> String {
-    match v6 {
-        "" => v4.to_string(),
-        v6 => format!("{v4},{v6}"),
+    match (v4, v6) {
+        (v4, "") => v4.to_string(),
+        ("", v6) => v6.to_string(),
+        (v4, v6) => format!("{v4},{v6}"),
     }
 }
 
-/// A count and, on a dual-stack network (`subnet6` not empty), the IPv6 one.
-fn both_counts(v4: u64, v6: u64, subnet6: &str) -> String {
-    if subnet6.is_empty() {
-        v4.to_string()
-    } else {
-        format!("{v4},{v6}")
-    }
+/// A count for each family network `n` has a range of (IPv4 first).
+fn both_counts(n: &v1::Network, v4: u64, v6: u64) -> String {
+    let v4 = (!n.subnet.is_empty()).then(|| v4.to_string());
+    let v6 = (!n.subnet6.is_empty()).then(|| v6.to_string());
+    both(&v4.unwrap_or_default(), &v6.unwrap_or_default())
 }
 
 fn allocation_json(a: &Allocation) -> Value {
     let mut v = json!({
         "network": a.network,
-        "address": a.address,
         "containerId": a.container_id,
         "containerName": a.container_name,
         "aliases": a.aliases,
@@ -144,6 +144,9 @@ fn allocation_json(a: &Allocation) -> Value {
         "createdUnix": a.created_unix,
         "bootId": a.boot_id,
     });
+    if !a.address.is_empty() {
+        v["address"] = json!(a.address);
+    }
     if !a.address6.is_empty() {
         v["address6"] = json!(a.address6);
     }
@@ -196,7 +199,10 @@ pub fn details(list: &[Allocation], as_json: bool) -> anyhow::Result<()> {
             println!();
         }
         let created = format!("{} ({} ago)", iso8601(a.created_unix), age(a.created_unix));
-        let mut fields = vec![("address", a.address.clone())];
+        let mut fields = Vec::new();
+        if !a.address.is_empty() {
+            fields.push(("address", a.address.clone()));
+        }
         if !a.address6.is_empty() {
             fields.push(("address6", a.address6.clone()));
         }
@@ -298,7 +304,7 @@ pub fn event(e: &AllocationEvent, as_json: bool) {
         "{}  {:<8}  {:<18}  {}  {}  {}  {}",
         iso8601_ms(e.time_unix_ms),
         event_name(e),
-        a.address,
+        both(&a.address, &a.address6),
         a.network,
         short_id(&a.container_id),
         or_dash(&a.container_name),

@@ -7,7 +7,9 @@ use ipnetwork::Ipv4Network;
 use serde_json::{Map, Value};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+mod ipam4;
 mod ipam6;
+pub use ipam4::{Ipam4, Route};
 pub use ipam6::{Ipam6, Route6};
 
 /// Bridge used when the config names none.
@@ -70,40 +72,13 @@ pub struct NetConf {
     pub valid_attachments: Option<Vec<(String, String)>>,
 }
 
-/// Host-local-style address management settings.
+/// Host-local-style address management settings: a range of one address family or of both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpamConf {
-    pub subnet: Ipv4Network,
-    pub range_start: Ipv4Addr,
-    pub range_end: Ipv4Addr,
-    pub gateway: Ipv4Addr,
-    pub routes: Vec<Route>,
-    /// The IPv6 range of a dual-stack network.
+    /// The IPv4 range; `None` on an IPv6-only network.
+    pub v4: Option<Ipam4>,
+    /// The IPv6 range of a dual-stack or IPv6-only network.
     pub v6: Option<Ipam6>,
-}
-
-/// A route installed in the container; `gw` defaults to the network's gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub dst: Ipv4Network,
-    pub gw: Option<Ipv4Addr>,
-}
-
-impl IpamConf {
-    /// The gateway a route uses inside the container.
-    pub fn route_gateway(&self, route: &Route) -> Ipv4Addr {
-        route.gw.unwrap_or(self.gateway)
-    }
-
-    /// Whether `ip` may be handed out: inside the range and neither the gateway, the network
-    /// address nor the broadcast address.
-    pub fn assignable(&self, ip: Ipv4Addr) -> bool {
-        ip >= self.range_start
-            && ip <= self.range_end
-            && ip != self.gateway
-            && ip != self.subnet.network()
-            && ip != self.subnet.broadcast()
-    }
 }
 
 impl NetConf {
@@ -275,7 +250,7 @@ fn parse_ipam(v: Option<&Value>) -> Result<IpamConf, ConfigError> {
     // `ranges` (host-local's newer form): one range set per address family, each holding one
     // range; it replaces the top-level keys.
     let (range_obj, mut v6) = match obj.get("ranges") {
-        None | Some(Value::Null) => (obj, None),
+        None | Some(Value::Null) => (Some(obj), None),
         Some(Value::Array(sets)) => {
             if obj.contains_key("subnet") {
                 return Err(invalid("ipam has both subnet and ranges: use one of them"));
@@ -285,65 +260,27 @@ fn parse_ipam(v: Option<&Value>) -> Result<IpamConf, ConfigError> {
         Some(v) => return Err(invalid(format!("ipam ranges must be a list, not {v}"))),
     };
 
-    let subnet_str = opt_str(range_obj, "subnet")?.unwrap_or_else(|| DEFAULT_SUBNET.to_string());
-    let subnet = parse_cidr("ipam subnet", &subnet_str)?;
-    if subnet.ip() != subnet.network() {
-        return Err(invalid(format!(
-            "ipam subnet {subnet_str} has host bits set: did you mean {}/{}?",
-            subnet.network(),
-            subnet.prefix()
-        )));
-    }
-    if subnet.prefix() > 30 {
-        return Err(invalid(format!(
-            "ipam subnet {subnet_str} is too small: it needs room for a gateway and containers (/30 or larger)"
-        )));
-    }
-    let first = u32::from(subnet.network()) + 1;
-    let last = u32::from(subnet.broadcast()) - 1;
-    let inside = |ip: Ipv4Addr| (first..=last).contains(&u32::from(ip));
-
-    let gateway = opt_ip(range_obj, "gateway")?.unwrap_or(Ipv4Addr::from(first));
-    if !inside(gateway) {
-        return Err(invalid(format!(
-            "ipam gateway {gateway} is not a host address of subnet {subnet}"
-        )));
-    }
-    let range_start = opt_ip(range_obj, "rangeStart")?.unwrap_or(Ipv4Addr::from(first));
-    let range_end = opt_ip(range_obj, "rangeEnd")?.unwrap_or(Ipv4Addr::from(last));
-    for (key, ip) in [("rangeStart", range_start), ("rangeEnd", range_end)] {
-        if !inside(ip) {
-            return Err(invalid(format!(
-                "ipam {key} {ip} is not a host address of subnet {subnet}"
-            )));
-        }
-    }
-    if range_start > range_end {
-        return Err(invalid(format!(
-            "ipam rangeStart {range_start} comes after rangeEnd {range_end}"
-        )));
-    }
-    if range_start == range_end && range_start == gateway {
-        return Err(invalid(format!(
-            "ipam range {range_start}-{range_end} holds only the gateway: no address is left for containers"
-        )));
-    }
-
-    let routes = match obj.get("routes") {
+    let mut v4 = range_obj.map(ipam4::parse_range4).transpose()?;
+    match obj.get("routes") {
         None | Some(Value::Null) => {
+            if let Some(v4) = v4.as_mut() {
+                v4.routes.push(Ipam4::default_route());
+            }
             if let Some(v6) = v6.as_mut() {
                 v6.routes.push(Ipam6::default_route());
             }
-            vec![Route {
-                dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("prefix 0 is valid"),
-                gw: None,
-            }]
         }
         Some(Value::Array(items)) => {
-            let mut routes = Vec::new();
             for item in items {
                 match parse_route(item)? {
-                    AnyRoute::V4(r) => routes.push(r),
+                    AnyRoute::V4(dst_str, r) => {
+                        let Some(v4) = v4.as_mut() else {
+                            return Err(invalid(format!(
+                                "ipam route dst {dst_str} is IPv4, but the network has no IPv4 range"
+                            )));
+                        };
+                        v4.routes.push(r);
+                    }
                     AnyRoute::V6(dst_str, dst, o) => {
                         let Some(v6) = v6.as_mut() else {
                             return Err(invalid(format!(
@@ -354,23 +291,18 @@ fn parse_ipam(v: Option<&Value>) -> Result<IpamConf, ConfigError> {
                     }
                 }
             }
-            routes
         }
         Some(v) => return Err(invalid(format!("ipam routes must be a list, not {v}"))),
     };
-    Ok(IpamConf {
-        subnet,
-        range_start,
-        range_end,
-        gateway,
-        routes,
-        v6,
-    })
+    Ok(IpamConf { v4, v6 })
 }
 
-/// `ipam.ranges`: at most one set per family, each with exactly one range; the IPv4 one is
-/// required (returned as its object, checked by the caller), the IPv6 one parsed here.
-fn parse_range_sets(sets: &[Value]) -> Result<(&Map<String, Value>, Option<Ipam6>), ConfigError> {
+/// The IPv4 range set's object (still to be checked) and the parsed IPv6 range, those given.
+type RangeSets<'a> = (Option<&'a Map<String, Value>>, Option<Ipam6>);
+
+/// `ipam.ranges`: at most one set per family, each with exactly one range, and at least one set;
+/// the IPv4 one is returned as its object (checked by the caller), the IPv6 one parsed here.
+fn parse_range_sets(sets: &[Value]) -> Result<RangeSets<'_>, ConfigError> {
     let mut v4 = None;
     let mut v6 = None;
     for set in sets {
@@ -413,17 +345,17 @@ fn parse_range_sets(sets: &[Value]) -> Result<(&Map<String, Value>, Option<Ipam6
             }
         }
     }
-    let Some(v4) = v4 else {
+    if v4.is_none() && v6.is_none() {
         return Err(invalid(
-            "ipam ranges has no IPv4 range: a flatnet network needs one, with an IPv6 range beside it if wanted (IPv6-only networks are not supported); add [{\"subnet\": \"10.87.1.0/24\"}]",
+            "ipam ranges holds no range: add one range set per address family, e.g. [[{\"subnet\": \"10.87.1.0/24\"}], [{\"subnet\": \"fd87:1::/64\"}]]",
         ));
-    };
+    }
     Ok((v4, v6))
 }
 
 /// A route of either family: IPv6 ones are finished by [`ipam6::parse_route6`].
 enum AnyRoute<'a> {
-    V4(Route),
+    V4(String, Route),
     V6(String, ipnetwork::Ipv6Network, &'a Map<String, Value>),
 }
 
@@ -451,7 +383,7 @@ fn parse_route(v: &Value) -> Result<AnyRoute<'_>, ConfigError> {
                 .map_err(|_| invalid(format!("ipam route gw {s:?} is not an IPv4 address")))
         })
         .transpose()?;
-    Ok(AnyRoute::V4(Route { dst, gw }))
+    Ok(AnyRoute::V4(dst_str, Route { dst, gw }))
 }
 
 /// `runtimeConfig.ips` (one address per family at most) and `runtimeConfig.mac`.
@@ -596,15 +528,42 @@ mod tests {
         let c = parse(base()).unwrap();
         assert_eq!(c.bridge, "flatnet-br0");
         assert!(c.is_gateway);
-        assert_eq!(c.ipam.subnet.to_string(), "10.87.1.0/24");
-        assert_eq!(c.ipam.gateway, Ipv4Addr::new(10, 87, 1, 1));
-        assert_eq!(c.ipam.range_start, Ipv4Addr::new(10, 87, 1, 1));
-        assert_eq!(c.ipam.range_end, Ipv4Addr::new(10, 87, 1, 254));
-        assert_eq!(c.ipam.routes.len(), 1);
-        assert_eq!(c.ipam.routes[0].dst.prefix(), 0);
-        assert!(!c.ipam.assignable(Ipv4Addr::new(10, 87, 1, 1)));
-        assert!(c.ipam.assignable(Ipv4Addr::new(10, 87, 1, 2)));
-        assert!(!c.ipam.assignable(Ipv4Addr::new(10, 87, 1, 255)));
+        assert_eq!(
+            c.ipam.v4.as_ref().unwrap().subnet.to_string(),
+            "10.87.1.0/24"
+        );
+        assert_eq!(
+            c.ipam.v4.as_ref().unwrap().gateway,
+            Ipv4Addr::new(10, 87, 1, 1)
+        );
+        assert_eq!(
+            c.ipam.v4.as_ref().unwrap().range_start,
+            Ipv4Addr::new(10, 87, 1, 1)
+        );
+        assert_eq!(
+            c.ipam.v4.as_ref().unwrap().range_end,
+            Ipv4Addr::new(10, 87, 1, 254)
+        );
+        assert_eq!(c.ipam.v4.as_ref().unwrap().routes.len(), 1);
+        assert_eq!(c.ipam.v4.as_ref().unwrap().routes[0].dst.prefix(), 0);
+        assert!(!c
+            .ipam
+            .v4
+            .as_ref()
+            .unwrap()
+            .assignable(Ipv4Addr::new(10, 87, 1, 1)));
+        assert!(c
+            .ipam
+            .v4
+            .as_ref()
+            .unwrap()
+            .assignable(Ipv4Addr::new(10, 87, 1, 2)));
+        assert!(!c
+            .ipam
+            .v4
+            .as_ref()
+            .unwrap()
+            .assignable(Ipv4Addr::new(10, 87, 1, 255)));
     }
 
     #[test]
@@ -613,7 +572,10 @@ mod tests {
         // flatnet refuses with a message that says what to do.
         let raw = r#"{"bridge":"flatnet-br0","capabilities":{"ips":true},"cniVersion":"1.0.0","ipam":{"routes":[{"dst":"0.0.0.0/0"}],"subnet":"10.87.1.0/24"},"isGateway":true,"name":"flatnet","type":"flatnet"}"#;
         let c = NetConf::parse(raw.as_bytes()).unwrap();
-        assert_eq!(c.ipam.subnet.to_string(), "10.87.1.0/24");
+        assert_eq!(
+            c.ipam.v4.as_ref().unwrap().subnet.to_string(),
+            "10.87.1.0/24"
+        );
         let e = parse(with(json!({"ipam": {"type": "host-local"}}))).unwrap_err();
         assert_eq!(e.code(), Code::InvalidConfig);
         assert!(e.msg.contains("remove ipam.type"), "{}", e.msg);
@@ -624,9 +586,18 @@ mod tests {
         let c = parse(with(json!({"ipam": {"ranges": [[{"subnet": "10.88.0.0/16",
             "rangeStart": "10.88.1.10", "rangeEnd": "10.88.1.20", "gateway": "10.88.0.1"}]]}})))
         .unwrap();
-        assert_eq!(c.ipam.subnet.to_string(), "10.88.0.0/16");
-        assert_eq!(c.ipam.range_start, Ipv4Addr::new(10, 88, 1, 10));
-        assert_eq!(c.ipam.gateway, Ipv4Addr::new(10, 88, 0, 1));
+        assert_eq!(
+            c.ipam.v4.as_ref().unwrap().subnet.to_string(),
+            "10.88.0.0/16"
+        );
+        assert_eq!(
+            c.ipam.v4.as_ref().unwrap().range_start,
+            Ipv4Addr::new(10, 88, 1, 10)
+        );
+        assert_eq!(
+            c.ipam.v4.as_ref().unwrap().gateway,
+            Ipv4Addr::new(10, 88, 0, 1)
+        );
     }
 
     #[test]
@@ -634,7 +605,10 @@ mod tests {
         let c = parse(with(json!({"ipam": {"ranges": [
             [{"subnet": "fd87:1::/64"}], [{"subnet": "10.87.1.0/24"}]]}})))
         .unwrap();
-        assert_eq!(c.ipam.subnet.to_string(), "10.87.1.0/24");
+        assert_eq!(
+            c.ipam.v4.as_ref().unwrap().subnet.to_string(),
+            "10.87.1.0/24"
+        );
         let v6 = c.ipam.v6.expect("the IPv6 set");
         assert_eq!(v6.subnet.to_string(), "fd87:1::/64");
         assert_eq!(v6.gateway, "fd87:1::1".parse::<Ipv6Addr>().unwrap());
@@ -652,7 +626,7 @@ mod tests {
             "routes": [{"dst": "0.0.0.0/0"}, {"dst": "fd00::/8", "gw": "fd87:1::fe"}]}})))
         .unwrap();
         let v6 = c.ipam.v6.unwrap();
-        assert_eq!(c.ipam.routes.len(), 1);
+        assert_eq!(c.ipam.v4.as_ref().unwrap().routes.len(), 1);
         assert_eq!(v6.routes.len(), 1);
         assert_eq!(v6.routes[0].dst.to_string(), "fd00::/8");
         assert_eq!(v6.range_start, "fd87:1::10".parse::<Ipv6Addr>().unwrap());
@@ -664,9 +638,20 @@ mod tests {
         assert_eq!(c.runtime_ip, Some(Ipv4Addr::new(10, 87, 1, 5)));
         assert_eq!(c.runtime_ip6, Some("fd87:1::5".parse().unwrap()));
 
+        // IPv6 only: no IPv4 range, and only the IPv6 default route.
+        let c = parse(with(
+            json!({"ipam": {"ranges": [[{"subnet": "fd87:1::/64"}]]}}),
+        ))
+        .unwrap();
+        assert_eq!(c.ipam.v4, None);
+        let v6 = c.ipam.v6.unwrap();
+        assert_eq!(v6.subnet.to_string(), "fd87:1::/64");
+        assert_eq!(v6.routes, [Ipam6::default_route()]);
+
         for (bad, says) in [
+            (json!({"ranges": []}), "holds no range"),
             (
-                json!({"ranges": [[{"subnet": "fd87:1::/64"}]]}),
+                json!({"ranges": [[{"subnet": "fd87:1::/64"}]], "routes": [{"dst": "0.0.0.0/0"}]}),
                 "no IPv4 range",
             ),
             (

@@ -91,13 +91,13 @@ pub struct Done {
     /// The CNI result to print, rendered for the configuration's `cniVersion`: ADD's; `None` for
     /// DEL, CHECK, GC and STATUS, which print nothing.
     pub result: Option<String>,
-    /// The address the request was about: the one ADD gave, the one DEL released, the one CHECK
-    /// found in place (for the log line).
-    pub address: Option<Ipv4Network>,
+    /// The addresses the request was about: those ADD gave, DEL released, CHECK found in place
+    /// (for the log line; see [`Allocation::address_text`]).
+    pub address: String,
 }
 
 impl Done {
-    fn with_address(address: Option<Ipv4Network>) -> Done {
+    fn with_address(address: String) -> Done {
         Done {
             result: None,
             address,
@@ -133,13 +133,15 @@ fn network_record(conf: &NetConf) -> ipam::NetworkRecord {
     ipam::NetworkRecord {
         name: conf.name.clone(),
         bridge: conf.bridge.clone(),
-        subnet: conf.ipam.subnet.network(),
-        prefix: conf.ipam.subnet.prefix(),
-        gateway: conf.ipam.gateway,
+        v4: conf.ipam.v4.as_ref().map(|v4| ipam::NetworkRecord4 {
+            subnet: v4.subnet.network(),
+            prefix: v4.subnet.prefix(),
+            gateway: v4.gateway,
+            range: Some((v4.range_start, v4.range_end)),
+        }),
         is_gateway: conf.is_gateway,
         mtu: conf.mtu,
         hairpin: conf.hairpin_mode,
-        range: Some((conf.ipam.range_start, conf.ipam.range_end)),
         ip_masq: conf.ip_masq,
         v6: conf.ipam.v6.as_ref().map(|v6| ipam::NetworkRecord6 {
             subnet: v6.subnet.network(),
@@ -153,14 +155,17 @@ fn network_record(conf: &NetConf) -> ipam::NetworkRecord {
 /// The subnets of `conf` the NAT table is about.
 fn nat_subnets(conf: &NetConf) -> Subnets {
     Subnets {
-        v4: conf.ipam.subnet,
+        v4: conf.ipam.v4.as_ref().map(|v4| v4.subnet),
         v6: conf.ipam.v6.as_ref().map(|v6| v6.subnet),
     }
 }
 
 /// The bridge a network uses, with its gateway addresses when the bridge is the gateway.
 fn bridge_spec(record: &ipam::NetworkRecord) -> BridgeSpec {
-    let gateway = Ipv4Network::new(record.gateway, record.prefix).ok();
+    let gateway = record
+        .v4
+        .as_ref()
+        .and_then(|v4| Ipv4Network::new(v4.gateway, v4.prefix).ok());
     let gateway6 = record
         .v6
         .as_ref()
@@ -204,7 +209,7 @@ pub struct Engine<N, S> {
     held: Arc<HeldBack>,
     /// Networks whose subnet passed [`Engine::check_overlap`], so the check (which reads other
     /// networks' allocations) runs only when a network is new or its subnet changed.
-    admitted: std::sync::Mutex<HashMap<String, (Ipv4Network, Option<Ipv6Network>)>>,
+    admitted: std::sync::Mutex<HashMap<String, Subnets>>,
     /// Deletes host veths after DEL has answered (see [`deleter`]).
     deleter: Arc<deleter::Deleter<N>>,
     /// Committed allocation changes, for `Inspect.Watch`.
@@ -273,11 +278,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     ) -> Result<tokio::task::JoinHandle<Result<(), crate::firewall::FirewallError>>, Error> {
         let networks = self.store.networks()?;
         let masq = networks.into_iter().filter(|n| n.ip_masq).filter_map(|n| {
-            let v4 = Ipv4Network::new(n.subnet, n.prefix).ok()?;
-            let v6 =
-                n.v6.as_ref()
-                    .and_then(|v6| Ipv6Network::new(v6.subnet, v6.prefix).ok());
-            Some((n.name, Subnets { v4, v6 }))
+            let subnets = Subnets {
+                v4: n.v4.as_ref().and_then(ipam::NetworkRecord4::subnet),
+                v6: n.v6.as_ref().and_then(ipam::NetworkRecord6::subnet),
+            };
+            (!subnets.is_empty()).then_some((n.name, subnets))
         });
         Ok(self.firewall.load_in_background(masq.collect()).await)
     }
@@ -416,14 +421,14 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     /// Refuses a new network whose subnet overlaps one that another network holds addresses in: the
     /// two would hand out the same addresses, and the host could route to only one of them.
     fn check_overlap(&self, conf: &NetConf) -> Result<(), Error> {
-        let ours = conf.ipam.subnet;
+        let ours = conf.ipam.v4.as_ref().map(|v4| v4.subnet);
         let ours6 = conf.ipam.v6.as_ref().map(|v6| v6.subnet);
         if self
             .admitted
             .lock()
             .expect("admitted poisoned")
             .get(&conf.name)
-            == Some(&(ours, ours6))
+            == Some(&nat_subnets(conf))
         {
             return Ok(());
         }
@@ -431,15 +436,12 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             if other.name == conf.name {
                 continue;
             }
-            let Ok(theirs) = Ipv4Network::new(other.subnet, other.prefix) else {
-                continue;
-            };
-            let overlap = (theirs.contains(ours.network()) || ours.contains(theirs.network()))
-                .then(|| (ours.to_string(), theirs.to_string()));
-            let theirs6 = other
-                .v6
-                .as_ref()
-                .and_then(|v6| Ipv6Network::new(v6.subnet, v6.prefix).ok());
+            let theirs = other.v4.as_ref().and_then(ipam::NetworkRecord4::subnet);
+            let overlap = ours.zip(theirs).and_then(|(o, t)| {
+                (t.contains(o.network()) || o.contains(t.network()))
+                    .then(|| (o.to_string(), t.to_string()))
+            });
+            let theirs6 = other.v6.as_ref().and_then(ipam::NetworkRecord6::subnet);
             let overlap6 = ours6.zip(theirs6).and_then(|(o, t)| {
                 (t.contains(o.network()) || o.contains(t.network()))
                     .then(|| (o.to_string(), t.to_string()))
@@ -460,7 +462,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         // held no addresses then): every other network is checked again on its next ADD.
         let mut admitted = self.admitted.lock().expect("admitted poisoned");
         admitted.clear();
-        admitted.insert(conf.name.clone(), (ours, ours6));
+        admitted.insert(conf.name.clone(), nat_subnets(conf));
         Ok(())
     }
 
@@ -643,13 +645,13 @@ pub(crate) mod tests {
             e.nl.add_link(&veth_name_salted("c2", "eth0", salt), None);
             let mut squatter = other.clone();
             squatter.container_id = format!("squatter{salt}");
-            squatter.address = Ipv4Addr::new(10, 87, 2, salt);
+            squatter.address = Some(Ipv4Addr::new(10, 87, 2, salt));
             squatter.host_veth = veth_name_salted("c2", "eth0", salt);
             e.store().insert(&squatter).unwrap();
         }
         let mut c2 = other.clone();
         c2.container_id = "squatter0".into();
-        c2.address = Ipv4Addr::new(10, 87, 2, 100);
+        c2.address = Some(Ipv4Addr::new(10, 87, 2, 100));
         c2.host_veth = veth_name("c2", "eth0");
         e.nl.add_link(&c2.host_veth, None);
         e.store().insert(&c2).unwrap();
@@ -921,13 +923,15 @@ pub(crate) mod tests {
             ipam::NetworkRecord {
                 name: "flatnet".into(),
                 bridge: "br-test".into(),
-                subnet: Ipv4Addr::new(10, 87, 1, 0),
-                prefix: 24,
-                gateway: Ipv4Addr::new(10, 87, 1, 1),
+                v4: Some(ipam::NetworkRecord4 {
+                    subnet: Ipv4Addr::new(10, 87, 1, 0),
+                    prefix: 24,
+                    gateway: Ipv4Addr::new(10, 87, 1, 1),
+                    range: Some((Ipv4Addr::new(10, 87, 1, 10), Ipv4Addr::new(10, 87, 1, 11))),
+                }),
                 is_gateway: true,
                 mtu: Some(1400),
                 hairpin: true,
-                range: Some((Ipv4Addr::new(10, 87, 1, 10), Ipv4Addr::new(10, 87, 1, 11))),
                 ip_masq: false,
                 v6: None,
             }

@@ -30,23 +30,31 @@ pub const DEFAULT_FLAT_RANGE: &str = "10.87.0.0/16";
 /// The same for IPv6: the IPv6 ranges of dual-stack networks (e.g. fd87:1::/64).
 pub const DEFAULT_FLAT_RANGE6: &str = "fd87::/16";
 
-/// A network's subnets: IPv4, and IPv6 on a dual-stack network.
+/// A network's subnets: IPv4 and IPv6, those it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnets {
-    pub v4: Ipv4Network,
+    pub v4: Option<Ipv4Network>,
     pub v6: Option<Ipv6Network>,
 }
 
 impl Subnets {
-    /// Both subnets (IPv4 first).
+    /// Its subnets (IPv4 first).
     pub fn all(&self) -> impl Iterator<Item = IpNetwork> {
-        std::iter::once(IpNetwork::V4(self.v4)).chain(self.v6.map(IpNetwork::V6))
+        let v4 = self.v4.map(IpNetwork::V4);
+        v4.into_iter().chain(self.v6.map(IpNetwork::V6))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_none() && self.v6.is_none()
     }
 }
 
 impl From<Ipv4Network> for Subnets {
     fn from(v4: Ipv4Network) -> Subnets {
-        Subnets { v4, v6: None }
+        Subnets {
+            v4: Some(v4),
+            v6: None,
+        }
     }
 }
 
@@ -367,13 +375,14 @@ pub fn script(
     };
     for (name, subnets) in networks {
         // Traffic that stays in the flat range (or in the network itself) keeps its source.
-        let subnet = subnets.v4;
-        let keep = if subnet.is_subnet_of(flat_range) {
-            flat_range.to_string()
-        } else {
-            format!("{{ {flat_range}, {subnet} }}")
-        };
-        rules("ip", subnet.to_string(), keep, name);
+        if let Some(subnet) = subnets.v4 {
+            let keep = if subnet.is_subnet_of(flat_range) {
+                flat_range.to_string()
+            } else {
+                format!("{{ {flat_range}, {subnet} }}")
+            };
+            rules("ip", subnet.to_string(), keep, name);
+        }
         if let Some(subnet6) = subnets.v6 {
             let keep = if subnet6.is_subnet_of(flat_range6) {
                 flat_range6.to_string()
@@ -458,7 +467,7 @@ mod tests {
             (
                 "a".to_string(),
                 Subnets {
-                    v4: net("10.87.1.0/24"),
+                    v4: Some(net("10.87.1.0/24")),
                     v6: Some("fd87:1::/64".parse().unwrap()),
                 },
             ),

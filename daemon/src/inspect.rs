@@ -72,7 +72,9 @@ pub fn matches_container(a: &ipam::Allocation, wanted: &str) -> bool {
 
 fn to_proto(a: ipam::Allocation) -> v1::Allocation {
     v1::Allocation {
-        address: format!("{}/{}", a.address, a.prefix),
+        address: a
+            .address
+            .map_or(String::new(), |ip| format!("{ip}/{}", a.prefix)),
         address6: a
             .address6
             .map_or(String::new(), |(ip, prefix)| format!("{ip}/{prefix}")),
@@ -104,13 +106,20 @@ fn event_to_proto(e: Event) -> v1::AllocationEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkUsage {
     pub record: NetworkRecord,
+    /// On a network with an IPv4 range.
+    pub v4: Option<Usage4>,
+    /// On a network with an IPv6 range: IPv6 addresses held, and those that can still be handed
+    /// out (at most `u64::MAX`).
+    pub v6: Option<(u64, u64)>,
+}
+
+/// The IPv4 counts of a [`NetworkUsage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage4 {
     /// The range handed out: the remembered one, or every host address of the subnet.
     pub range: (Ipv4Addr, Ipv4Addr),
     pub in_use: u64,
     pub free: u64,
-    /// On a dual-stack network: IPv6 addresses held, and those that can still be handed out
-    /// (at most `u64::MAX`).
-    pub v6: Option<(u64, u64)>,
 }
 
 /// Every remembered network with how many addresses are held and how many can still be handed
@@ -125,7 +134,7 @@ pub fn network_usage<S: Store>(store: &S) -> Result<Vec<NetworkUsage>, StoreErro
                 .or_default()
                 .insert(u128::from(ip6));
         }
-        held.entry(a.network).or_default().push(a.address);
+        held.entry(a.network).or_default().extend(a.address);
     }
     let mut out: Vec<NetworkUsage> = store
         .networks()?
@@ -135,21 +144,19 @@ pub fn network_usage<S: Store>(store: &S) -> Result<Vec<NetworkUsage>, StoreErro
                 .get(&record.name)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
+            let v4 = record.v4.as_ref().map(|v4| usage(v4, addrs));
             let v6 = record.v6.as_ref().map(|v6| {
                 let used = held6.get(&record.name).cloned().unwrap_or_default();
                 usage6(v6, &used)
             });
-            NetworkUsage {
-                v6,
-                ..usage(record, addrs)
-            }
+            NetworkUsage { record, v4, v6 }
         })
         .collect();
     out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
     Ok(out)
 }
 
-fn usage(record: NetworkRecord, held: &[Ipv4Addr]) -> NetworkUsage {
+fn usage(record: &ipam::NetworkRecord4, held: &[Ipv4Addr]) -> Usage4 {
     let subnet = Ipv4Network::new(record.subnet, record.prefix)
         .unwrap_or_else(|_| Ipv4Network::from(record.subnet));
     let (network, broadcast) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
@@ -161,7 +168,7 @@ fn usage(record: NetworkRecord, held: &[Ipv4Addr]) -> NetworkUsage {
         }
     });
     let (start, end) = (u32::from(range.0), u32::from(range.1));
-    // The same rule as `IpamConf::assignable`: in range, not the gateway, network or broadcast.
+    // The same rule as `Ipam4::assignable`: in range, not the gateway, network or broadcast.
     let assignable = |ip: u32| {
         (start..=end).contains(&ip)
             && ip != u32::from(record.gateway)
@@ -176,12 +183,10 @@ fn usage(record: NetworkRecord, held: &[Ipv4Addr]) -> NetworkUsage {
     let capacity = size.saturating_sub(reserved.len() as u64);
     let distinct: BTreeSet<u32> = held.iter().map(|ip| u32::from(*ip)).collect();
     let used_in_range = distinct.iter().filter(|ip| assignable(**ip)).count() as u64;
-    NetworkUsage {
+    Usage4 {
         range,
         in_use: held.len() as u64,
         free: capacity.saturating_sub(used_in_range),
-        record,
-        v6: None,
     }
 }
 
@@ -330,7 +335,9 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
             found
         };
         list.retain(|a| matches_container(a, &req.container));
-        list.sort_by(|a, b| (&a.network, a.address).cmp(&(&b.network, b.address)));
+        list.sort_by(|a, b| {
+            (&a.network, a.address, a.address6).cmp(&(&b.network, b.address, b.address6))
+        });
         tracing::debug!(method = "ListAllocations", found = list.len(), "inspect");
         Ok(Response::new(v1::ListAllocationsResponse {
             allocations: list.into_iter().map(to_proto).collect(),
@@ -384,39 +391,48 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
         let networks = network_usage(self.engine.store())
             .map_err(store_status)?
             .into_iter()
-            .map(|u| v1::Network {
-                subnet: format!("{}/{}", u.record.subnet, u.record.prefix),
-                gateway: u.record.gateway.to_string(),
-                is_gateway: u.record.is_gateway,
-                range_start: u.record.range.map_or(String::new(), |r| r.0.to_string()),
-                range_end: u.record.range.map_or(String::new(), |r| r.1.to_string()),
-                mtu: u.record.mtu.unwrap_or(0),
-                addresses_in_use: u.in_use,
-                addresses_free: u.free,
-                addresses6_in_use: u.v6.map_or(0, |v| v.0),
-                addresses6_free: u.v6.map_or(0, |v| v.1),
-                subnet6: u
-                    .record
-                    .v6
-                    .as_ref()
-                    .map_or(String::new(), |v| format!("{}/{}", v.subnet, v.prefix)),
-                gateway6: u
-                    .record
-                    .v6
-                    .as_ref()
-                    .map_or(String::new(), |v| v.gateway.to_string()),
-                range6_start: u
-                    .record
-                    .v6
-                    .as_ref()
-                    .map_or(String::new(), |v| v.range.0.to_string()),
-                range6_end: u
-                    .record
-                    .v6
-                    .as_ref()
-                    .map_or(String::new(), |v| v.range.1.to_string()),
-                name: u.record.name,
-                bridge: u.record.bridge,
+            .map(|u| {
+                let v4 = u.record.v4.as_ref();
+                v1::Network {
+                    subnet: v4.map_or(String::new(), |v| format!("{}/{}", v.subnet, v.prefix)),
+                    gateway: v4.map_or(String::new(), |v| v.gateway.to_string()),
+                    is_gateway: u.record.is_gateway,
+                    range_start: u
+                        .v4
+                        .as_ref()
+                        .map_or(String::new(), |v| v.range.0.to_string()),
+                    range_end: u
+                        .v4
+                        .as_ref()
+                        .map_or(String::new(), |v| v.range.1.to_string()),
+                    mtu: u.record.mtu.unwrap_or(0),
+                    addresses_in_use: u.v4.as_ref().map_or(0, |v| v.in_use),
+                    addresses_free: u.v4.as_ref().map_or(0, |v| v.free),
+                    addresses6_in_use: u.v6.map_or(0, |v| v.0),
+                    addresses6_free: u.v6.map_or(0, |v| v.1),
+                    subnet6: u
+                        .record
+                        .v6
+                        .as_ref()
+                        .map_or(String::new(), |v| format!("{}/{}", v.subnet, v.prefix)),
+                    gateway6: u
+                        .record
+                        .v6
+                        .as_ref()
+                        .map_or(String::new(), |v| v.gateway.to_string()),
+                    range6_start: u
+                        .record
+                        .v6
+                        .as_ref()
+                        .map_or(String::new(), |v| v.range.0.to_string()),
+                    range6_end: u
+                        .record
+                        .v6
+                        .as_ref()
+                        .map_or(String::new(), |v| v.range.1.to_string()),
+                    name: u.record.name.clone(),
+                    bridge: u.record.bridge.clone(),
+                }
             })
             .collect();
         Ok(Response::new(v1::ListNetworksResponse { networks }))
@@ -524,10 +540,10 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
 mod tests {
     use super::*;
 
-    fn record(range: Option<(Ipv4Addr, Ipv4Addr)>) -> NetworkRecord {
-        NetworkRecord {
+    fn record(range: Option<(Ipv4Addr, Ipv4Addr)>) -> ipam::NetworkRecord4 {
+        ipam::NetworkRecord4 {
             range,
-            ..crate::ipam::testing::network("n", "br")
+            ..crate::ipam::testing::network("n", "br").v4.unwrap()
         }
     }
 
@@ -541,15 +557,15 @@ mod tests {
     fn free_addresses_follow_the_range_and_skip_reserved_ones() {
         let ip = |last| Ipv4Addr::new(10, 87, 1, last);
         // Whole subnet: .1-.254 minus the gateway.
-        let u = usage(record(None), &[ip(2), ip(3)]);
+        let u = usage(&record(None), &[ip(2), ip(3)]);
         assert_eq!((u.range, u.in_use, u.free), ((ip(1), ip(254)), 2, 251));
         // A range without the gateway: all 11 can be handed out.
-        let u = usage(record(Some((ip(10), ip(20)))), &[ip(15)]);
+        let u = usage(&record(Some((ip(10), ip(20)))), &[ip(15)]);
         assert_eq!((u.in_use, u.free), (1, 10));
         // A range of the gateway and one more address.
-        let u = usage(record(Some((ip(1), ip(2)))), &[]);
+        let u = usage(&record(Some((ip(1), ip(2)))), &[]);
         assert_eq!(u.free, 1);
-        let u = usage(record(Some((ip(1), ip(2)))), &[ip(2)]);
+        let u = usage(&record(Some((ip(1), ip(2)))), &[ip(2)]);
         assert_eq!(u.free, 0);
     }
 
@@ -563,7 +579,7 @@ mod tests {
         assert_eq!(select_container(list.clone(), "abc1").unwrap().len(), 1);
         assert_eq!(
             select_container(list.clone(), "db").unwrap()[0].address,
-            Ipv4Addr::new(10, 87, 1, 3)
+            Some(Ipv4Addr::new(10, 87, 1, 3))
         );
         // "abc" is a full id as well as a prefix of the others: the full id wins.
         assert_eq!(

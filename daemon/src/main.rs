@@ -279,13 +279,13 @@ fn metrics_page(
                             in_use,
                             free,
                         });
-                        std::iter::once(NetworkGauge {
-                            network: u.record.name,
+                        let v4 = u.v4.map(|v4| NetworkGauge {
+                            network: u.record.name.clone(),
                             family: "ipv4",
-                            in_use: u.in_use,
-                            free: u.free,
-                        })
-                        .chain(v6)
+                            in_use: v4.in_use,
+                            free: v4.free,
+                        });
+                        v4.into_iter().chain(v6)
                     })
                     .collect()
             }

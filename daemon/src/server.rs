@@ -186,7 +186,7 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
         let duration_ms = took.as_secs_f64() * 1000.0;
         let reply = match outcome {
             Ok(done) => {
-                let address = done.address.map(|a| a.to_string()).unwrap_or_default();
+                let address = done.address;
                 tracing::info!(request_id, verb, container_id = %domain.container_id,
                     ifname = %domain.ifname, network, address, duration_ms, "ok");
                 self.metrics.record(verb, took, None);
@@ -209,7 +209,7 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
                     })
                     .ok()
                     .flatten()
-                    .map(|a| a.network_address().to_string())
+                    .map(|a| a.address_text())
                     .unwrap_or_default();
                 tracing::warn!(request_id, verb, container_id = %domain.container_id,
                     ifname = %domain.ifname, network, address, code = code.as_u32(), error = %e,

@@ -19,7 +19,7 @@ async fn add_check_del_through_exec() {
         .await
         .expect("ADD");
     let result: Value = add.json();
-    assert_eq!(add.address, Some("10.87.1.10/24".parse().unwrap()));
+    assert_eq!(add.address, "10.87.1.10/24");
     assert_eq!(result["ips"][0]["address"], "10.87.1.10/24");
     assert_eq!(result["interfaces"][1]["name"], veth_name("c1", "eth0"));
     assert_eq!(

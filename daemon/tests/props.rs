@@ -5,7 +5,7 @@
 //! The allocator is checked against a model: a map of who holds which address, and the round-robin
 //! rule the README promises (the next free address after the last one handed out).
 
-use flatnet_daemon::config::{IpamConf, NetConf};
+use flatnet_daemon::config::{Ipam4, IpamConf, NetConf};
 use flatnet_daemon::ipam::testing::allocation;
 use flatnet_daemon::ipam::{self, AllocKey, IpamError, MemStore, SledStore, Store};
 use flatnet_proto::cni::{self, CniArgs, Code, SUPPORTED_VERSIONS};
@@ -329,6 +329,13 @@ fn assert_invariants(raw: &[u8], c: &NetConf) {
 }
 
 fn assert_ipam_invariants(ipam: &IpamConf, ctx: &str) {
+    let Some(ipam) = &ipam.v4 else {
+        assert!(
+            ipam.v6.is_some(),
+            "accepted a network without a range: {ctx}"
+        );
+        return;
+    };
     let net = ipam.subnet;
     assert_eq!(net.ip(), net.network(), "subnet with host bits: {ctx}");
     assert!(net.prefix() <= 30, "subnet {net} has no room: {ctx}");
@@ -608,12 +615,12 @@ fn pool(prefixes: std::ops::RangeInclusive<u8>) -> impl Strategy<Value = Pool> {
 
 impl Pool {
     /// Parsed through the real config parser, which must accept it.
-    fn ipam(&self) -> IpamConf {
+    fn ipam(&self) -> Ipam4 {
         let raw = json!({"cniVersion": "1.0.0", "name": "n", "type": "flatnet", "ipam": {
             "subnet": self.subnet, "rangeStart": self.start.to_string(),
             "rangeEnd": self.end.to_string(), "gateway": self.gateway.to_string()}});
         match NetConf::parse(raw.to_string().as_bytes()) {
-            Ok(c) => c.ipam,
+            Ok(c) => c.ipam.v4.expect("an IPv4 pool"),
             Err(e) => panic!("a valid pool was refused ({}): {raw}", e.msg),
         }
     }
@@ -642,7 +649,7 @@ fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
 /// The model's round-robin answer: the first assignable, free address after `last` in cyclic order
 /// through the range (from the range start when `last` is not in the range).
 fn model_next(
-    ipam: &IpamConf,
+    ipam: &Ipam4,
     last: Option<Ipv4Addr>,
     held: &BTreeMap<String, Ipv4Addr>,
 ) -> Option<Ipv4Addr> {
@@ -758,7 +765,7 @@ fn run_allocator<S: Store>(store: &S, p: &Pool, ops: &[Op]) -> Result<Outcomes, 
                 let removed = store
                     .remove(&key)
                     .map_err(|e| TestCaseError::fail(format!("step {step}: remove: {e}")))?;
-                prop_assert_eq!(removed.map(|a| a.address), Some(ip), "step {}", step);
+                prop_assert_eq!(removed.and_then(|a| a.address), Some(ip), "step {}", step);
                 prop_assert!(
                     !store.is_taken("n", ip.into()).unwrap(),
                     "step {step}: {ip} still taken"
@@ -766,14 +773,15 @@ fn run_allocator<S: Store>(store: &S, p: &Pool, ops: &[Op]) -> Result<Outcomes, 
                 seen.released += 1;
             }
         }
-        let mut listed: Vec<(String, Ipv4Addr)> = store
+        let mut listed: Vec<(String, Option<Ipv4Addr>)> = store
             .list(Some("n"))
             .map_err(|e| TestCaseError::fail(e.to_string()))?
             .into_iter()
             .map(|a| (a.container_id, a.address))
             .collect();
         listed.sort();
-        let want: Vec<(String, Ipv4Addr)> = held.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let want: Vec<(String, Option<Ipv4Addr>)> =
+            held.iter().map(|(k, v)| (k.clone(), Some(*v))).collect();
         prop_assert_eq!(listed, want, "step {}: store and model disagree", step);
     }
     Ok(seen)

@@ -100,6 +100,43 @@ pub(crate) fn family_addrs(netns: &str, dev: &str, family: &str) -> Vec<String> 
         .collect()
 }
 
+/// `dev`'s IPv6 addresses in `netns` with their flags (`ip -j -6 addr`), global scope only.
+pub fn global6(netns: &str, dev: &str) -> Vec<(String, Vec<String>)> {
+    let v = ip_json(netns, &["-6", "addr", "show", "dev", dev]);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["scope"] == "global")
+        .map(|a| {
+            let flags = ["tentative", "dadfailed", "deprecated"]
+                .iter()
+                .filter(|f| a[**f] == true)
+                .map(|f| f.to_string())
+                .collect();
+            (
+                format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]),
+                flags,
+            )
+        })
+        .collect()
+}
+
+/// The IPv6 routes of `netns` as (dst, gateway).
+pub fn routes6(netns: &str) -> Vec<(String, String)> {
+    ip_json(netns, &["-6", "route", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["dst"].as_str().unwrap_or("").to_string(),
+                r["gateway"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The link's `inet6_addr_gen_mode` from `ip -d -j link show` ("none", "eui64", ...).
 pub fn addr_gen_mode(netns: &str, dev: &str) -> Option<String> {
     as_array(ip_json(netns, &["-d", "link", "show", "dev", dev]))

@@ -227,6 +227,18 @@ pub fn result_cidr(result: &Value) -> String {
         .to_string()
 }
 
+/// The result's IPv6 address ("fd87:1::2/64").
+pub fn result_cidr6(result: &Value) -> String {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .find(|a| a.contains(':'))
+        .unwrap_or_else(|| panic!("result has no IPv6 address: {result:#}"))
+        .to_string()
+}
+
 /// `ips[0].address` without the prefix length ("10.87.1.2").
 pub fn result_ip(result: &Value) -> String {
     let cidr = result_cidr(result);

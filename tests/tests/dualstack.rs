@@ -26,55 +26,6 @@ fn dual(host: &Host, version: &str) -> Value {
     }))
 }
 
-/// The result's IPv6 address ("fd87:1::2/64").
-fn result_cidr6(result: &Value) -> String {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str())
-        .find(|a| a.contains(':'))
-        .unwrap_or_else(|| panic!("result has no IPv6 address: {result:#}"))
-        .to_string()
-}
-
-/// `dev`'s IPv6 addresses in `netns` with their flags (`ip -j -6 addr`), global scope only.
-fn global6(netns: &str, dev: &str) -> Vec<(String, Vec<String>)> {
-    let v = ip_json(netns, &["-6", "addr", "show", "dev", dev]);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-        .filter(|a| a["scope"] == "global")
-        .map(|a| {
-            let flags = ["tentative", "dadfailed", "deprecated"]
-                .iter()
-                .filter(|f| a[**f] == true)
-                .map(|f| f.to_string())
-                .collect();
-            (
-                format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]),
-                flags,
-            )
-        })
-        .collect()
-}
-
-/// The IPv6 routes of `netns` as (dst, gateway).
-fn routes6(netns: &str) -> Vec<(String, String)> {
-    ip_json(netns, &["-6", "route", "show"])
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r["dst"].as_str().unwrap_or("").to_string(),
-                r["gateway"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn dual_stack_add_check_del_in_every_cni_version() {
     let host = host();

@@ -124,11 +124,7 @@ fn the_table_is_back_within_two_seconds_after_a_flush_and_after_a_restart() {
         HOST_UPLINK,
         "egress works again, same container"
     );
-    assert!(
-        host.logged("wrote it again"),
-        "{}",
-        host.daemon_log()
-    );
+    assert!(host.logged("wrote it again"), "{}", host.daemon_log());
 
     // The daemon writes the table at start for the networks it remembers.
     host.stop_daemon();
@@ -245,11 +241,7 @@ fn a_forward_drop_policy_elsewhere_is_reported_with_what_to_do_until_it_is_done(
     let status = host.cni("STATUS", None, "", "", "", &conf);
     status.assert_code(51);
     assert_eq!(status.msg(), warning, "{status}");
-    assert!(
-        host.logged(&warning),
-        "{}",
-        host.daemon_log()
-    );
+    assert!(host.logged(&warning), "{}", host.daemon_log());
     // A network without ipMasq has nothing to report.
     host.cni(
         "STATUS",

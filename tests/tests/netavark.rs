@@ -349,8 +349,12 @@ fn bad_plugin_input_is_refused_with_a_message() {
         ),
         (
             setup.to_vec(),
-            with("network", Some("subnets"), json!([{"subnet": "fd87::/64"}])),
-            "IPv4",
+            with(
+                "network",
+                Some("subnets"),
+                json!([{"subnet": "fd87::/127"}]),
+            ),
+            "/126 or larger",
         ),
         (
             vec!["setup".into(), "/proc/self/status".into()],

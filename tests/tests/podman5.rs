@@ -287,6 +287,65 @@ fn a_network_created_with_ipv6_is_dual_stack_and_takes_ip6() {
 }
 
 #[test]
+fn a_network_created_with_only_an_ipv6_subnet_is_ipv6_only() {
+    let s = guest();
+    s.podman_ok(&[
+        "network",
+        "create",
+        "-d",
+        "flatnet",
+        "--ipv6",
+        "--subnet",
+        "fd87:7::/64",
+        "-o",
+        "bridge=fnbr7",
+        "sixonly",
+    ]);
+    let subnets = s.podman_ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .Subnets}}{{.Subnet}} {{end}}",
+        "sixonly",
+    ]);
+    assert_eq!(subnets.trim(), "fd87:7::/64");
+    s.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web7",
+        "--network",
+        "sixonly",
+        "--ip6",
+        "fd87:7::77",
+        IMAGE,
+        "sh",
+        "-c",
+        &httpd("seven"),
+    ]);
+    let eth0 = s.podman_ok(&["exec", "web7", "ip", "-o", "addr", "show", "eth0"]);
+    assert!(eth0.contains("inet6 fd87:7::77/64"), "{eth0}");
+    assert!(!eth0.contains("inet "), "no IPv4 address: {eth0}");
+    assert_eq!(s.fetch("http://[fd87:7::77]/").unwrap().trim(), "seven");
+    // An IPv4 address cannot be asked of it (Podman itself may refuse first: it is in none of
+    // the network's subnets); the message names it, and nothing is left held.
+    let out = s.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "sixonly",
+        "--ip",
+        "10.87.7.5",
+        IMAGE,
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("10.87.7.5"), "{err}");
+    s.podman_ok(&["rm", "-f", "-t", "0", "web7"]);
+    assert_eq!(held(&s), Vec::<(String, String)>::new());
+}
+
+#[test]
 fn ten_started_in_parallel_get_ten_addresses() {
     let s = guest();
     let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();

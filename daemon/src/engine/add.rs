@@ -12,8 +12,9 @@ struct Attachment<'a> {
     conf: &'a NetConf,
     netns: &'a Netns,
     key: &'a AllocKey,
-    address: Ipv4Network,
-    /// On a dual-stack network.
+    /// On a network with an IPv4 range.
+    address: Option<Ipv4Network>,
+    /// On a network with an IPv6 range.
     address6: Option<Ipv6Network>,
     mac: [u8; 6],
     host_mac: [u8; 6],
@@ -27,6 +28,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             return Err(Error::Environment(
                 "CNI_NETNS is empty: ADD needs the container's network namespace".into(),
             ));
+        }
+        let requested = args.ip.or(conf.runtime_ip);
+        if let (Some(ip), None) = (requested, &conf.ipam.v4) {
+            return Err(Error::Environment(format!(
+                "IPv4 address {ip} was asked for, but network {} has no IPv4 range: add one to ipam.ranges or ask for none",
+                conf.name
+            )));
         }
         let requested6 = args.ip6.or(conf.runtime_ip6);
         if let (Some(ip6), None) = (requested6, &conf.ipam.v6) {
@@ -42,7 +50,6 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         self.firewall
             .ensure(&conf.name, nat_subnets(conf), conf.ip_masq)
             .await?;
-        let requested = args.ip.or(conf.runtime_ip);
         let host_veth = veth_name(&req.container_id, &req.ifname);
         // A container restarted right after its DEL needs the same veth name: wait until the old
         // veth is deleted (see [`deleter`]) before taking the network lock, so the wait holds up
@@ -67,6 +74,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let ((ip, ip6), guard) = self
             .choose_address(conf, &key, (requested, requested6), guard, req.deadline)
             .await?;
+        let address = ip.zip(conf.ipam.v4.as_ref()).map(|(ip, v4)| {
+            Ipv4Network::new(ip, v4.subnet.prefix()).expect("prefix comes from a valid subnet")
+        });
         let address6 = ip6.zip(conf.ipam.v6.as_ref()).map(|(ip6, v6)| {
             Ipv6Network::new(ip6, v6.subnet.prefix()).expect("prefix comes from a valid subnet")
         });
@@ -75,8 +85,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             netns: &netns,
             key: &key,
             address6,
-            address: Ipv4Network::new(ip, conf.ipam.subnet.prefix())
-                .expect("prefix comes from a valid subnet"),
+            address,
             mac: args.mac.or(conf.runtime_mac).unwrap_or_else(random_mac),
             host_mac: random_mac(),
         };
@@ -86,7 +95,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
             address: ip,
-            prefix: conf.ipam.subnet.prefix(),
+            prefix: address.map_or(0, |n| n.prefix()),
             address6: address6.map(|n| (n.ip(), n.prefix())),
             container_name: args.pod_name.clone(),
             aliases: conf.aliases.clone(),
@@ -139,7 +148,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 self.events.announce(EventKind::Added, &alloc);
                 Ok(Done {
                     result: Some(alloc.result.render(&conf.cni_version)),
-                    address: Some(a.address),
+                    address: alloc.address_text(),
                 })
             }
             Err(failure) => Err(self.undo_add(conf, &key, &alloc, &veth, failure).await),
@@ -161,18 +170,18 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             return Ok(None);
         };
         let same = existing.netns == req.netns
-            && requested.is_none_or(|ip| ip == existing.address)
+            && requested.is_none_or(|ip| Some(ip) == existing.address)
             && requested6.is_none_or(|ip| Some(ip) == existing.address6.map(|(a, _)| a));
         if !same {
             return Err(Error::AlreadyAttached(format!(
                 "container {} already has {} on network {} (address {}, namespace {}): delete it first",
-                key.container_id, key.ifname, key.network, existing.address, existing.netns
+                key.container_id, key.ifname, key.network, existing.address_text(), existing.netns
             )));
         }
         if self.nl.link(&existing.host_veth).await?.is_some() {
             return Ok(Some(Done {
                 result: Some(existing.result.render(&conf.cni_version)),
-                address: Some(existing.network_address()),
+                address: existing.address_text(),
             }));
         }
         if let Some(stale) = self.store.remove(key)? {
@@ -193,13 +202,18 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         deadline: Option<Instant>,
     ) -> Result<
         (
-            (Ipv4Addr, Option<Ipv6Addr>),
+            (Option<Ipv4Addr>, Option<Ipv6Addr>),
             tokio::sync::OwnedMutexGuard<()>,
         ),
         Error,
     > {
         let choose = || -> Result<_, IpamError> {
-            let ip = ipam::choose(&self.store, &self.held, &conf.name, &conf.ipam, requested)?;
+            let ip = conf
+                .ipam
+                .v4
+                .as_ref()
+                .map(|v4| ipam::choose(&self.store, &self.held, &conf.name, v4, requested))
+                .transpose()?;
             let ip6 = conf
                 .ipam
                 .v6
@@ -280,7 +294,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 for ip in alloc.addresses() {
                     self.held.hold(&conf.name, ip, host_veth);
                 }
-                tracing::error!(host_veth, address = %alloc.address, error = %undo,
+                tracing::error!(host_veth, address = %alloc.address_text(), error = %undo,
                     "cannot undo a failed ADD; its address is held back until the interface is gone");
                 Error::RollbackFailed {
                     error: Box::new(failure),
@@ -348,9 +362,9 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         let routes = conf
             .ipam
-            .routes
+            .v4
             .iter()
-            .map(|r| (r.dst, conf.ipam.route_gateway(r)))
+            .flat_map(|v4| v4.routes.iter().map(|r| (r.dst, v4.route_gateway(r))))
             .collect();
         self.nl
             .configure_container(
@@ -394,28 +408,34 @@ fn cni_result(a: &Attachment<'_>, bridge_mac: &[u8], host_veth: &str) -> CniResu
                 sandbox: Some(a.netns.path.clone()),
             },
         ],
-        ips: std::iter::once(IpConfig {
-            address: a.address.to_string(),
-            gateway: Some(conf.ipam.gateway.to_string()),
-            interface: Some(2),
-        })
-        .chain(
-            a.address6
-                .zip(conf.ipam.v6.as_ref())
-                .map(|(addr, v6)| IpConfig {
-                    address: addr.to_string(),
-                    gateway: Some(v6.gateway.to_string()),
-                    interface: Some(2),
-                }),
-        )
-        .collect(),
+        ips: a
+            .address
+            .zip(conf.ipam.v4.as_ref())
+            .map(|(addr, v4)| IpConfig {
+                address: addr.to_string(),
+                gateway: Some(v4.gateway.to_string()),
+                interface: Some(2),
+            })
+            .into_iter()
+            .chain(
+                a.address6
+                    .zip(conf.ipam.v6.as_ref())
+                    .map(|(addr, v6)| IpConfig {
+                        address: addr.to_string(),
+                        gateway: Some(v6.gateway.to_string()),
+                        interface: Some(2),
+                    }),
+            )
+            .collect(),
         routes: conf
             .ipam
-            .routes
+            .v4
             .iter()
-            .map(|r| RouteOut {
-                dst: r.dst.to_string(),
-                gw: r.gw.map(|g| g.to_string()),
+            .flat_map(|v4| {
+                v4.routes.iter().map(|r| RouteOut {
+                    dst: r.dst.to_string(),
+                    gw: r.gw.map(|g| g.to_string()),
+                })
             })
             .chain(conf.ipam.v6.iter().flat_map(|v6| {
                 v6.routes.iter().map(|r| RouteOut {

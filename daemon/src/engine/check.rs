@@ -3,11 +3,7 @@
 use super::*;
 
 impl<N: Netlink, S: Store> Engine<N, S> {
-    pub(super) async fn check(
-        &self,
-        conf: &NetConf,
-        req: &Request,
-    ) -> Result<Option<Ipv4Network>, Error> {
+    pub(super) async fn check(&self, conf: &NetConf, req: &Request) -> Result<String, Error> {
         let key = Self::key(conf, req)?;
         let prev = conf.prev_result.as_ref().ok_or_else(|| {
             Error::Config(ConfigError {
@@ -30,17 +26,22 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             ))
         })?;
         let failed = |msg: String| Err(Error::CheckFailed(msg));
-        let address = alloc.network_address();
+        // The first address prevResult gives the interface is the one flatnet assigned first.
         let prev_ip = prev.ips.iter().find(|i| {
             i.interface
                 .and_then(|n| prev.interfaces.get(n))
                 .is_none_or(|intf| intf.name == req.ifname)
         });
+        let first = alloc
+            .network_address()
+            .map(|n| n.to_string())
+            .or(alloc.network_address6().map(|n| n.to_string()))
+            .unwrap_or_default();
         match prev_ip {
-            Some(i) if i.address == address.to_string() => {}
+            Some(i) if i.address == first => {}
             Some(i) => {
                 return failed(format!(
-                    "prevResult says {} but flatnet assigned {address}",
+                    "prevResult says {} but flatnet assigned {first}",
                     i.address
                 ))
             }
@@ -53,9 +54,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if !bridge.up {
             return failed(format!("bridge {} is down", conf.bridge));
         }
-        if conf.is_gateway {
-            let gw = Ipv4Network::new(conf.ipam.gateway, conf.ipam.subnet.prefix())
-                .expect("valid prefix");
+        if let Some(v4) = conf.ipam.v4.as_ref().filter(|_| conf.is_gateway) {
+            let gw = v4.gateway_network();
             if !self.nl.addresses(bridge.index).await?.contains(&gw) {
                 return failed(format!(
                     "bridge {} does not hold the gateway address {gw}",
@@ -111,19 +111,21 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 ));
             }
         }
-        if !view.addrs.contains(&address) {
-            return failed(format!(
-                "interface {} in {} does not hold {address}",
-                req.ifname, req.netns
-            ));
-        }
-        for route in &conf.ipam.routes {
-            let gw = conf.ipam.route_gateway(route);
-            if !view.routes.contains(&(route.dst, Some(gw))) {
+        if let (Some(address), Some(v4)) = (alloc.network_address(), &conf.ipam.v4) {
+            if !view.addrs.contains(&address) {
                 return failed(format!(
-                    "route {} via {gw} is missing in {}",
-                    route.dst, req.netns
+                    "interface {} in {} does not hold {address}",
+                    req.ifname, req.netns
                 ));
+            }
+            for route in &v4.routes {
+                let gw = v4.route_gateway(route);
+                if !view.routes.contains(&(route.dst, Some(gw))) {
+                    return failed(format!(
+                        "route {} via {gw} is missing in {}",
+                        route.dst, req.netns
+                    ));
+                }
             }
         }
         if let (Some(a6), Some(v6)) = (address6, &conf.ipam.v6) {
@@ -143,6 +145,6 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 }
             }
         }
-        Ok(Some(address))
+        Ok(alloc.address_text())
     }
 }

@@ -1,14 +1,10 @@
 //! DEL: the record goes, the address is held back until the veth is deleted, and the container end
-//! is set aside before the answer. Answers the address it released, if any.
+//! is set aside before the answer. Answers the addresses it released, if any.
 
 use super::*;
 
 impl<N: Netlink, S: Store> Engine<N, S> {
-    pub(super) async fn del(
-        &self,
-        conf: &NetConf,
-        req: &Request,
-    ) -> Result<Option<Ipv4Network>, Error> {
+    pub(super) async fn del(&self, conf: &NetConf, req: &Request) -> Result<String, Error> {
         let key = Self::key(conf, req)?;
         let _attachment = self.attachment_lock(&key, req.deadline).await?;
         let guard = self.lock(&conf.name, req.deadline).await?;
@@ -19,7 +15,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 let name = veth_name(&req.container_id, &req.ifname);
                 // Never take down another container's interface on a DEL for one we do not know.
                 if self.store.summaries()?.iter().any(|a| a.host_veth == name) {
-                    return Ok(None);
+                    return Ok(String::new());
                 }
                 name
             }
@@ -41,7 +37,11 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             "" => existing.as_ref().map(|a| a.netns.as_str()),
             given => Some(given),
         };
-        let address = existing.as_ref().map(Allocation::network_address);
+        let address = existing.as_ref().and_then(Allocation::network_address);
+        let released = existing
+            .as_ref()
+            .map(Allocation::address_text)
+            .unwrap_or_default();
         let flush = async {
             match existing {
                 Some(_) => self.store.flush().await,
@@ -67,7 +67,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
         }
         flushed?;
-        Ok(address)
+        Ok(released)
     }
 
     /// Sets the container end of `host_veth` aside inside `netns` (see

@@ -261,7 +261,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     released_any = true;
                     s.released_earlier_boot += 1;
                     tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
-                        address = %a.address, boot_id = %a.boot_id, "released an allocation of an earlier boot");
+                        address = %a.address_text(), boot_id = %a.boot_id, "released an allocation of an earlier boot");
                 }
                 Fate::ReleaseGone => {
                     if let Some(gone) = self.store.remove(&key)? {
@@ -270,7 +270,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                     released_any = true;
                     s.released_gone += 1;
                     tracing::info!(network = %a.network, container_id = %a.container_id, ifname = %a.ifname,
-                        address = %a.address, host_veth = %a.host_veth, "released an allocation whose interface is gone");
+                        address = %a.address_text(), host_veth = %a.host_veth, "released an allocation whose interface is gone");
                 }
             }
         }
@@ -653,7 +653,7 @@ mod tests {
         // A DEL whose veth the kernel refuses to delete is applied, but its address stays held
         // while the veth exists; the next sweep removes the veth (no allocation owns it any more)
         // and only then frees the address.
-        let address = e.store().list(None).unwrap()[0].address;
+        let address = e.store().list(None).unwrap()[0].address.unwrap();
         flatnet_proto::spool::write(&dir, &spooled("restarted", conf(), now_ms + 5000)).unwrap();
         e.nl.fail_on.lock().unwrap().insert("delete_link");
         let s = e.sweep(Pass::Startup, Some(&spool)).await.unwrap();

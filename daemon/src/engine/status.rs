@@ -29,11 +29,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             )));
         }
         // Counting only the records: an address held back is free again in a moment.
-        let free = ipam::choose(&self.store, HeldBack::none(), &conf.name, &conf.ipam, None)
-            .and_then(|_| match &conf.ipam.v6 {
-                Some(v6) => ipam::choose6(&self.store, HeldBack::none(), &conf.name, v6, None),
-                None => Ok(std::net::Ipv6Addr::UNSPECIFIED),
-            });
+        let free4 = conf.ipam.v4.as_ref().map(|v4| {
+            ipam::choose(&self.store, HeldBack::none(), &conf.name, v4, None).map(|_| ())
+        });
+        let free6 = conf.ipam.v6.as_ref().map(|v6| {
+            ipam::choose6(&self.store, HeldBack::none(), &conf.name, v6, None).map(|_| ())
+        });
+        let free = free4.into_iter().chain(free6).collect::<Result<(), _>>();
         match free {
             Ok(_) if conf.ip_masq => match self.firewall.blocked(Some(nat_subnets(conf))).await {
                 Some(warning) => Err(Error::Unavailable(warning)),

@@ -166,7 +166,7 @@ mod tests {
             network: "n".into(),
             container_id: "c".into(),
             ifname: "eth0".into(),
-            address: Ipv4Addr::new(10, 87, 1, 10),
+            address: Some(Ipv4Addr::new(10, 87, 1, 10)),
             address6: None,
             host_veth: "fn-1".into(),
             created_unix: 100,

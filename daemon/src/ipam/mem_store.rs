@@ -57,7 +57,9 @@ impl Store for MemStore {
                 });
             }
         }
-        inner.last.insert(alloc.network.clone(), alloc.address);
+        if let Some(ip) = alloc.address {
+            inner.last.insert(alloc.network.clone(), ip);
+        }
         if let Some((ip6, _)) = alloc.address6 {
             inner.last6.insert(alloc.network.clone(), ip6);
         }

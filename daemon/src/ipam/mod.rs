@@ -3,7 +3,7 @@
 //! The choice ([`pick`]) is pure; [`Store`] is the record, with sled ([`SledStore`], in
 //! `sled_store.rs`) as the real one and [`MemStore`] (`mem_store.rs`) for tests.
 
-use crate::config::{Ipam6, IpamConf};
+use crate::config::{Ipam4, Ipam6};
 use crate::result::CniResult;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -51,9 +51,14 @@ pub struct Allocation {
     pub network: String,
     pub container_id: String,
     pub ifname: String,
-    pub address: Ipv4Addr,
+    /// The IPv4 address; `None` on an IPv6-only network (records of older versions always have
+    /// one, in this same form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// The IPv4 address's prefix length (0 without one).
+    #[serde(default)]
     pub prefix: u8,
-    /// The IPv6 address and prefix length, on a dual-stack network.
+    /// The IPv6 address and prefix length, on a dual-stack or IPv6-only network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address6: Option<(Ipv6Addr, u8)>,
     /// The container's name (CNI_ARGS `K8S_POD_NAME`), when the runtime gave one.
@@ -72,12 +77,13 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    /// The address with its prefix length, as the container holds it.
-    pub fn network_address(&self) -> ipnetwork::Ipv4Network {
-        ipnetwork::Ipv4Network::new(self.address, self.prefix).expect("stored prefix is valid")
+    /// The IPv4 address with its prefix length, as the container holds it.
+    pub fn network_address(&self) -> Option<ipnetwork::Ipv4Network> {
+        self.address
+            .and_then(|ip| ipnetwork::Ipv4Network::new(ip, self.prefix).ok())
     }
 
-    /// The IPv6 address with its prefix length, on a dual-stack network.
+    /// The IPv6 address with its prefix length, on a network with an IPv6 range.
     pub fn network_address6(&self) -> Option<ipnetwork::Ipv6Network> {
         self.address6
             .and_then(|(ip, prefix)| ipnetwork::Ipv6Network::new(ip, prefix).ok())
@@ -85,7 +91,17 @@ impl Allocation {
 
     /// Every address the attachment holds (IPv4, then IPv6).
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
-        std::iter::once(IpAddr::V4(self.address)).chain(self.address6.map(|(a, _)| IpAddr::V6(a)))
+        let v4 = self.address.map(IpAddr::V4);
+        v4.into_iter()
+            .chain(self.address6.map(|(a, _)| IpAddr::V6(a)))
+    }
+
+    /// Its addresses with their prefix lengths, for a log line or a message:
+    /// `10.87.1.2/24 fd87:1::2/64`.
+    pub fn address_text(&self) -> String {
+        let v4 = self.network_address().map(|n| n.to_string());
+        let v6 = self.network_address6().map(|n| n.to_string());
+        v4.into_iter().chain(v6).collect::<Vec<_>>().join(" ")
     }
 
     pub fn key(&self) -> AllocKey {
@@ -104,7 +120,8 @@ pub struct AllocSummary {
     pub network: String,
     pub container_id: String,
     pub ifname: String,
-    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
     #[serde(default)]
     pub address6: Option<(Ipv6Addr, u8)>,
     pub host_veth: String,
@@ -116,6 +133,13 @@ pub struct AllocSummary {
 }
 
 impl AllocSummary {
+    /// Its addresses, for a log line: `10.87.1.2 fd87:1::2`.
+    pub fn address_text(&self) -> String {
+        let v4 = self.address.map(|a| a.to_string());
+        let v6 = self.address6.map(|(a, _)| a.to_string());
+        v4.into_iter().chain(v6).collect::<Vec<_>>().join(" ")
+    }
+
     pub fn key(&self) -> AllocKey {
         AllocKey {
             network: self.network.clone(),
@@ -147,23 +171,44 @@ impl From<&Allocation> for AllocSummary {
 pub struct NetworkRecord {
     pub name: String,
     pub bridge: String,
+    /// The IPv4 range; `None` on an IPv6-only network. Its fields sit at the top of the record,
+    /// where records of older versions (always with IPv4) have them.
+    #[serde(flatten)]
+    pub v4: Option<NetworkRecord4>,
+    pub is_gateway: bool,
+    pub mtu: Option<u32>,
+    pub hairpin: bool,
+    /// `ipMasq`, so the NAT table can be written again at start; false in older records.
+    #[serde(default)]
+    pub ip_masq: bool,
+    /// The IPv6 range of a dual-stack or IPv6-only network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<NetworkRecord6>,
+}
+
+/// The IPv4 half of a [`NetworkRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord4 {
     /// The subnet's network address and prefix length.
     pub subnet: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
-    pub is_gateway: bool,
-    pub mtu: Option<u32>,
-    pub hairpin: bool,
     /// The addresses it hands out (`rangeStart`, `rangeEnd`), for inspection; `None` in records
     /// written before the range was remembered.
     #[serde(default)]
     pub range: Option<(Ipv4Addr, Ipv4Addr)>,
-    /// `ipMasq`, so the NAT table can be written again at start; false in older records.
-    #[serde(default)]
-    pub ip_masq: bool,
-    /// The IPv6 range of a dual-stack network.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub v6: Option<NetworkRecord6>,
+}
+
+impl NetworkRecord4 {
+    pub fn subnet(&self) -> Option<ipnetwork::Ipv4Network> {
+        ipnetwork::Ipv4Network::new(self.subnet, self.prefix).ok()
+    }
+}
+
+impl NetworkRecord6 {
+    pub fn subnet(&self) -> Option<ipnetwork::Ipv6Network> {
+        ipnetwork::Ipv6Network::new(self.subnet, self.prefix).ok()
+    }
 }
 
 /// The IPv6 half of a [`NetworkRecord`].
@@ -253,7 +298,7 @@ pub enum IpamError {
 /// just released is not handed out again at once. Never returns the gateway, the network or the
 /// broadcast address.
 pub fn pick<E>(
-    ipam: &IpamConf,
+    ipam: &Ipam4,
     last: Option<Ipv4Addr>,
     mut taken: impl FnMut(Ipv4Addr) -> Result<bool, E>,
 ) -> Result<Option<Ipv4Addr>, E> {
@@ -280,7 +325,7 @@ pub fn choose<S: Store>(
     store: &S,
     held: &HeldBack,
     network: &str,
-    ipam: &IpamConf,
+    ipam: &Ipam4,
     requested: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr, IpamError> {
     let taken = |ip| -> Result<bool, StoreError> {
@@ -331,7 +376,7 @@ fn taken_by<S: Store>(store: &S, network: &str, ip: IpAddr) -> Result<IpamError,
     })
 }
 
-/// The IPv6 address for a new attachment of a dual-stack network, chosen as [`choose`] chooses
+/// The IPv6 address for a new attachment of a dual-stack or IPv6-only network, chosen as [`choose`] chooses
 /// the IPv4 one: the requested one when it is free and in range, otherwise the next free one
 /// after the last handed out.
 pub fn choose6<S: Store>(
@@ -394,15 +439,70 @@ pub(crate) mod tests {
     use crate::config::NetConf;
     use std::collections::HashSet;
 
-    pub(crate) fn ipam(extra: &str) -> IpamConf {
+    pub(crate) fn ipam(extra: &str) -> Ipam4 {
         let raw = format!(
             r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"subnet":"10.87.1.0/24"{extra}}}}}"#
         );
-        NetConf::parse(raw.as_bytes()).unwrap().ipam
+        NetConf::parse(raw.as_bytes()).unwrap().ipam.v4.unwrap()
     }
 
     pub(crate) fn alloc(container: &str, ip: Ipv4Addr) -> Allocation {
         super::testing::allocation(container, ip, 24)
+    }
+
+    #[test]
+    fn records_of_either_shape_read_back() {
+        // A network record as versions before IPv6-only networks wrote it: IPv4 at the top.
+        let old = r#"{"name":"n","bridge":"br","subnet":"10.87.1.0","prefix":24,
+            "gateway":"10.87.1.1","is_gateway":true,"mtu":null,"hairpin":false,
+            "range":["10.87.1.1","10.87.1.254"],"ip_masq":true}"#;
+        let rec: NetworkRecord = serde_json::from_str(old).unwrap();
+        let v4 = rec.v4.as_ref().expect("the IPv4 half");
+        assert_eq!(v4.subnet().unwrap().to_string(), "10.87.1.0/24");
+        assert_eq!(
+            v4.range,
+            Some((Ipv4Addr::new(10, 87, 1, 1), Ipv4Addr::new(10, 87, 1, 254)))
+        );
+        assert_eq!(
+            serde_json::from_slice::<NetworkRecord>(&serde_json::to_vec(&rec).unwrap()).unwrap(),
+            rec
+        );
+        // An IPv6-only network: no IPv4 keys, and none come back.
+        let only6 = NetworkRecord {
+            v4: None,
+            v6: Some(NetworkRecord6 {
+                subnet: "fd87:1::".parse().unwrap(),
+                prefix: 64,
+                gateway: "fd87:1::1".parse().unwrap(),
+                range: (
+                    "fd87:1::1".parse().unwrap(),
+                    "fd87:1::ffff".parse().unwrap(),
+                ),
+            }),
+            ..rec
+        };
+        let text = serde_json::to_string(&only6).unwrap();
+        assert!(!text.contains("\"subnet\":\"10."), "{text}");
+        assert_eq!(serde_json::from_str::<NetworkRecord>(&text).unwrap(), only6);
+
+        // An allocation without an IPv4 address, and one of an older version.
+        let mut a = alloc("c", Ipv4Addr::new(10, 87, 1, 2));
+        let older = serde_json::to_string(&a).unwrap();
+        assert!(
+            older.contains("\"address\":\"10.87.1.2\",\"prefix\":24"),
+            "{older}"
+        );
+        a.address = None;
+        a.prefix = 0;
+        a.address6 = Some(("fd87:1::2".parse().unwrap(), 64));
+        let back: Allocation = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+        assert_eq!(back.address, None);
+        assert_eq!(back.network_address(), None);
+        assert_eq!(back.address_text(), "fd87:1::2/64");
+        assert_eq!(
+            back.addresses().collect::<Vec<_>>(),
+            [IpAddr::V6("fd87:1::2".parse().unwrap())]
+        );
     }
 
     #[test]
@@ -438,7 +538,7 @@ pub(crate) mod tests {
             Err(IpamError::Exhausted { .. })
         ));
         let freed = store.list(None).unwrap()[2].key();
-        let freed_ip = store.remove(&freed).unwrap().unwrap().address;
+        let freed_ip = store.remove(&freed).unwrap().unwrap().address.unwrap();
         assert_eq!(
             choose(&store, HeldBack::none(), "n", &c, None).unwrap(),
             freed_ip
@@ -559,7 +659,10 @@ pub(crate) mod tests {
         }
         {
             let s = reopen(&dir);
-            assert_eq!(s.get(&alloc("a", ip).key()).unwrap().unwrap().address, ip);
+            assert_eq!(
+                s.get(&alloc("a", ip).key()).unwrap().unwrap().address,
+                Some(ip)
+            );
             assert_eq!(s.list(Some("n")).unwrap().len(), 1);
             assert_eq!(s.list(Some("other")).unwrap().len(), 0);
             assert!(s.remove(&alloc("a", ip).key()).unwrap().is_some());

@@ -161,7 +161,9 @@ impl Store for SledStore {
             for (_, akey) in &akeys {
                 addrs.insert(akey.as_slice(), key.as_slice())?;
             }
-            meta.insert(last_key(&alloc.network), &alloc.address.octets())?;
+            if let Some(ip) = alloc.address {
+                meta.insert(last_key(&alloc.network), &ip.octets())?;
+            }
             if let Some((ip6, _)) = alloc.address6 {
                 meta.insert(last6_key(&alloc.network), &ip6.octets())?;
             }
@@ -277,9 +279,8 @@ impl Store for SledStore {
         let mut claimed: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
         for a in allocs {
             let key = a.key().encode();
-            let ips =
-                std::iter::once(IpAddr::V4(a.address)).chain(a.address6.map(|(ip, _)| ip.into()));
-            for ip in ips {
+            let v4 = a.address.map(IpAddr::V4);
+            for ip in v4.into_iter().chain(a.address6.map(|(ip, _)| ip.into())) {
                 let akey = addr_key(&a.network, ip);
                 if let Some(other) = claimed.get(&akey) {
                     // Two records for one address: nothing here can tell which is right; say so loudly.

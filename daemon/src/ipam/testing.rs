@@ -1,6 +1,6 @@
 //! Allocations for tests (the crate's own, and others' with the feature `fake`).
 
-use super::{Allocation, NetworkRecord};
+use super::{Allocation, NetworkRecord, NetworkRecord4};
 use crate::result::CniResult;
 use std::net::Ipv4Addr;
 
@@ -11,7 +11,7 @@ pub fn allocation(container: &str, ip: Ipv4Addr, prefix: u8) -> Allocation {
         network: "n".into(),
         container_id: container.into(),
         ifname: "eth0".into(),
-        address: ip,
+        address: Some(ip),
         prefix,
         address6: None,
         container_name: None,
@@ -33,13 +33,15 @@ pub fn network(name: &str, bridge: &str) -> NetworkRecord {
     NetworkRecord {
         name: name.into(),
         bridge: bridge.into(),
-        subnet: Ipv4Addr::new(10, 87, 1, 0),
-        prefix: 24,
-        gateway: Ipv4Addr::new(10, 87, 1, 1),
+        v4: Some(NetworkRecord4 {
+            subnet: Ipv4Addr::new(10, 87, 1, 0),
+            prefix: 24,
+            gateway: Ipv4Addr::new(10, 87, 1, 1),
+            range: None,
+        }),
         is_gateway: true,
         mtu: None,
         hairpin: false,
-        range: None,
         ip_masq: false,
         v6: None,
     }

@@ -93,7 +93,9 @@ impl Netlink for FakeNetlink {
         _: &Netns,
         spec: &ContainerSpec,
     ) -> Result<LinkState, NetlinkError> {
-        self.record("configure_container", spec.address.to_string())?;
+        let first = spec.address.map(|a| a.to_string());
+        let address = first.or(spec.address6.map(|a| a.to_string()));
+        self.record("configure_container", address.unwrap_or_default())?;
         Ok(LinkState {
             index: 2,
             mac: vec![2, 1, 1, 1, 1, 1],

@@ -176,10 +176,10 @@ pub struct VethSpec<'a> {
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     pub ifname: String,
-    pub address: Ipv4Network,
+    pub address: Option<Ipv4Network>,
     /// Destination and gateway.
     pub routes: Vec<(Ipv4Network, Ipv4Addr)>,
-    /// The IPv6 address of a dual-stack network (added without duplicate address detection, so
+    /// The IPv6 address, on a network with an IPv6 range (added without duplicate address detection, so
     /// it is usable at once) and its routes.
     pub address6: Option<Ipv6Network>,
     pub routes6: Vec<(Ipv6Network, Ipv6Addr)>,

@@ -269,14 +269,18 @@ impl Netlink for RtNetlink {
                         spec.ifname, netns.path
                     ))
                 })?;
-                let addr = handle
-                    .address()
-                    .add(
-                        link.index,
-                        IpAddr::V4(spec.address.ip()),
-                        spec.address.prefix(),
-                    )
-                    .execute();
+                let addr = async {
+                    match spec.address {
+                        Some(a) => {
+                            let add =
+                                handle
+                                    .address()
+                                    .add(link.index, IpAddr::V4(a.ip()), a.prefix());
+                            add.execute().await
+                        }
+                        None => Ok(()),
+                    }
+                };
                 // No automatic IPv6 link-local address on the container's side either: its duplicate
                 // address detection, router solicitations and MLD reports would be flooded by the bridge to
                 // every other container on the network, kernel work that grows with the network's size
@@ -314,10 +318,9 @@ impl Netlink for RtNetlink {
                         spec.ifname, netns.path
                     )))?,
                 }
-                addr.map_err(kernel(format!(
-                    "adding {} to {}",
-                    spec.address, spec.ifname
-                )))?;
+                if let Some(a) = spec.address {
+                    addr.map_err(kernel(format!("adding {a} to {}", spec.ifname)))?;
+                }
                 if let Some(a6) = spec.address6 {
                     addr6.map_err(kernel(format!("adding {a6} to {}", spec.ifname)))?;
                 }

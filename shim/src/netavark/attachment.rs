@@ -72,13 +72,16 @@ pub fn attachment(input: &Map<String, Value>) -> Result<Attachment, String> {
             let ip: Ipv4Addr = one
                 .parse()
                 .map_err(|_| format!("--ip {one} is not an IPv4 address"))?;
-            let (first, last) = network_flat
-                .range
-                .unwrap_or_else(|| network_flat.subnet.hosts());
-            if ip < first || ip > last || ip == network_flat.gateway {
+            let Some(v4) = network_flat.v4 else {
+                return Err(format!(
+                    "--ip {ip}: network {name} has no IPv4 subnet (it is IPv6 only): give --ip6 instead"
+                ));
+            };
+            let (first, last) = v4.range.unwrap_or_else(|| v4.subnet.hosts());
+            if ip < first || ip > last || ip == v4.gateway {
                 return Err(format!(
                     "--ip {ip} is not an address network {name} hands out ({first}-{last}, not the gateway {}): choose one in that range",
-                    network_flat.gateway
+                    v4.gateway
                 ));
             }
             Some(ip)

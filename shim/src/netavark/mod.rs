@@ -28,6 +28,7 @@ mod subnet6;
 
 pub use attachment::*;
 pub use network::*;
+use subnet6::Subnet6;
 
 /// The netavark plugin API version this plugin speaks.
 pub const API_VERSION: &str = "1.0.0";
@@ -132,34 +133,59 @@ pub fn create(mut net: Map<String, Value>, known: &[Known]) -> Result<Map<String
         ));
     }
     let flat = FlatnetNetwork::from_podman(&net, known)?;
+    let ours = flat.v4.map(|v4| v4.subnet.to_string());
+    let ours6 = flat.v6.map(|v6| v6.cidr());
     for other in known {
-        let Some(theirs) = Subnet::parse(&other.subnet) else {
-            continue;
-        };
         if other.name == flat.name {
-            if theirs != flat.subnet && other.in_use > 0 {
+            let same = |mine: &Option<String>, theirs: &str| {
+                theirs.is_empty() || mine.as_deref() == Some(theirs)
+            };
+            if other.in_use > 0 && !(same(&ours, &other.subnet) && same(&ours6, &other.subnet6)) {
+                let theirs = [other.subnet.as_str(), other.subnet6.as_str()]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| format!("--subnet {s}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 return Err(format!(
-                    "network {} is already served by flatnetd with subnet {theirs} and {} addresses in use: create it with --subnet {theirs}, or use another name",
+                    "network {} is already served by flatnetd with other subnets and {} addresses in use: create it with {theirs}, or use another name",
                     flat.name, other.in_use
                 ));
             }
-        } else if theirs.overlaps(&flat.subnet) {
+            continue;
+        }
+        let overlap4 = flat
+            .v4
+            .zip(Subnet::parse(&other.subnet))
+            .and_then(|(v4, theirs)| {
+                theirs
+                    .overlaps(&v4.subnet)
+                    .then(|| (v4.subnet.to_string(), theirs.to_string()))
+            });
+        let overlap6 = flat
+            .v6
+            .zip(Subnet6::parse_cidr(&other.subnet6))
+            .and_then(|(v6, theirs)| theirs.overlaps(&v6).then(|| (v6.cidr(), theirs.cidr())));
+        if let Some((mine, theirs)) = overlap4.or(overlap6) {
             return Err(format!(
-                "subnet {} overlaps subnet {theirs} of Flatnet network {}: choose another --subnet (see `flatnetctl networks`)",
-                flat.subnet, other.name
+                "subnet {mine} overlaps subnet {theirs} of Flatnet network {}: choose another --subnet (see `flatnetctl networks`)",
+                other.name
             ));
         }
     }
-    let mut subnet = Map::new();
-    subnet.insert("subnet".into(), flat.subnet.to_string().into());
-    subnet.insert("gateway".into(), flat.gateway.to_string().into());
-    if let Some((start, end)) = flat.range {
-        subnet.insert(
-            "lease_range".into(),
-            json!({ "start_ip": start.to_string(), "end_ip": end.to_string() }),
-        );
+    let mut subnets = Vec::new();
+    if let Some(v4) = flat.v4 {
+        let mut subnet = Map::new();
+        subnet.insert("subnet".into(), v4.subnet.to_string().into());
+        subnet.insert("gateway".into(), v4.gateway.to_string().into());
+        if let Some((start, end)) = v4.range {
+            subnet.insert(
+                "lease_range".into(),
+                json!({ "start_ip": start.to_string(), "end_ip": end.to_string() }),
+            );
+        }
+        subnets.push(Value::Object(subnet));
     }
-    let mut subnets = vec![Value::Object(subnet)];
     if let Some(v6) = flat.v6 {
         subnets.push(json!({ "subnet": v6.cidr(), "gateway": v6.gateway.to_string() }));
         net.insert("ipv6_enabled".into(), true.into());
@@ -250,6 +276,7 @@ mod tests {
         let known = [Known {
             name: "flatnet".into(),
             subnet: "10.87.1.0/24".into(),
+            subnet6: String::new(),
             in_use: 0,
         }];
         assert_eq!(
@@ -260,6 +287,7 @@ mod tests {
         let known = [Known {
             name: "probe".into(),
             subnet: "10.87.1.0/24".into(),
+            subnet6: String::new(),
             in_use: 2,
         }];
         assert_eq!(
@@ -288,7 +316,7 @@ mod tests {
         assert_eq!(flat.mtu, Some(1400));
         assert_eq!(flat.bridge, "fnbr7");
         assert_eq!(
-            flat.range,
+            flat.v4.unwrap().range,
             Some((Ipv4Addr::new(10, 89, 6, 100), Ipv4Addr::new(10, 89, 6, 150)))
         );
         let conf = flat.cni_config();
@@ -326,11 +354,31 @@ mod tests {
         );
         let out = create(input, &[]).unwrap();
         let flat = FlatnetNetwork::from_podman(&out, &[]).unwrap();
-        assert_eq!(flat.subnet.to_string(), "10.87.9.0/24");
+        assert_eq!(flat.v4.unwrap().subnet.to_string(), "10.87.9.0/24");
         let v6 = flat.v6.unwrap();
         assert_eq!(
             (v6.cidr(), v6.gateway.to_string()),
             ("fd00:9::/64".into(), "fd00:9::fe".into())
+        );
+    }
+
+    #[test]
+    fn create_with_only_an_ipv6_subnet_gives_an_ipv6_only_network() {
+        let mut input = fixture("create-default.stdin.json");
+        input.insert("driver".into(), "flatnet".into());
+        input.insert("ipv6_enabled".into(), true.into());
+        input.insert("subnets".into(), json!([{"subnet": "fd87:6::/64"}]));
+        let out = create(input, &[]).unwrap();
+        assert_eq!(
+            out["subnets"],
+            json!([{"subnet": "fd87:6::/64", "gateway": "fd87:6::1"}])
+        );
+        let flat = FlatnetNetwork::from_podman(&out, &[]).unwrap();
+        assert_eq!(flat.v4, None);
+        assert_eq!(
+            flat.cni_config()["ipam"],
+            json!({"ranges": [[{"subnet": "fd87:6::/64", "gateway": "fd87:6::1"}]],
+                   "routes": [{"dst": "::/0"}]})
         );
     }
 
@@ -342,11 +390,20 @@ mod tests {
             n.insert("driver".into(), "flatnet".into());
             n
         };
-        let known = [Known {
-            name: "busy".into(),
-            subnet: "10.87.5.0/24".into(),
-            in_use: 3,
-        }];
+        let known = [
+            Known {
+                name: "busy".into(),
+                subnet: "10.87.5.0/24".into(),
+                subnet6: String::new(),
+                in_use: 3,
+            },
+            Known {
+                name: "only6".into(),
+                subnet: String::new(),
+                subnet6: "fd87:5::/64".into(),
+                in_use: 1,
+            },
+        ];
         let rows: Vec<(&str, Value, &str)> = vec![
             (
                 "ipv6 beside a subnet outside 10.87.0.0/16",
@@ -391,9 +448,14 @@ mod tests {
                 "1 to 15",
             ),
             (
-                "v6 subnet only",
-                json!({"subnets": [{"subnet": "fd87::/64"}]}),
-                "needs an IPv4 subnet",
+                "an IPv6 subnet overlapping another network's",
+                json!({"subnets": [{"subnet": "fd87:5::/80"}]}),
+                "overlaps subnet fd87:5::/64 of Flatnet network only6",
+            ),
+            (
+                "IPv4 routes on an IPv6-only network",
+                json!({"subnets": [{"subnet": "fd87:6::/64"}], "routes": [{"destination": "10.99.0.0/16", "gateway": "10.87.1.1"}]}),
+                "has no IPv4 subnet",
             ),
             (
                 "bad subnet",
@@ -451,6 +513,13 @@ mod tests {
         assert!(create(input, &known)
             .unwrap_err()
             .contains("--subnet 10.87.5.0/24"));
+        // An IPv6-only network of that name may not become IPv4.
+        let mut input = base();
+        input.insert("name".into(), "only6".into());
+        input.insert("subnets".into(), json!([{"subnet": "10.87.6.0/24"}]));
+        assert!(create(input, &known)
+            .unwrap_err()
+            .contains("--subnet fd87:5::/64"));
     }
 
     #[test]
@@ -505,6 +574,15 @@ mod tests {
         input["network_options"]["static_ips"] = Value::Null;
         input["network_options"]["static_mac"] = "01:00:00:00:00:01".into();
         assert!(attachment(&input).unwrap_err().contains("--mac-address"));
+
+        // On an IPv6-only network, --ip is refused and --ip6 taken.
+        let mut input = flatnet_input("setup-run-rm.stdin.json");
+        input["network"]["subnets"] = json!([{"subnet": "fd87:7::/64", "gateway": "fd87:7::1"}]);
+        input["network_options"]["static_ips"] = json!(["10.87.7.5"]);
+        let err = attachment(&input).unwrap_err();
+        assert!(err.contains("IPv6 only") && err.contains("--ip6"), "{err}");
+        input["network_options"]["static_ips"] = json!(["fd87:7::5"]);
+        assert!(attachment(&input).is_ok());
     }
 
     /// Every setup and teardown netavark sent in the captured runs reads as the attachment it

@@ -56,7 +56,10 @@ impl std::fmt::Display for Subnet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
     pub name: String,
+    /// Its IPv4 and IPv6 subnets (empty when it has none of that family).
     pub subnet: String,
+    pub subnet6: String,
+    /// Addresses held, of both families.
     pub in_use: u64,
 }
 
@@ -65,22 +68,30 @@ impl From<v1::Network> for Known {
         Known {
             name: n.name,
             subnet: n.subnet,
-            in_use: n.addresses_in_use,
+            subnet6: n.subnet6,
+            in_use: n.addresses_in_use + n.addresses6_in_use,
         }
     }
+}
+
+/// The IPv4 side of a [`FlatnetNetwork`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network4 {
+    pub subnet: Subnet,
+    pub gateway: Ipv4Addr,
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
 /// The Flatnet view of a Podman network: what setup and teardown turn into a CNI config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlatnetNetwork {
     pub name: String,
-    pub subnet: Subnet,
-    pub gateway: Ipv4Addr,
-    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// The IPv4 subnet; `None` on an IPv6-only network.
+    pub v4: Option<Network4>,
     pub bridge: String,
     pub mtu: Option<u32>,
     pub default_route: bool,
-    /// The IPv6 subnet of a dual-stack network (`--ipv6`).
+    /// The IPv6 subnet of a dual-stack or IPv6-only network (`--ipv6`).
     pub v6: Option<Subnet6>,
     /// Outbound NAT (`ipMasq`); on unless `-o ip_masq=false`.
     pub ip_masq: bool,
@@ -203,17 +214,18 @@ impl FlatnetNetwork {
         };
         let (subnets6, subnets): (Vec<Value>, Vec<Value>) =
             subnets.into_iter().partition(subnet6::is_v6);
-        let (subnet, gateway, range) = match subnets.as_slice() {
-            [] if !subnets6.is_empty() => {
-                return Err(format!(
-                    "network {name}: a Flatnet network needs an IPv4 subnet beside its IPv6 one (IPv6-only networks are not supported): add an IPv4 --subnet such as 10.87.7.0/24"
-                ))
-            }
+        let v4 = match subnets.as_slice() {
+            // Only an IPv6 --subnet: an IPv6-only network.
+            [] if !subnets6.is_empty() => None,
             [] => {
                 let subnet = free_default_subnet(&name, known)?;
-                (subnet, subnet.hosts().0, None)
+                Some(Network4 {
+                    subnet,
+                    gateway: subnet.hosts().0,
+                    range: None,
+                })
             }
-            [one] => parse_subnet(&name, one)?,
+            [one] => Some(parse_subnet(&name, one)?),
             _ => {
                 return Err(format!(
                     "network {name}: a Flatnet network has one IPv4 subnet (and with --ipv6 one IPv6 subnet): give each --subnet once"
@@ -221,7 +233,7 @@ impl FlatnetNetwork {
             }
         };
         let v6 = match subnets6.as_slice() {
-            [] if ipv6 => Some(Subnet6::default_for(subnet).ok_or_else(|| {
+            [] if ipv6 => Some(v4.and_then(|v4| Subnet6::default_for(v4.subnet)).ok_or_else(|| {
                 format!("network {name}: --ipv6 without an IPv6 --subnet needs an IPv4 subnet of 10.87.0.0/16 (the IPv6 one is then fd87:N::/64): give an IPv6 --subnet")
             })?),
             [] => None,
@@ -233,12 +245,10 @@ impl FlatnetNetwork {
                 ))
             }
         };
-        let routes = parse_routes(&name, net.get("routes"), subnet)?;
+        let routes = parse_routes(&name, net.get("routes"), v4.map(|v4| v4.subnet))?;
         Ok(FlatnetNetwork {
             name,
-            subnet,
-            gateway,
-            range,
+            v4,
             bridge,
             mtu,
             default_route,
@@ -252,32 +262,40 @@ impl FlatnetNetwork {
     /// The network as the CNI config flatnetd serves (what the conflist says for a CNI network).
     pub(super) fn cni_config(&self) -> Value {
         let mut routes: Vec<Value> = Vec::new();
-        if self.default_route {
+        if self.default_route && self.v4.is_some() {
             routes.push(json!({ "dst": "0.0.0.0/0" }));
         }
         for (dst, gw) in &self.routes {
             routes.push(json!({ "dst": dst.to_string(), "gw": gw.to_string() }));
         }
-        let mut range = json!({
-            "subnet": self.subnet.to_string(),
-            "gateway": self.gateway.to_string(),
+        let range = self.v4.map(|v4| {
+            let mut range = json!({
+                "subnet": v4.subnet.to_string(),
+                "gateway": v4.gateway.to_string(),
+            });
+            if let Some((start, end)) = v4.range {
+                range["rangeStart"] = start.to_string().into();
+                range["rangeEnd"] = end.to_string().into();
+            }
+            range
         });
-        if let Some((start, end)) = self.range {
-            range["rangeStart"] = start.to_string().into();
-            range["rangeEnd"] = end.to_string().into();
-        }
-        let ipam = match self.v6 {
-            None => {
-                let mut ipam = range;
+        let ipam = match (range, self.v6) {
+            (Some(mut ipam), None) => {
                 ipam["routes"] = routes.into();
                 ipam
             }
-            Some(v6) => {
+            (range, v6) => {
                 if self.default_route {
                     routes.push(json!({ "dst": "::/0" }));
                 }
-                let range6 = json!({ "subnet": v6.cidr(), "gateway": v6.gateway.to_string() });
-                json!({ "ranges": [[range], [range6]], "routes": routes })
+                let range6 =
+                    v6.map(|v6| json!({ "subnet": v6.cidr(), "gateway": v6.gateway.to_string() }));
+                let sets: Vec<Value> = range
+                    .into_iter()
+                    .chain(range6)
+                    .map(|r| json!([r]))
+                    .collect();
+                json!({ "ranges": sets, "routes": routes })
             }
         };
         let mut conf = json!({
@@ -322,16 +340,14 @@ pub(super) fn free_default_subnet(name: &str, known: &[Known]) -> Result<Subnet,
         })
 }
 
-type SubnetParts = (Subnet, Ipv4Addr, Option<(Ipv4Addr, Ipv4Addr)>);
-
 /// One entry of `subnets`: subnet, gateway (default: the first address) and `lease_range`.
-pub(super) fn parse_subnet(name: &str, entry: &Value) -> Result<SubnetParts, String> {
+pub(super) fn parse_subnet(name: &str, entry: &Value) -> Result<Network4, String> {
     let Value::Object(entry) = entry else {
         return Err("each \"subnets\" entry must be an object".into());
     };
     let text = string_field(entry, "subnet")?.unwrap_or_default();
     let subnet = Subnet::parse(text).ok_or_else(|| {
-        format!("network {name}: --subnet {text} is not an IPv4 subnet such as 10.87.2.0/24 (Flatnet networks are IPv4 only)")
+        format!("network {name}: --subnet {text} is neither an IPv4 subnet such as 10.87.2.0/24 nor an IPv6 one such as fd87:2::/64")
     })?;
     if subnet.prefix > 30 {
         return Err(format!(
@@ -374,19 +390,29 @@ pub(super) fn parse_subnet(name: &str, entry: &Value) -> Result<SubnetParts, Str
         }
         Some(_) => return Err("\"lease_range\" must be an object".into()),
     };
-    Ok((subnet, gateway, range))
+    Ok(Network4 {
+        subnet,
+        gateway,
+        range,
+    })
 }
 
-/// `--route DST,GW[,METRIC]`: IPv4 routes through a gateway in the subnet.
+/// `--route DST,GW[,METRIC]`: IPv4 routes through a gateway in the IPv4 subnet.
 pub(super) fn parse_routes(
     name: &str,
     routes: Option<&Value>,
-    subnet: Subnet,
+    subnet: Option<Subnet>,
 ) -> Result<Vec<(Subnet, Ipv4Addr)>, String> {
     let routes = match routes {
         None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(r)) if r.is_empty() => return Ok(Vec::new()),
         Some(Value::Array(r)) => r,
         Some(_) => return Err("\"routes\" must be an array".into()),
+    };
+    let Some(subnet) = subnet else {
+        return Err(format!(
+            "network {name}: --route gives IPv4 routes, but the network has no IPv4 subnet: leave --route out"
+        ));
     };
     routes
         .iter()

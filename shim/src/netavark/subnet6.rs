@@ -1,4 +1,5 @@
-//! The IPv6 subnet of a dual-stack Flatnet network (`podman network create -d flatnet --ipv6`).
+//! The IPv6 subnet of a dual-stack or IPv6-only Flatnet network (`podman network create -d flatnet
+//! --ipv6`).
 
 use std::net::Ipv6Addr;
 
@@ -42,6 +43,24 @@ impl Subnet6 {
 
     pub(super) fn cidr(&self) -> String {
         format!("{}/{}", self.network, self.prefix)
+    }
+
+    /// A subnet as flatnetd lists it (`fd87:1::/64`); the gateway is not part of that text and
+    /// is left at the first address.
+    pub(super) fn parse_cidr(text: &str) -> Option<Subnet6> {
+        let (ip, prefix) = text.split_once('/')?;
+        let ip: Ipv6Addr = ip.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 128)?;
+        let network = Ipv6Addr::from(u128::from(ip) & Self::mask(prefix));
+        Some(Subnet6 {
+            network,
+            prefix,
+            gateway: Ipv6Addr::from(u128::from(network) + 1),
+        })
+    }
+
+    pub(super) fn overlaps(&self, other: &Subnet6) -> bool {
+        self.contains(other.network) || other.contains(self.network)
     }
 }
 

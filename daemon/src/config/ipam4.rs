@@ -1,0 +1,108 @@
+//! The IPv4 range of a network: host-local's top-level keys, or the IPv4 set of `ipam.ranges`.
+
+use super::{invalid, opt_ip, opt_str, parse_cidr, ConfigError, DEFAULT_SUBNET};
+use ipnetwork::Ipv4Network;
+use serde_json::{Map, Value};
+use std::net::Ipv4Addr;
+
+/// The IPv4 half of [`super::IpamConf`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipam4 {
+    pub subnet: Ipv4Network,
+    pub range_start: Ipv4Addr,
+    pub range_end: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub routes: Vec<Route>,
+}
+
+/// A route installed in the container; `gw` defaults to the network's gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Network,
+    pub gw: Option<Ipv4Addr>,
+}
+
+impl Ipam4 {
+    /// The gateway a route uses inside the container.
+    pub fn route_gateway(&self, route: &Route) -> Ipv4Addr {
+        route.gw.unwrap_or(self.gateway)
+    }
+
+    /// Whether `ip` may be handed out: inside the range and neither the gateway, the network
+    /// address nor the broadcast address.
+    pub fn assignable(&self, ip: Ipv4Addr) -> bool {
+        ip >= self.range_start
+            && ip <= self.range_end
+            && ip != self.gateway
+            && ip != self.subnet.network()
+            && ip != self.subnet.broadcast()
+    }
+
+    /// The gateway with the subnet's prefix length, as the bridge holds it.
+    pub fn gateway_network(&self) -> Ipv4Network {
+        Ipv4Network::new(self.gateway, self.subnet.prefix())
+            .expect("prefix comes from a valid subnet")
+    }
+
+    /// `0.0.0.0/0` through the gateway, what a network without `routes` gets.
+    pub fn default_route() -> Route {
+        Route {
+            dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("prefix 0 is valid"),
+            gw: None,
+        }
+    }
+}
+
+/// One IPv4 range (subnet, gateway, rangeStart, rangeEnd), without routes.
+pub(super) fn parse_range4(range: &Map<String, Value>) -> Result<Ipam4, ConfigError> {
+    let subnet_str = opt_str(range, "subnet")?.unwrap_or_else(|| DEFAULT_SUBNET.to_string());
+    let subnet = parse_cidr("ipam subnet", &subnet_str)?;
+    if subnet.ip() != subnet.network() {
+        return Err(invalid(format!(
+            "ipam subnet {subnet_str} has host bits set: did you mean {}/{}?",
+            subnet.network(),
+            subnet.prefix()
+        )));
+    }
+    if subnet.prefix() > 30 {
+        return Err(invalid(format!(
+            "ipam subnet {subnet_str} is too small: it needs room for a gateway and containers (/30 or larger)"
+        )));
+    }
+    let first = u32::from(subnet.network()) + 1;
+    let last = u32::from(subnet.broadcast()) - 1;
+    let inside = |ip: Ipv4Addr| (first..=last).contains(&u32::from(ip));
+
+    let gateway = opt_ip(range, "gateway")?.unwrap_or(Ipv4Addr::from(first));
+    if !inside(gateway) {
+        return Err(invalid(format!(
+            "ipam gateway {gateway} is not a host address of subnet {subnet}"
+        )));
+    }
+    let range_start = opt_ip(range, "rangeStart")?.unwrap_or(Ipv4Addr::from(first));
+    let range_end = opt_ip(range, "rangeEnd")?.unwrap_or(Ipv4Addr::from(last));
+    for (key, ip) in [("rangeStart", range_start), ("rangeEnd", range_end)] {
+        if !inside(ip) {
+            return Err(invalid(format!(
+                "ipam {key} {ip} is not a host address of subnet {subnet}"
+            )));
+        }
+    }
+    if range_start > range_end {
+        return Err(invalid(format!(
+            "ipam rangeStart {range_start} comes after rangeEnd {range_end}"
+        )));
+    }
+    if range_start == range_end && range_start == gateway {
+        return Err(invalid(format!(
+            "ipam range {range_start}-{range_end} holds only the gateway: no address is left for containers"
+        )));
+    }
+    Ok(Ipam4 {
+        subnet,
+        range_start,
+        range_end,
+        gateway,
+        routes: Vec::new(),
+    })
+}
