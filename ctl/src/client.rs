@@ -60,6 +60,14 @@ impl Daemon {
         Ok(r.map_err(|e| self.explain(e))?.into_inner().networks)
     }
 
+    pub async fn routes(
+        &mut self,
+        req: v1::ListRoutesRequest,
+    ) -> anyhow::Result<v1::ListRoutesResponse> {
+        let r = self.client.list_routes(call(req)).await;
+        Ok(r.map_err(|e| self.explain(e))?.into_inner())
+    }
+
     pub async fn allocations(
         &mut self,
         req: v1::ListAllocationsRequest,

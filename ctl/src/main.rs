@@ -32,6 +32,15 @@ enum Command {
     Status,
     /// Networks with their addresses in use and free
     Networks,
+    /// The route table the HTTP gateway follows: name, address, port and whether it is up
+    Routes {
+        /// Wait until the table changes after this revision (printed with --json) first
+        #[arg(long, value_name = "REVISION", default_value_t = 0)]
+        after: u64,
+        /// How long to wait for that, in milliseconds
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        wait_ms: u32,
+    },
     /// Addresses held by containers
     #[command(visible_alias = "ls")]
     Allocations {
@@ -70,6 +79,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Status => view::status(&daemon.status().await?, json),
         Command::Networks => view::networks(&daemon.networks().await?, json),
+        Command::Routes { after, wait_ms } => {
+            let table = daemon
+                .routes(v1::ListRoutesRequest {
+                    after_revision: after,
+                    wait_ms,
+                })
+                .await?;
+            view::routes(&table, json)
+        }
         Command::Allocations { network, container } => {
             let list = daemon
                 .allocations(v1::ListAllocationsRequest { network, container })

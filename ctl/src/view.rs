@@ -132,6 +132,49 @@ fn both_counts(n: &v1::Network, v4: u64, v6: u64) -> String {
     both(&v4.unwrap_or_default(), &v6.unwrap_or_default())
 }
 
+pub fn routes(list: &v1::ListRoutesResponse, as_json: bool) -> anyhow::Result<()> {
+    let state = |r: &v1::Route| match r.state() {
+        v1::RouteState::Probing => "probing",
+        v1::RouteState::Up => "up",
+        v1::RouteState::Down => "down",
+        v1::RouteState::Unspecified => "-",
+    };
+    if as_json {
+        let routes: Vec<Value> = list
+            .routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "network": r.network,
+                    "address": r.address,
+                    "port": r.port,
+                    "state": state(r),
+                    "containerId": r.container_id,
+                })
+            })
+            .collect();
+        return print_json(&json!({"revision": list.revision, "routes": routes}));
+    }
+    let rows: Vec<Vec<String>> = list
+        .routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.network.clone(),
+                r.address.clone(),
+                r.port.to_string(),
+                state(r).to_string(),
+                short_id(&r.container_id),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "NETWORK", "ADDRESS", "PORT", "STATE", "CONTAINER"];
+    table(&header, &rows);
+    Ok(())
+}
+
 fn allocation_json(a: &Allocation) -> Value {
     let mut v = json!({
         "network": a.network,

@@ -68,6 +68,9 @@ pub struct NetConf {
     /// `runtimeConfig.aliases[name]` (the `aliases` capability): the container's other names on
     /// this network.
     pub aliases: Vec<String>,
+    /// The port the HTTP gateway routes to: the container port of the first TCP mapping in
+    /// `runtimeConfig.portMappings` (the `portMappings` capability; Podman's `-p`), if any.
+    pub port: Option<u16>,
     /// `cni.dev/valid-attachments` (GC): container id + ifname pairs still in use.
     pub valid_attachments: Option<Vec<(String, String)>>,
 }
@@ -159,6 +162,7 @@ impl NetConf {
         };
         let runtime = parse_runtime_config(obj.get("runtimeConfig"))?;
         let aliases = parse_aliases(obj.get("runtimeConfig"), &name)?;
+        let port = parse_port(obj.get("runtimeConfig"))?;
         let valid_attachments = parse_valid_attachments(obj.get("cni.dev/valid-attachments"))?;
         Ok(NetConf {
             cni_version,
@@ -175,6 +179,7 @@ impl NetConf {
             runtime_ip6: runtime.ip6,
             runtime_mac: runtime.mac,
             aliases,
+            port,
             valid_attachments,
         })
     }
@@ -444,6 +449,38 @@ fn parse_runtime_config(v: Option<&Value>) -> Result<RuntimeConfig, ConfigError>
     Ok(RuntimeConfig { ip, ip6, mac })
 }
 
+/// `runtimeConfig.portMappings` (`[{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]`):
+/// the container port of the first TCP mapping. Flatnet publishes no host port: the mapping only
+/// says which port the container serves.
+fn parse_port(runtime: Option<&Value>) -> Result<Option<u16>, ConfigError> {
+    let mappings = match runtime.and_then(|r| r.get("portMappings")) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(m)) => m,
+        Some(v) => {
+            return Err(invalid(format!(
+                "runtimeConfig portMappings must be a list, not {v}"
+            )))
+        }
+    };
+    for m in mappings {
+        let tcp = m
+            .get("protocol")
+            .and_then(Value::as_str)
+            .is_none_or(|p| p.is_empty() || p.eq_ignore_ascii_case("tcp"));
+        let port = m.get("containerPort").and_then(Value::as_u64);
+        match port {
+            Some(p @ 1..=65535) if tcp => return Ok(Some(p as u16)),
+            Some(1..=65535) => {}
+            _ => {
+                return Err(invalid(format!(
+                    "runtimeConfig portMappings entry {m} has no containerPort from 1 to 65535"
+                )))
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// `runtimeConfig.aliases`: network name → names, as Podman sends it; only this network's.
 fn parse_aliases(runtime: Option<&Value>, network: &str) -> Result<Vec<String>, ConfigError> {
     let Some(aliases) = runtime.and_then(|r| r.get("aliases")) else {
@@ -707,6 +744,15 @@ mod tests {
         })))
         .unwrap();
         assert_eq!(c.aliases, ["web", "www"]);
+        assert_eq!(c.port, None);
+        let ports = |m: Value| parse(with(json!({"runtimeConfig": {"portMappings": m}})));
+        let c = ports(
+            json!([{"hostPort": 53, "containerPort": 53, "protocol": "udp"},
+                             {"hostPort": 9090, "containerPort": 8080, "protocol": "tcp"}]),
+        );
+        assert_eq!(c.unwrap().port, Some(8080), "the first TCP one");
+        assert!(ports(json!([{"hostPort": 1, "containerPort": 0}])).is_err());
+        assert!(ports(json!({"containerPort": 80})).is_err());
         for bad in [
             json!({"aliases": ["web"]}),
             json!({"aliases": {name: [""]}}),

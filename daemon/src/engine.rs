@@ -33,6 +33,7 @@ use crate::firewall::{Firewall, NftCommand, Subnets, DEFAULT_FLAT_RANGE};
 use crate::ipam::{self, AllocKey, Allocation, HeldBack, IpamError, Store};
 use crate::netlink::{random_mac, BridgeSpec, ContainerSpec, LinkState, Netlink, Netns, VethSpec};
 use crate::result::{CniResult, Interface, IpConfig, RouteOut};
+use crate::routes::Routes;
 use flatnet_proto::cni;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::{HashMap, HashSet};
@@ -214,6 +215,8 @@ pub struct Engine<N, S> {
     deleter: Arc<deleter::Deleter<N>>,
     /// Committed allocation changes, for `Inspect.Watch`.
     events: Events,
+    /// What the HTTP gateway routes to (see [`crate::routes`]).
+    routes: Arc<Routes>,
     /// The outbound NAT table of the networks with `ipMasq`.
     firewall: Arc<Firewall>,
     /// The names of the links in the daemon's namespace, for the start-up reconcile:
@@ -243,6 +246,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             deleter,
             admitted: Default::default(),
             events: Default::default(),
+            routes: Default::default(),
             firewall: Arc::new(Firewall::new(
                 Arc::new(NftCommand),
                 DEFAULT_FLAT_RANGE
@@ -297,6 +301,27 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     }
 
     /// Where committed allocation changes are announced.
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.routes
+    }
+
+    /// Routes every attachment on record (at start-up: the route table lives in memory only),
+    /// while requests are served: one released meanwhile is left out.
+    pub fn restore_routes(&self) -> Result<usize, Error> {
+        let all = self.store.list(None)?;
+        for a in &all {
+            self.routes
+                .publish_if(a, || matches!(self.store.get(&a.key()), Ok(Some(_))));
+        }
+        Ok(all.len())
+    }
+
+    /// An allocation whose record is gone: its routes go and its release is announced.
+    fn released(&self, alloc: &Allocation) {
+        self.routes.withdraw(&alloc.key());
+        self.events.announce(EventKind::Released, alloc);
+    }
+
     pub fn events(&self) -> &Events {
         &self.events
     }

@@ -90,6 +90,23 @@ fn to_proto(a: ipam::Allocation) -> v1::Allocation {
     }
 }
 
+fn route_to_proto(r: crate::routes::Route) -> v1::Route {
+    use crate::routes::State;
+    let state = match r.state {
+        State::Probing => v1::RouteState::Probing,
+        State::Up => v1::RouteState::Up,
+        State::Down => v1::RouteState::Down,
+    };
+    v1::Route {
+        name: r.name,
+        network: r.network,
+        address: r.address.to_string(),
+        port: u32::from(r.port),
+        state: state.into(),
+        container_id: r.container_id,
+    }
+}
+
 fn event_to_proto(e: Event) -> v1::AllocationEvent {
     let kind = match e.kind {
         EventKind::Added => v1::EventKind::Added,
@@ -492,6 +509,30 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
             "sweep on request"
         );
         Ok(Response::new(gc_to_proto(&summary, took)))
+    }
+
+    async fn list_routes(
+        &self,
+        request: Request<v1::ListRoutesRequest>,
+    ) -> Result<Response<v1::ListRoutesResponse>, Status> {
+        authorize("ListRoutes", &request)?;
+        let req = request.into_inner();
+        let routes = self.engine.routes();
+        let (revision, list) = if req.after_revision == 0 {
+            routes.snapshot()
+        } else {
+            let wait = Duration::from_millis(u64::from(req.wait_ms.min(60_000)));
+            // A daemon that stops ends the wait at once.
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                table = routes.wait_past(req.after_revision, wait) => table,
+                _ = stop.wait_for(|s| *s) => routes.snapshot(),
+            }
+        };
+        Ok(Response::new(v1::ListRoutesResponse {
+            revision,
+            routes: list.into_iter().map(route_to_proto).collect(),
+        }))
     }
 
     type WatchStream = EventStream;

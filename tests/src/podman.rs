@@ -121,9 +121,14 @@ impl PodmanHost {
         let net_d = host.dir().join("net.d");
         fs::create_dir_all(&net_d).expect("the host temp dir is writable");
 
-        // The harness's default plugin config, as a conflist entry, with the gateway spelled out
-        // and outbound NAT on, as in the shipped conflist.
-        let mut flatnet = host.conf(json!({"mtu": 1500, "ipMasq": true}));
+        // The harness's default plugin config, as a conflist entry, with the gateway spelled out,
+        // outbound NAT on and the aliases and portMappings capabilities, as in the shipped
+        // conflist.
+        let mut flatnet = host.conf(json!({
+            "mtu": 1500,
+            "ipMasq": true,
+            "capabilities": {"aliases": true, "portMappings": true},
+        }));
         for (k, v) in plugin.as_object().expect("plugin keys are an object") {
             flatnet[k] = v.clone();
         }
@@ -221,7 +226,10 @@ impl PodmanHost {
         ]
         .map(str::to_string)
         .into();
-        if !options.iter().any(|o| o.starts_with("--network")) {
+        if !options
+            .iter()
+            .any(|o| *o == "--network" || o.starts_with("--network="))
+        {
             args.extend(["--network".to_string(), NETWORK.to_string()]);
         }
         args.extend(options.iter().map(|s| s.to_string()));

@@ -392,6 +392,7 @@ fn reflection_serves_an_independent_client() {
             "GetAllocation",
             "ListAllocations",
             "ListNetworks",
+            "ListRoutes",
             "Status",
             "Watch"
         ])
@@ -469,6 +470,10 @@ fn the_readmes_grpcurl_examples_work() {
         serde_json::from_str(&run(&[&socket, "flatnet.v1.Inspect/ListNetworks"])).unwrap();
     assert_eq!(networks["networks"][0]["name"], "flatnet");
     assert_eq!(networks["networks"][0]["addressesFree"], "252");
+    let routes: serde_json::Value =
+        serde_json::from_str(&run(&[&socket, "flatnet.v1.Inspect/ListRoutes"])).unwrap();
+    assert_eq!(routes["routes"][0]["name"], "web", "{routes}");
+    assert_eq!(routes["routes"][0]["port"], 80, "{routes}");
     for query in [json!({"container": "web"}), json!({"address": ip})] {
         let got: serde_json::Value = serde_json::from_str(&run(&[
             "-d",

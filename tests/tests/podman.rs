@@ -326,6 +326,74 @@ fn podman_parallel_starts_get_distinct_addresses() {
     assert_allocations(&p, &[]);
 }
 
+/// (name, address, port, state) of every route flatnetd has.
+fn flatnet_routes(p: &PodmanHost) -> Vec<(String, String, u64, String)> {
+    let out = flatnet_tests::ctl::flatnetctl_ok(p.host(), &["--json", "routes"]);
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    v["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or_default().to_string(),
+                r["address"].as_str().unwrap_or_default().to_string(),
+                r["port"].as_u64().unwrap_or_default(),
+                r["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn podman_containers_are_routed_by_name_and_alias_to_their_published_port() {
+    let p = podman_host();
+    let token = unique_token("flatnet-page");
+    let serve =
+        format!("mkdir -p /www && echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www");
+    let web = p.run(
+        "web",
+        &["-p", "18081:8080", "--network-alias", "api"],
+        &["sh", "-c", &serve],
+    );
+    let ip = assert_attached(&web);
+    let name = p.container_name("web");
+    assert!(
+        poll(std::time::Duration::from_secs(3), || {
+            let r = flatnet_routes(&p);
+            r.len() == 2 && r.iter().all(|r| r.3 == "up")
+        }),
+        "{:?}",
+        flatnet_routes(&p)
+    );
+    let mut want = vec![
+        ("api".to_string(), ip.clone(), 8080, "up".to_string()),
+        (name, ip.clone(), 8080, "up".to_string()),
+    ];
+    want.sort();
+    assert_eq!(flatnet_routes(&p), want);
+    assert_eq!(
+        http_get(p.host().netns(), &format!("http://{ip}:8080/")).trim(),
+        token
+    );
+    // A container without -p is routed to port 80.
+    let plain = p.run_idle("plain", &[]);
+    let plain_ip = assert_attached(&plain);
+    assert!(flatnet_routes(&p).contains(&(
+        p.container_name("plain"),
+        plain_ip,
+        80,
+        "probing".into()
+    )));
+    web.remove();
+    plain.remove();
+    assert_eq!(
+        flatnet_routes(&p),
+        Vec::new(),
+        "podman rm takes the routes away"
+    );
+}
+
 #[test]
 fn podman_portmap_chained_after_flatnet() {
     let portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});

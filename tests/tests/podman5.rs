@@ -97,6 +97,44 @@ fn run_is_reachable_over_http_and_rm_gives_the_address_back() {
 }
 
 #[test]
+fn containers_are_routed_by_name_and_alias_to_their_published_port() {
+    let s = guest();
+    let serve = "mkdir -p /www && echo routed > /www/index.html && exec httpd -f -p 8080 -h /www";
+    run_detached(
+        &s,
+        "web",
+        &["-p", "18082:8080", "--network-alias", "api"],
+        &["sh", "-c", serve],
+    );
+    let (ip, _) = inspect(&s, "web", "flatnet");
+    let routes = || -> Vec<(String, String, u64, String)> {
+        let v = s.flatnetctl_json(&["routes"]);
+        v["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or_default().to_string(),
+                    r["address"].as_str().unwrap_or_default().to_string(),
+                    r["port"].as_u64().unwrap_or_default(),
+                    r["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let up = |name: &str| (name.to_string(), ip.clone(), 8080, "up".to_string());
+    assert!(
+        flatnet_tests::poll(std::time::Duration::from_secs(3), || routes()
+            == vec![up("api"), up("web")]),
+        "{:?}",
+        routes()
+    );
+    s.podman_ok(&["rm", "-f", "-t", "0", "web"]);
+    assert_eq!(routes(), Vec::new(), "podman rm takes the routes away");
+}
+
+#[test]
 fn ip_and_mac_address_are_honoured() {
     let s = guest();
     run_detached(

@@ -99,6 +99,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             address6: address6.map(|n| (n.ip(), n.prefix())),
             container_name: args.pod_name.clone(),
             aliases: conf.aliases.clone(),
+            port: conf.port,
             host_veth: host_veth.clone(),
             netns: req.netns.clone(),
             created_unix: unix_now(),
@@ -146,6 +147,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         match committed {
             Ok(()) => {
                 self.events.announce(EventKind::Added, &alloc);
+                self.routes.publish(&alloc);
                 Ok(Done {
                     result: Some(alloc.result.render(&conf.cni_version)),
                     address: alloc.address_text(),
@@ -185,7 +187,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }));
         }
         if let Some(stale) = self.store.remove(key)? {
-            self.events.announce(EventKind::Released, &stale);
+            self.released(&stale);
         }
         Ok(None)
     }
@@ -288,6 +290,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             _ => self.nl.delete_link(host_veth).await,
         };
         let _ = self.store.remove(key);
+        // The start-up restore may have routed the record meanwhile.
+        self.routes.withdraw(key);
         match undo {
             Ok(_) => failure,
             Err(undo) => {

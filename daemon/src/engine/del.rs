@@ -28,6 +28,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 self.held.hold(&alloc.network, ip, &host_veth);
             }
             self.store.remove(&key)?;
+            // Before the interface is set aside: a gateway never routes to one that is going.
+            self.routes.withdraw(&key);
         }
         drop(guard);
         // Before the answer, the container end is set aside (down, without its address, under
@@ -56,7 +58,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         // restart finds the veth gone and releases the record too.
         self.deleter.delete_later(host_veth.clone());
         if let Some(alloc) = &existing {
-            self.events.announce(EventKind::Released, alloc);
+            self.released(alloc);
         }
         if let Err(e) = parked {
             // The container end could not be set aside: answer only once the pair is gone.

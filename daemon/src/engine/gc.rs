@@ -32,7 +32,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             match self.nl.delete_link(&alloc.host_veth).await {
                 Ok(_) => {
                     if let Some(gone) = self.store.remove(&alloc.key())? {
-                        self.events.announce(EventKind::Released, &gone);
+                        self.released(&gone);
                     }
                     released += 1;
                 }

@@ -28,7 +28,6 @@
 //! Then every spooled DEL is applied; a file is deleted only after its DEL succeeded.
 
 use super::{bridge_spec, Command, Engine, Error, NetConf, Request, Store};
-use crate::events::EventKind;
 use crate::host::unix_now;
 pub use crate::ipam::held::GRACE;
 use crate::ipam::held::{fate, Facts, Fate};
@@ -256,7 +255,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                         s.links_removed += 1;
                     }
                     if let Some(gone) = self.store.remove(&key)? {
-                        self.events.announce(EventKind::Released, &gone);
+                        self.released(&gone);
                     }
                     released_any = true;
                     s.released_earlier_boot += 1;
@@ -265,7 +264,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 }
                 Fate::ReleaseGone => {
                     if let Some(gone) = self.store.remove(&key)? {
-                        self.events.announce(EventKind::Released, &gone);
+                        self.released(&gone);
                     }
                     released_any = true;
                     s.released_gone += 1;

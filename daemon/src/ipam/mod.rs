@@ -72,6 +72,10 @@ pub struct Allocation {
     /// Other names of the container on this network (Podman's network aliases), when given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The port the HTTP gateway routes to, when the runtime named one (see
+    /// `NetConf::port`); 80 otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// The result handed to the runtime, so a repeated ADD can answer the same.
     pub result: CniResult,
 }

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 pub fn allocation(container: &str, ip: Ipv4Addr, prefix: u8) -> Allocation {
     Allocation {
         aliases: Vec::new(),
+        port: None,
         network: "n".into(),
         container_id: container.into(),
         ifname: "eth0".into(),

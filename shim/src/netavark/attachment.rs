@@ -25,6 +25,9 @@ pub struct Attachment {
     pub dns_servers: Vec<String>,
     /// The container's network aliases (recorded with its allocation).
     pub aliases: Vec<String>,
+    /// `port_mappings` (Podman's `-p`) as CNI's `portMappings`: they name the port the HTTP
+    /// gateway routes to; Flatnet publishes no host port.
+    pub port_mappings: Vec<Value>,
 }
 
 /// Reads a setup or teardown input (`NetworkPluginExec`).
@@ -120,6 +123,20 @@ pub fn attachment(input: &Map<String, Value>) -> Result<Attachment, String> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err("\"aliases\" must be an array".into()),
     };
+    let port_mappings = match input.get("port_mappings") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(m)) => m
+            .iter()
+            .map(|m| {
+                json!({
+                    "hostPort": m["host_port"],
+                    "containerPort": m["container_port"],
+                    "protocol": m["protocol"],
+                })
+            })
+            .collect(),
+        Some(_) => return Err("\"port_mappings\" must be an array".into()),
+    };
     let dns_servers = match network.get("network_dns_servers") {
         Some(Value::Array(s)) => s
             .iter()
@@ -137,6 +154,7 @@ pub fn attachment(input: &Map<String, Value>) -> Result<Attachment, String> {
         static_mac,
         dns_servers,
         aliases,
+        port_mappings,
     })
 }
 
@@ -174,12 +192,23 @@ impl Attachment {
         }
     }
 
-    /// The network's CNI config with this container's aliases, as Podman 4 passes them
-    /// (`runtimeConfig.aliases`, the `aliases` capability).
+    /// The network's CNI config with this container's aliases and port mappings, as Podman 4
+    /// passes them (`runtimeConfig.aliases` and `runtimeConfig.portMappings`, the `aliases` and
+    /// `portMappings` capabilities).
     fn cni_config(&self) -> Value {
         let mut conf = self.network.cni_config();
+        let mut runtime = Map::new();
         if !self.aliases.is_empty() {
-            conf["runtimeConfig"] = json!({ "aliases": { &self.network.name: self.aliases } });
+            runtime.insert(
+                "aliases".into(),
+                json!({ &self.network.name: self.aliases }),
+            );
+        }
+        if !self.port_mappings.is_empty() {
+            runtime.insert("portMappings".into(), self.port_mappings.clone().into());
+        }
+        if !runtime.is_empty() {
+            conf["runtimeConfig"] = Value::Object(runtime);
         }
         conf
     }

@@ -1,0 +1,191 @@
+//! The route table the HTTP gateway follows (`flatnetctl routes`, `Inspect.ListRoutes`): a named
+//! container is routed by its name and its network aliases, to its address and the port its first
+//! TCP port mapping names (80 without one); a route is up once the port accepts TCP, down when it
+//! stops; DEL takes the routes away before it answers; a restarted daemon routes every attachment
+//! again; a reader can wait for the next change.
+
+use flatnet_tests::ctl::{flatnetctl_ok, spawn_flatnetctl};
+use flatnet_tests::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn host() -> Host {
+    require_root();
+    Host::start()
+}
+
+/// `flatnetctl --json routes`: the revision and the routes.
+fn routes(host: &Host) -> (u64, Vec<Value>) {
+    let v: Value = serde_json::from_str(&flatnetctl_ok(host, &["--json", "routes"]))
+        .expect("flatnetctl --json routes prints JSON");
+    let revision = v["revision"].as_u64().expect("a revision");
+    (
+        revision,
+        v["routes"].as_array().cloned().unwrap_or_default(),
+    )
+}
+
+/// (name, address, port, state) of every route.
+fn table(host: &Host) -> Vec<(String, String, u64, String)> {
+    routes(host)
+        .1
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["address"].as_str().unwrap().to_string(),
+                r["port"].as_u64().unwrap(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (at most `limit`) until every route is in `state`; how long that took.
+fn all_become(host: &Host, state: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    assert!(
+        poll(limit, || {
+            let t = table(host);
+            !t.is_empty() && t.iter().all(|r| r.3 == state)
+        }),
+        "not all {state} within {limit:?}: {:?}",
+        table(host)
+    );
+    start.elapsed()
+}
+
+fn httpd(host: &Host, c: &Netns, port: u16) -> Background {
+    let www = host.dir().join(format!("www-{}", c.label()));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello\n").unwrap();
+    c.spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        &port.to_string(),
+        "-h",
+        www.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn a_named_container_is_routed_by_name_and_alias_while_its_port_answers() {
+    let host = host();
+    let mut conf = host.conf(json!({}));
+    conf["runtimeConfig"] = json!({
+        "aliases": {"flatnet": ["api"]},
+        "portMappings": [{"hostPort": 9090, "containerPort": 8080, "protocol": "tcp"}],
+    });
+    let c = host.container("web");
+    let ip = result_ip(&host.add_ok(&c, &conf));
+    let t = table(&host);
+    let names: Vec<&str> = t.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names, ["api", "web"], "{t:?}");
+    assert!(
+        t.iter()
+            .all(|r| r.1 == ip && r.2 == 8080 && r.3 == "probing"),
+        "{t:?}"
+    );
+
+    // The server comes up after the attachment: the routes are up within a few probes.
+    let server = httpd(&host, &c, 8080);
+    let took = all_become(&host, "up", Duration::from_secs(2));
+    eprintln!("routes up {took:?} after the server started");
+    assert_eq!(
+        http_get(host.netns(), &format!("http://{ip}:8080/")),
+        "hello\n"
+    );
+
+    // The server stops: down (two failed tries a second apart).
+    drop(server);
+    all_become(&host, "down", Duration::from_secs(5));
+
+    // A restarted daemon routes what it holds again, and finds the port answering.
+    let _server = httpd(&host, &c, 8080);
+    host.stop_daemon();
+    host.start_daemon_again();
+    all_become(&host, "up", Duration::from_secs(2));
+
+    // DEL takes the routes away before it answers.
+    host.del(&c, &conf).assert_ok_empty();
+    assert_eq!(table(&host), Vec::new());
+}
+
+#[test]
+fn port_80_by_default_and_no_route_without_a_name() {
+    let host = host();
+    let conf = host.conf(json!({"cniVersion": "1.1.0"}));
+    let named = host.container("plain");
+    let ip = result_ip(&host.add_ok(&named, &conf));
+    let unnamed = host.container("nameless");
+    host.cni(
+        "ADD",
+        Some(&unnamed),
+        unnamed.container_id(),
+        "eth0",
+        "IgnoreUnknown=1",
+        &conf,
+    )
+    .assert_ok();
+    assert_eq!(
+        table(&host),
+        vec![("plain".to_string(), ip, 80, "probing".to_string())]
+    );
+    // Nothing listens: still probing (down only after 30 s), and GC's release withdraws it.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] =
+        json!([{"containerID": unnamed.container_id(), "ifname": "eth0"}]);
+    host.cni("GC", None, "", "", "", &gc).assert_ok_empty();
+    assert_eq!(table(&host), Vec::new());
+}
+
+#[test]
+fn a_reader_waiting_past_a_revision_hears_of_the_next_change_at_once() {
+    let host = host();
+    let conf = host.conf(json!({}));
+    let (revision, _) = routes(&host);
+    let waiting = spawn_flatnetctl(
+        &host,
+        &[
+            "--json",
+            "routes",
+            "--after",
+            &revision.to_string(),
+            "--wait-ms",
+            "20000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let c = host.container("late");
+    let added = Instant::now();
+    host.add_ok(&c, &conf);
+    let out = waiting.wait_with_output().expect("flatnetctl ends");
+    let waited = added.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["revision"].as_u64().unwrap() > revision, "{v}");
+    assert_eq!(v["routes"][0]["name"], "late", "{v}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the wait ended {waited:?} after the ADD"
+    );
+    // Without a change the wait ends after wait-ms with the same revision.
+    let (now, _) = routes(&host);
+    let started = Instant::now();
+    let same = flatnetctl_ok(
+        &host,
+        &[
+            "--json",
+            "routes",
+            "--after",
+            &now.to_string(),
+            "--wait-ms",
+            "300",
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let v: Value = serde_json::from_str(&same).unwrap();
+    assert_eq!(v["revision"].as_u64(), Some(now));
+}
