@@ -64,7 +64,10 @@ impl Daemon {
         &mut self,
         req: v1::ListRoutesRequest,
     ) -> anyhow::Result<v1::ListRoutesResponse> {
-        let r = self.client.list_routes(call(req)).await;
+        let wait = Duration::from_millis(u64::from(req.wait_ms));
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(CALL_TIMEOUT + wait);
+        let r = self.client.list_routes(request).await;
         Ok(r.map_err(|e| self.explain(e))?.into_inner())
     }
 

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use flatnet_proto::v1::{self, get_allocation_request::Key};
 
 mod client;
+mod gateway;
 mod text;
 mod view;
 
@@ -62,6 +63,11 @@ enum Command {
     /// Sweep now: release addresses of containers that are gone, remove stray fn-* links, apply
     /// spooled DELs
     Gc,
+    /// Writes the HTTP gateway's configuration from the route table
+    Gateway {
+        #[command(subcommand)]
+        server: GatewayServer,
+    },
     /// Allocation events as they happen, one line each, until interrupted (or after N events)
     Watch {
         /// Only this network's
@@ -73,7 +79,50 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum GatewayServer {
+    /// An nginx file to include in the http {} block: `Host: NAME.DOMAIN` and `/NAME/` to each
+    /// container that is up
+    Nginx {
+        /// The file to write (atomically, 0644)
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+        /// The address nginx listens on for these routes
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: String,
+        /// The domain names are routed under
+        #[arg(long, value_name = "DOMAIN", default_value = "flatnet.localhost")]
+        domain: String,
+        /// Run after the file changed ("" for nothing)
+        #[arg(long, value_name = "CMD", default_value = "nginx -s reload")]
+        reload: String,
+        /// Follow the table until stopped (and flatnetd across restarts)
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Gateway {
+        server:
+            GatewayServer::Nginx {
+                out,
+                listen,
+                domain,
+                reload,
+                watch,
+            },
+    } = cli.command
+    {
+        let opts = gateway::Options {
+            out,
+            listen,
+            domain,
+            reload,
+            watch,
+        };
+        return gateway::nginx(&cli.socket, &opts).await;
+    }
     let mut daemon = Daemon::connect(&cli.socket).await?;
     let json = cli.json;
     match cli.command {
@@ -110,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             view::details(&list, json)
         }
         Command::Gc => view::gc(&daemon.gc().await?, json),
+        Command::Gateway { .. } => unreachable!("answered above"),
         Command::Watch { network, count } => {
             let mut stream = daemon.watch(network).await?;
             // The daemon subscribed before it answered: from here on nothing is missed. Tests wait

@@ -140,6 +140,24 @@ pub struct Background {
 }
 
 impl Background {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit (killed after that).
+    pub fn terminate(&mut self, limit: std::time::Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Panics if the process has already exited (e.g. httpd could not bind).
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {

@@ -14,8 +14,8 @@
 
 use crate::http::fetch_with;
 use crate::{
-    bin_dir, command_works, output_within, require_root, run_ok, unique_token, unmet, Background,
-    Host, Netns, PATH,
+    bin_dir, command_works, output_within, require_root, run_ok, unique_token, unmet, Host, Netns,
+    Nginx, PATH,
 };
 use serde_json::{json, Value};
 use std::fs;
@@ -279,42 +279,13 @@ impl PodmanHost {
     pub fn nginx_proxy(&self, listen: &str, upstream: &str) -> Nginx {
         let n = self.next_nginx.fetch_add(1, Ordering::SeqCst);
         let dir = self.host.dir().join(format!("nginx-{n}"));
-        fs::create_dir_all(&dir).expect("the host temp dir is writable");
-        let d = dir.to_str().expect("temp dir paths are UTF-8");
-        // One process (no master/worker split): killing it by pid on drop leaves nothing behind.
-        let conf = format!(
-            "master_process off;\n\
-             pid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n\
-             access_log off;\n\
-             client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n\
-             uwsgi_temp_path {d}/uwsgi;\n\
-             scgi_temp_path {d}/scgi;\n\
-             server {{\n\
-             listen {listen};\n\
-             location / {{ proxy_pass http://{upstream}; }}\n\
-             }}\n\
-             }}\n"
-        );
-        let conf_path = dir.join("nginx.conf");
-        fs::write(&conf_path, conf).expect("the host temp dir is writable");
-        let error_log = dir.join("error.log");
-        let process = self.host.netns().spawn(&[
-            "nginx",
-            "-p",
-            d,
-            "-e",
-            error_log.to_str().expect("temp dir paths are UTF-8"),
-            "-c",
-            conf_path.to_str().expect("temp dir paths are UTF-8"),
-            "-g",
-            "daemon off;",
-        ]);
-        Nginx { process, error_log }
+        Nginx::start(
+            self.host.netns(),
+            &dir,
+            &format!(
+                "server {{\n listen {listen};\n location / {{ proxy_pass http://{upstream}; }}\n}}\n"
+            ),
+        )
     }
 
     /// A "client" namespace linked to the host namespace by a veth pair: the host end
@@ -498,23 +469,6 @@ impl Container<'_> {
 }
 
 /// An nginx started by [`PodmanHost::nginx_proxy`]; killed by pid on drop.
-pub struct Nginx {
-    process: Background,
-    error_log: PathBuf,
-}
-
-impl Nginx {
-    /// Panics if nginx has exited (e.g. it could not bind); see [`Nginx::error_log`] for why.
-    pub fn assert_running(&mut self) {
-        self.process.assert_running();
-    }
-
-    /// What nginx wrote to its error log so far.
-    pub fn error_log(&self) -> String {
-        fs::read_to_string(&self.error_log).unwrap_or_else(|e| format!("<no error log: {e}>"))
-    }
-}
-
 /// The command of an httpd container that serves `token` (plus a newline) at `/`. `mkdir -p`
 /// because the container's filesystem survives a restart.
 pub fn httpd_command(token: &str) -> [String; 3] {

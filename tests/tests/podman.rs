@@ -348,6 +348,8 @@ fn flatnet_routes(p: &PodmanHost) -> Vec<(String, String, u64, String)> {
 #[test]
 fn podman_containers_are_routed_by_name_and_alias_to_their_published_port() {
     let p = podman_host();
+    require_tool("nginx", "nginx-light");
+    require_tool("curl", "curl");
     let token = unique_token("flatnet-page");
     let serve =
         format!("mkdir -p /www && echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www");
@@ -376,6 +378,54 @@ fn podman_containers_are_routed_by_name_and_alias_to_their_published_port() {
         http_get(p.host().netns(), &format!("http://{ip}:8080/")).trim(),
         token
     );
+    // Through nginx, by name and by path, from the file flatnetctl writes.
+    let out = p.host().dir().join("flatnet-routes.conf");
+    flatnet_tests::ctl::flatnetctl_ok(
+        p.host(),
+        &[
+            "gateway",
+            "nginx",
+            "--out",
+            out.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:18090",
+            "--reload",
+            "",
+        ],
+    );
+    let mut nginx = Nginx::start(
+        p.host().netns(),
+        &p.host().dir().join("nginx-routes"),
+        &format!("include {};\n", out.display()),
+    );
+    let by_host = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                p.host().netns().name(),
+                "curl",
+                "-s",
+                "-m",
+                "3",
+            ])
+            .args([
+                "-H",
+                "Host: api.flatnet.localhost",
+                "http://127.0.0.1:18090/",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        poll(std::time::Duration::from_secs(3), || by_host() == token),
+        "{}",
+        nginx.error_log()
+    );
+    let by_path = format!("http://127.0.0.1:18090/{}/", p.container_name("web"));
+    assert_eq!(http_get(p.host().netns(), &by_path).trim(), token);
+    nginx.assert_running();
     // A container without -p is routed to port 80.
     let plain = p.run_idle("plain", &[]);
     let plain_ip = assert_attached(&plain);

@@ -1,0 +1,85 @@
+//! A private nginx in a test's namespace: a master and one worker (so a reload works as it does
+//! for a packaged nginx), stopped with SIGTERM on drop, which takes the worker with it; its pid
+//! file, logs and temp paths in a directory of its own.
+
+use crate::{Background, Netns};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub struct Nginx {
+    process: Background,
+    error_log: PathBuf,
+    conf: PathBuf,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx in `netns` with `http` (server blocks, `include` lines) inside its `http {}`
+    /// block; `dir` holds everything else.
+    pub fn start(netns: &Netns, dir: &Path, http: &str) -> Nginx {
+        fs::create_dir_all(dir).expect("the host temp dir is writable");
+        let d = dir.to_str().expect("temp dir paths are UTF-8");
+        let conf = format!(
+            "worker_processes 1;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n\
+             access_log off;\n\
+             client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n\
+             scgi_temp_path {d}/scgi;\n\
+             {http}\
+             }}\n"
+        );
+        let conf_path = dir.join("nginx.conf");
+        fs::write(&conf_path, conf).expect("the host temp dir is writable");
+        let error_log = dir.join("error.log");
+        let process = netns.spawn(&[
+            "nginx",
+            "-p",
+            d,
+            "-e",
+            error_log.to_str().expect("temp dir paths are UTF-8"),
+            "-c",
+            conf_path.to_str().expect("temp dir paths are UTF-8"),
+            "-g",
+            "daemon off;",
+        ]);
+        Nginx {
+            process,
+            error_log,
+            conf: conf_path,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The command that makes this nginx read its configuration again (for `--reload`), run in
+    /// its namespace by the caller.
+    pub fn reload_command(&self) -> String {
+        format!(
+            "nginx -p {} -c {} -s reload",
+            self.dir.display(),
+            self.conf.display()
+        )
+    }
+
+    /// Panics if nginx has exited (e.g. it could not bind); see [`Nginx::error_log`] for why.
+    pub fn assert_running(&mut self) {
+        self.process.assert_running();
+    }
+
+    /// What nginx wrote to its error log so far.
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(&self.error_log).unwrap_or_else(|e| format!("<no error log: {e}>"))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // The master stops its worker before it exits; a killed master would leave it running.
+        self.process.terminate(std::time::Duration::from_secs(5));
+    }
+}
