@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod firewall;
 pub mod host;
+pub mod http;
 pub mod inspect;
 pub mod ipam;
 pub mod metrics;

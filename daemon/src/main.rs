@@ -1,5 +1,5 @@
 //! `flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS] [--log-format text|json]
-//! [--metrics-listen ADDR:PORT] [--flat-range CIDR]`: opens the state database and the netlink
+//! [--metrics-listen ADDR:PORT] [--routes-listen ADDR:PORT [--routes-public]] [--flat-range CIDR]`: opens the state database and the netlink
 //! socket once, binds the socket, reconciles the kernel with the database, applies spooled DELs and
 //! writes the outbound NAT table, then serves CNI requests, inspection (`flatnet.v1.Inspect`) and
 //! gRPC server reflection until SIGTERM or SIGINT, sweeping periodically, keeping the NAT table in
@@ -62,6 +62,13 @@ struct Options {
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; e.g. 127.0.0.1:9187)
     #[arg(long, value_name = "ADDR:PORT", value_parser = metrics_addr)]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the route table on http://ADDR:PORT/routes, for gateways that follow it themselves
+    /// (off by default; a loopback address unless --routes-public)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = routes_addr)]
+    routes_listen: Option<SocketAddr>,
+    /// Let --routes-listen take an address other hosts reach (a Windows-side gateway of WSL2)
+    #[arg(long)]
+    routes_public: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,6 +89,11 @@ fn sweep_secs(raw: &str) -> Result<u64, String> {
 fn metrics_addr(raw: &str) -> Result<SocketAddr, String> {
     raw.parse()
         .map_err(|_| format!("--metrics-listen takes ADDR:PORT (e.g. 127.0.0.1:9187), not {raw:?}"))
+}
+
+fn routes_addr(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse()
+        .map_err(|_| format!("--routes-listen takes ADDR:PORT (e.g. 127.0.0.1:8787), not {raw:?}"))
 }
 
 impl Options {
@@ -334,6 +346,18 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let routes_listener = match opts.routes_listen {
+        Some(addr) if !addr.ip().is_loopback() && !opts.routes_public => anyhow::bail!(
+            "--routes-listen {addr} is not a loopback address: the route table names every \
+             container's address, so other hosts may read it only if you say so with --routes-public"
+        ),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --routes-listen {addr}"))?,
+        ),
+        None => None,
+    };
     let (listener, owned) = listener(&opts.socket)?;
     let spool = Arc::new(Spool::for_socket(&opts.socket));
 
@@ -369,6 +393,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         sweep_interval_s = opts.sweep_interval,
         startup_ms = reconciling.elapsed().as_millis() as u64,
         metrics_listen = opts.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+        routes_listen = opts.routes_listen.map(|a| a.to_string()).unwrap_or_default(),
         allocations = startup.kept, "flatnetd ready");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -396,6 +421,17 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             started,
         );
         tokio::spawn(metrics::serve(l, page, stop_rx.clone()))
+    });
+    let routes_task = routes_listener.map(|l| {
+        let handler = flatnet_daemon::routes::http::handler(engine.routes().clone());
+        let max = flatnet_daemon::routes::http::MAX_CONNECTIONS;
+        tokio::spawn(flatnet_daemon::http::serve(
+            "routes",
+            l,
+            max,
+            handler,
+            stop_rx.clone(),
+        ))
     });
     let info = DaemonInfo {
         socket: opts.socket.clone(),
@@ -461,7 +497,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     healing.abort();
-    if let Some(task) = metrics_task {
+    for task in metrics_task.into_iter().chain(routes_task) {
         if *stop_rx.borrow() {
             let _ = task.await;
         } else {

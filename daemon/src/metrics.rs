@@ -7,7 +7,6 @@ use flatnet_proto::v1::Command;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,10 +23,6 @@ pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 20.0, 60.0,
 ];
 
-/// The largest request head the responder reads; a scraper sends a few hundred bytes.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// How long a client may take to send its request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes answered at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 8;
 /// What the page is, for the `Content-Type` header.
@@ -214,55 +209,13 @@ impl Metrics {
 pub async fn serve(
     listener: TcpListener,
     page: Arc<dyn Fn() -> String + Send + Sync>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                // The semaphore is never closed.
-                Err(_) => return,
-            },
-            () = stopped(&mut stop) => return,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and the like: wait a moment rather than spin.
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => return,
-        };
-        let page = page.clone();
-        tokio::spawn(async move {
-            let answer = hyper::service::service_fn(move |req| {
-                let page = page.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&req, &*page)) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
-                .max_buf_size(MAX_REQUEST_HEAD)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), answer)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "metrics: connection ended early");
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Resolves once `stop` is true (or its sender is gone).
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    // The guard wait_for returns must not live across an await of the caller.
-    let _ = stop.wait_for(|s| *s).await;
+    let answer: crate::http::Handler = Arc::new(move |req| {
+        let response = route(&req, &*page);
+        Box::pin(async move { response })
+    });
+    crate::http::serve("metrics", listener, MAX_CONNECTIONS, answer, stop).await
 }
 
 /// The response to one request (hyper leaves the body out for HEAD).
@@ -289,13 +242,7 @@ fn route(
             "not found: metrics are at /metrics\n".to_string(),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
-    response
+    crate::http::response(status, content_type, body)
 }
 
 #[cfg(test)]

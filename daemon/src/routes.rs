@@ -11,6 +11,8 @@
 //! 50 ms, and 10,000 attachments made at once cost the host bounded work). Every change bumps the
 //! table's revision, which a reader can wait past.
 
+pub mod http;
+
 use crate::ipam::{AllocKey, Allocation};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -189,3 +189,73 @@ fn a_reader_waiting_past_a_revision_hears_of_the_next_change_at_once() {
     let v: Value = serde_json::from_str(&same).unwrap();
     assert_eq!(v["revision"].as_u64(), Some(now));
 }
+
+#[test]
+fn the_route_table_over_http_holds_only_names_addresses_ports_and_states_and_long_polls() {
+    require_root();
+    const LISTEN: &str = "127.0.0.1:18787";
+    let host = Host::start_with_args(&["--routes-listen", LISTEN]);
+    let conf = host.conf(json!({}));
+    let url = format!("http://{LISTEN}/routes");
+    let first: Value = serde_json::from_str(&http_get(host.netns(), &url)).unwrap();
+    assert_eq!(first["routes"], json!([]), "{first}");
+    let revision = first["revision"].as_u64().unwrap();
+
+    // A long poll past that revision answers once a container is attached.
+    let c = host.container("web");
+    let ns = host.netns().name().to_string();
+    let polled = format!("{url}?after={revision}&wait=10000");
+    let waiting = std::thread::spawn(move || {
+        let start = Instant::now();
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "busybox", "wget", "-q", "-O", "-", &polled,
+            ])
+            .output()
+            .unwrap();
+        (
+            start.elapsed(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let ip = result_ip(&host.add_ok(&c, &conf));
+    let (waited, text) = waiting.join().unwrap();
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    let table: Value = serde_json::from_str(&text).unwrap();
+    assert!(table["revision"].as_u64().unwrap() > revision, "{table}");
+    assert_eq!(
+        table["routes"],
+        json!([{"name": "web", "address": ip, "port": 80, "state": "probing"}]),
+        "nothing but name, address, port and state"
+    );
+    // Without a change, the wait ends with the same revision.
+    let now = table["revision"].as_u64().unwrap();
+    let same: Value = serde_json::from_str(&http_get(
+        host.netns(),
+        &format!("{url}?after={now}&wait=200"),
+    ))
+    .unwrap();
+    assert_eq!(same["revision"].as_u64(), Some(now));
+    host.del(&c, &conf).assert_ok_empty();
+}
+
+#[test]
+fn the_route_table_listens_elsewhere_than_loopback_only_when_told() {
+    require_root();
+    let host = Host::start();
+    host.stop_daemon();
+    let flatnetd = binary("flatnetd");
+    let out = host
+        .netns()
+        .exec_command(&[flatnetd.to_str().unwrap()])
+        .args(["--routes-listen", "0.0.0.0:18788", "--socket"])
+        .arg(host.dir().join("other.sock"))
+        .arg("--state-dir")
+        .arg(host.dir().join("other-state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--routes-public"), "{err}");
+}
