@@ -193,7 +193,11 @@ pub async fn nginx(socket: &str, opts: &Options) -> anyhow::Result<()> {
             } else {
                 table
             };
-            apply(opts, &table)?;
+            // A reload that fails (nginx stopped, a bad edit elsewhere in its configuration) is
+            // said and tried again with the next change; the watch goes on.
+            if let Err(e) = apply(opts, &table) {
+                eprintln!("flatnetctl: {e:#}");
+            }
             after = table.revision;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
