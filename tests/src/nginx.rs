@@ -17,10 +17,16 @@ impl Nginx {
     /// Starts nginx in `netns` with `http` (server blocks, `include` lines) inside its `http {}`
     /// block; `dir` holds everything else.
     pub fn start(netns: &Netns, dir: &Path, http: &str) -> Nginx {
+        Nginx::start_with(netns, dir, "", http)
+    }
+
+    /// [`Nginx::start`] with `main` (e.g. `load_module` lines) before everything else.
+    pub fn start_with(netns: &Netns, dir: &Path, main: &str, http: &str) -> Nginx {
         fs::create_dir_all(dir).expect("the host temp dir is writable");
         let d = dir.to_str().expect("temp dir paths are UTF-8");
         let conf = format!(
-            "worker_processes 1;\n\
+            "{main}\
+             worker_processes 1;\n\
              pid {d}/nginx.pid;\n\
              error_log {d}/error.log;\n\
              events {{ worker_connections 64; }}\n\

@@ -203,3 +203,88 @@ fn nginx_routes_by_name_and_path_and_follows_containers_with_watch() {
     let _ = watcher.wait();
     nginx.assert_running();
 }
+
+/// The shipped OpenResty example (deploy/openresty), pointed at this test's flatnetd and port.
+fn openresty_conf(routes_port: u16, listen: &str) -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/openresty");
+    let example = std::fs::read_to_string(format!("{dir}/nginx.conf")).expect("the example");
+    let conf = example
+        .replace("/usr/local/share/flatnet/?.lua", &format!("{dir}/?.lua"))
+        .replace("port = 8787", &format!("port = {routes_port}"))
+        .replace("listen 127.0.0.1:8080;", &format!("listen {listen};"));
+    assert_ne!(
+        conf, example,
+        "the example has the lines this test replaces"
+    );
+    conf
+}
+
+#[test]
+fn openresty_follows_the_table_without_reloads() {
+    require_root();
+    require_tool("nginx", "nginx-light");
+    require_tool("curl", "curl");
+    let lua = "/usr/lib/nginx/modules/ngx_http_lua_module.so";
+    if !std::path::Path::new(lua).exists() {
+        unmet("the OpenResty test needs lua-nginx-module: apt-get install libnginx-mod-http-lua");
+    }
+    let host = Host::start_with_args(&["--routes-listen", "127.0.0.1:18797"]);
+    let conf = host.conf(json!({}));
+    let web = host.container("web");
+    let _web_server = serve(&host, &web, "web page");
+    host.add_ok(&web, &conf);
+    let slow = host.container("slow");
+    host.add_ok(&slow, &conf);
+    let mut nginx = Nginx::start_with(
+        host.netns(),
+        &host.dir().join("openresty"),
+        "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n\
+         load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n",
+        &openresty_conf(18797, LISTEN),
+    );
+    assert!(
+        until(Duration::from_secs(3), || {
+            get(&host, "web.flatnet.localhost", "/") == (200, "web page\n".into())
+        })
+        .is_some(),
+        "{}",
+        nginx.error_log()
+    );
+    assert_eq!(get(&host, "x", "/web/"), (200, "web page\n".into()));
+    assert_eq!(get(&host, "slow.flatnet.localhost", "/").0, 502);
+    assert_eq!(get(&host, "nobody.flatnet.localhost", "/").0, 404);
+    assert_eq!(get(&host, "x", "/nobody/").0, 404);
+
+    let api = host.container("api");
+    let _api_server = serve(&host, &api, "api page");
+    host.add_ok(&api, &conf);
+    let took = until(Duration::from_secs(3), || {
+        get(&host, "api.flatnet.localhost", "/") == (200, "api page\n".into())
+    });
+    assert!(took.is_some(), "{}", nginx.error_log());
+    eprintln!("api answered through OpenResty {took:?} after its ADD");
+    host.del(&api, &conf).assert_ok_empty();
+    assert!(until(Duration::from_secs(3), || get(
+        &host,
+        "api.flatnet.localhost",
+        "/"
+    )
+    .0 == 404)
+    .is_some());
+
+    // flatnetd restarts: the module reads the table again.
+    host.stop_daemon();
+    host.start_daemon_again();
+    let again = host.container("again");
+    let _again_server = serve(&host, &again, "again page");
+    host.add_ok(&again, &conf);
+    assert!(
+        until(Duration::from_secs(5), || {
+            get(&host, "again.flatnet.localhost", "/") == (200, "again page\n".into())
+        })
+        .is_some(),
+        "{}",
+        nginx.error_log()
+    );
+    nginx.assert_running();
+}
