@@ -301,6 +301,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     }
 
     /// Where committed allocation changes are announced.
+    /// Probes the routes' ports (see [`Routes::probing`]): what flatnetd does; an engine on a
+    /// fake kernel does not.
+    pub fn with_route_probes(mut self) -> Self {
+        self.routes = Arc::new(Routes::probing());
+        self
+    }
+
     pub fn routes(&self) -> &Arc<Routes> {
         &self.routes
     }

@@ -335,8 +335,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let firewall =
         Firewall::new(Arc::new(NftCommand), opts.flat_range).with_flat_range6(opts.flat_range6);
-    let engine: Arc<DaemonEngine> =
-        Arc::new(Engine::new(nl, store, boot_id).with_firewall(firewall));
+    let engine: Arc<DaemonEngine> = Arc::new(
+        Engine::new(nl, store, boot_id)
+            .with_firewall(firewall)
+            .with_route_probes(),
+    );
     // Bound before anything else is served, so a taken port stops the start with a clear error.
     let metrics_listener = match opts.metrics_listen {
         Some(addr) => Some(

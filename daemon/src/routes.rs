@@ -58,7 +58,15 @@ struct Entry {
     state: State,
     /// Which publication of the key this is, so a prober of an earlier one changes nothing.
     generation: u64,
-    prober: tokio::task::JoinHandle<()>,
+    prober: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(p) = &self.prober {
+            p.abort();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -68,6 +76,10 @@ struct Inner {
 }
 
 pub struct Routes {
+    /// Whether ports are tried at all: only a daemon that serves real attachments tries them
+    /// ([`Routes::probing`]); an engine on a fake kernel has no container to connect to, and its
+    /// addresses must not be tried from the machine's own namespace.
+    probes: bool,
     inner: Mutex<Inner>,
     revision: watch::Sender<u64>,
     /// When the next try may start (see [`TRIES_PER_SECOND`]).
@@ -77,6 +89,7 @@ pub struct Routes {
 impl Default for Routes {
     fn default() -> Self {
         Routes {
+            probes: false,
             inner: Mutex::default(),
             revision: watch::channel(1).0,
             next_try: tokio::sync::Mutex::new(tokio::time::Instant::now()),
@@ -99,6 +112,15 @@ pub fn names_of(a: &Allocation) -> Vec<String> {
 }
 
 impl Routes {
+    /// A table whose routes are probed (flatnetd's own); [`Routes::default`] leaves every route
+    /// `Probing`.
+    pub fn probing() -> Routes {
+        Routes {
+            probes: true,
+            ..Routes::default()
+        }
+    }
+
     /// Routes `a` (again, if it was), starting its prober. An attachment without a name or an
     /// address has nothing to be routed by.
     pub fn publish(self: &Arc<Self>, a: &Allocation) {
@@ -121,12 +143,10 @@ impl Routes {
         }
         inner.generation += 1;
         let generation = inner.generation;
-        let prober = tokio::spawn(probe(
-            Arc::downgrade(self),
-            key.clone(),
-            generation,
-            SocketAddr::new(address, port),
-        ));
+        let target = SocketAddr::new(address, port);
+        let prober = self
+            .probes
+            .then(|| tokio::spawn(probe(Arc::downgrade(self), key.clone(), generation, target)));
         let entry = Entry {
             names,
             network: a.network.clone(),
@@ -137,10 +157,10 @@ impl Routes {
             generation,
             prober,
         };
-        if let Some(old) = inner.entries.insert(key, entry) {
-            old.prober.abort();
-        }
+        // An entry it replaces stops its prober as it is dropped.
+        let replaced = inner.entries.insert(key, entry);
         drop(inner);
+        drop(replaced);
         self.bump();
     }
 
@@ -152,8 +172,8 @@ impl Routes {
             .expect("routes poisoned")
             .entries
             .remove(key);
-        if let Some(entry) = gone {
-            entry.prober.abort();
+        if gone.is_some() {
+            drop(gone);
             self.bump();
         }
     }
@@ -302,10 +322,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_port_that_accepts_is_up_and_a_withdrawn_route_is_gone() {
+    async fn a_table_without_probes_connects_to_nothing() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let routes = Arc::new(Routes::default());
+        routes.publish(&named("c1", "web", &[], Some(port)));
+        let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(accepted.is_err(), "a connection came");
+        assert_eq!(routes.snapshot().1[0].state, State::Probing);
+    }
+
+    #[tokio::test]
+    async fn a_port_that_accepts_is_up_and_a_withdrawn_route_is_gone() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let routes = Arc::new(Routes::probing());
         let a = named("c1", "web", &["api"], Some(port));
         routes.publish(&a);
         let (rev, list) = routes.snapshot();
