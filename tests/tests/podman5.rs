@@ -494,7 +494,10 @@ fn copy_install_sh(s: &Podman5) {
         std::fs::create_dir_all(src.join(dir)).unwrap();
         for entry in std::fs::read_dir(repo.join(dir)).unwrap() {
             let entry = entry.unwrap();
-            std::fs::copy(entry.path(), src.join(dir).join(entry.file_name())).unwrap();
+            // The files install.sh reads; not the examples in subdirectories (deploy/openresty).
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), src.join(dir).join(entry.file_name())).unwrap();
+            }
         }
     }
 }
