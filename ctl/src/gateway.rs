@@ -228,16 +228,13 @@ mod tests {
 
     #[test]
     fn up_routes_are_proxied_others_answer_502_and_bad_names_are_left_out() {
-        let conf = render(
-            &[
-                route("Web", "10.87.1.2", v1::RouteState::Up),
-                route("db", "fd87:1::3", v1::RouteState::Up),
-                route("slow", "10.87.1.4", v1::RouteState::Probing),
-                route("evil;}", "10.87.1.5", v1::RouteState::Up),
-            ],
-            "127.0.0.1:8080",
-            "flatnet.localhost",
-        );
+        let routes = [
+            route("Web", "10.87.1.2", v1::RouteState::Up),
+            route("db", "fd87:1::3", v1::RouteState::Up),
+            route("slow", "10.87.1.4", v1::RouteState::Probing),
+            route("evil;}", "10.87.1.5", v1::RouteState::Up),
+        ];
+        let conf = render(&routes, "127.0.0.1:8080", "flatnet.localhost");
         assert!(
             conf.contains("server_name web.flatnet.localhost;"),
             "{conf}"
@@ -266,17 +263,7 @@ mod tests {
             "{conf}"
         );
         // The same table gives the same file.
-        let again = render(
-            &[
-                route("Web", "10.87.1.2", v1::RouteState::Up),
-                route("db", "fd87:1::3", v1::RouteState::Up),
-                route("slow", "10.87.1.4", v1::RouteState::Probing),
-                route("evil;}", "10.87.1.5", v1::RouteState::Up),
-            ],
-            "127.0.0.1:8080",
-            "flatnet.localhost",
-        );
-        assert_eq!(conf, again);
+        assert_eq!(conf, render(&routes, "127.0.0.1:8080", "flatnet.localhost"));
     }
 
     #[test]

@@ -252,6 +252,14 @@ async fn accepts(addr: SocketAddr, limit: Duration) -> bool {
     )
 }
 
+/// How often a route in `state` is tried.
+fn interval(state: State) -> Duration {
+    match state {
+        State::Probing => PROBE_EVERY,
+        State::Up | State::Down => RECHECK_EVERY,
+    }
+}
+
 async fn probe(routes: Weak<Routes>, key: AllocKey, generation: u64, addr: SocketAddr) {
     let started = Instant::now();
     let mut state = State::Probing;
@@ -262,12 +270,7 @@ async fn probe(routes: Weak<Routes>, key: AllocKey, generation: u64, addr: Socke
             Some(r) => r.turn().await,
             None => return,
         }
-        let every = if state == State::Probing {
-            PROBE_EVERY
-        } else {
-            RECHECK_EVERY
-        };
-        let ok = accepts(addr, every.min(Duration::from_millis(500))).await;
+        let ok = accepts(addr, interval(state).min(Duration::from_millis(500))).await;
         state = match (state, ok) {
             (_, true) => {
                 failures = 0;
@@ -288,12 +291,7 @@ async fn probe(routes: Weak<Routes>, key: AllocKey, generation: u64, addr: Socke
             Some(r) if r.set_state(&key, generation, state) => {}
             _ => return,
         }
-        let next = if state == State::Probing {
-            PROBE_EVERY
-        } else {
-            RECHECK_EVERY
-        };
-        tokio::time::sleep(next.saturating_sub(tried.elapsed())).await;
+        tokio::time::sleep(interval(state).saturating_sub(tried.elapsed())).await;
     }
 }
 

@@ -14,6 +14,25 @@ pub fn flatnetctl(host: &Host, args: &[&str]) -> Output {
         .expect("flatnetctl runs")
 }
 
+/// The routes of a `flatnetctl --json routes` answer as (name, address, port, state).
+pub fn route_rows(table: &Value) -> Vec<(String, String, u64, String)> {
+    let field = |r: &Value, k: &str| r[k].as_str().unwrap_or_default().to_string();
+    table["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let port = r["port"].as_u64().unwrap_or_default();
+            (
+                field(r, "name"),
+                field(r, "address"),
+                port,
+                field(r, "state"),
+            )
+        })
+        .collect()
+}
+
 /// `flatnetctl allocations --json [ARGS...]`, parsed; panics with the output if it fails.
 pub fn allocations(host: &Host, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["--json", "allocations"];

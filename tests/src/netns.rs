@@ -71,6 +71,15 @@ impl Netns {
             .unwrap_or_else(|e| panic!("cannot run {args:?} in netns {}: {e}", self.name))
     }
 
+    /// busybox httpd inside the namespace on `listen` (`80`, `[::]:80`), serving `page` at `/`
+    /// from `dir` (made here); killed when the guard drops.
+    pub fn serve_page(&self, dir: &Path, listen: &str, page: &str) -> Background {
+        std::fs::create_dir_all(dir).expect("the test's temp dir is writable");
+        std::fs::write(dir.join("index.html"), page).expect("the test's temp dir is writable");
+        let www = dir.to_str().expect("temp dir paths are UTF-8");
+        self.spawn(&["busybox", "httpd", "-f", "-p", listen, "-h", www])
+    }
+
     /// Starts a long-running process inside the namespace; it is killed when the guard drops.
     pub fn spawn(&self, args: &[&str]) -> Background {
         let child = self

@@ -228,18 +228,7 @@ fn the_host_reaches_the_container_over_ipv6_http_at_once() {
     let conf = dual(&host, "1.0.0");
     let c = host.container("web6");
     // The server listens before the interface exists, as a container started before its network.
-    std::fs::create_dir_all(host.dir().join("www")).unwrap();
-    std::fs::write(host.dir().join("www/index.html"), "six\n").unwrap();
-    let www = host.dir().join("www");
-    let _server = c.spawn(&[
-        "busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "[::]:80",
-        "-h",
-        www.to_str().unwrap(),
-    ]);
+    let _server = c.serve_page(&host.dir().join("www"), "[::]:80", "six\n");
     let mut timer = host
         .netns()
         .exec_command(&["python3", "-c", TIME_TO_HTTP])

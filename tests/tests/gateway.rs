@@ -43,17 +43,29 @@ fn get(host: &Host, host_header: &str, path: &str) -> (u16, String) {
 
 fn serve(host: &Host, c: &Netns, body: &str) -> Background {
     let www = host.dir().join(format!("www-{}", c.label()));
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), format!("{body}\n")).unwrap();
-    c.spawn(&[
-        "busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        www.to_str().unwrap(),
-    ])
+    c.serve_page(&www, "80", &format!("{body}\n"))
+}
+
+/// flatnetd restarts; a container attached afterwards answers through `nginx` within 5 s (and
+/// `web`, attached before, still does).
+fn followed_across_a_restart(host: &Host, conf: &serde_json::Value, nginx: &Nginx) {
+    host.stop_daemon();
+    host.start_daemon_again();
+    let again = host.container("again");
+    let _again_server = serve(host, &again, "again page");
+    host.add_ok(&again, conf);
+    assert!(
+        until(Duration::from_secs(5), || {
+            get(host, "again.flatnet.localhost", "/") == (200, "again page\n".into())
+        })
+        .is_some(),
+        "not followed across a restart: {}",
+        nginx.error_log()
+    );
+    assert_eq!(
+        get(host, "web.flatnet.localhost", "/"),
+        (200, "web page\n".into())
+    );
 }
 
 /// Runs `flatnetctl gateway nginx` once; panics with its output if it fails.
@@ -182,23 +194,7 @@ fn nginx_routes_by_name_and_path_and_follows_containers_with_watch() {
     );
 
     // flatnetd restarts: the watcher waits for it and renders the table again.
-    host.stop_daemon();
-    host.start_daemon_again();
-    let again = host.container("again");
-    let _again_server = serve(&host, &again, "again page");
-    host.add_ok(&again, &conf);
-    assert!(
-        until(Duration::from_secs(5), || {
-            get(&host, "again.flatnet.localhost", "/") == (200, "again page\n".into())
-        })
-        .is_some(),
-        "not followed across a restart: {}",
-        nginx.error_log()
-    );
-    assert_eq!(
-        get(&host, "web.flatnet.localhost", "/"),
-        (200, "web page\n".into())
-    );
+    followed_across_a_restart(&host, &conf, &nginx);
     let _ = watcher.kill();
     let _ = watcher.wait();
     nginx.assert_running();
@@ -273,18 +269,6 @@ fn openresty_follows_the_table_without_reloads() {
     .is_some());
 
     // flatnetd restarts: the module reads the table again.
-    host.stop_daemon();
-    host.start_daemon_again();
-    let again = host.container("again");
-    let _again_server = serve(&host, &again, "again page");
-    host.add_ok(&again, &conf);
-    assert!(
-        until(Duration::from_secs(5), || {
-            get(&host, "again.flatnet.localhost", "/") == (200, "again page\n".into())
-        })
-        .is_some(),
-        "{}",
-        nginx.error_log()
-    );
+    followed_across_a_restart(&host, &conf, &nginx);
     nginx.assert_running();
 }

@@ -180,18 +180,7 @@ fn the_host_reaches_an_ipv6_only_container_and_its_egress_is_masqueraded() {
     let _up = Upstream::beside(host.netns());
     let conf = only6(&host, "1.0.0", json!({"ipMasq": true}));
     let c = host.container("web6");
-    let www = host.dir().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "six only\n").unwrap();
-    let _server = c.spawn(&[
-        "busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "[::]:80",
-        "-h",
-        www.to_str().unwrap(),
-    ]);
+    let _server = c.serve_page(&host.dir().join("www"), "[::]:80", "six only\n");
     let result = host.add_ok(&c, &conf);
     let ip6 = result_cidr6(&result).split('/').next().unwrap().to_string();
     assert_eq!(

@@ -329,20 +329,7 @@ fn podman_parallel_starts_get_distinct_addresses() {
 /// (name, address, port, state) of every route flatnetd has.
 fn flatnet_routes(p: &PodmanHost) -> Vec<(String, String, u64, String)> {
     let out = flatnet_tests::ctl::flatnetctl_ok(p.host(), &["--json", "routes"]);
-    let v: Value = serde_json::from_str(&out).expect("JSON");
-    v["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap_or_default().to_string(),
-                r["address"].as_str().unwrap_or_default().to_string(),
-                r["port"].as_u64().unwrap_or_default(),
-                r["state"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
+    flatnet_tests::ctl::route_rows(&serde_json::from_str(&out).expect("JSON"))
 }
 
 #[test]

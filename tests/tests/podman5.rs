@@ -107,22 +107,7 @@ fn containers_are_routed_by_name_and_alias_to_their_published_port() {
         &["sh", "-c", serve],
     );
     let (ip, _) = inspect(&s, "web", "flatnet");
-    let routes = || -> Vec<(String, String, u64, String)> {
-        let v = s.flatnetctl_json(&["routes"]);
-        v["routes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                (
-                    r["name"].as_str().unwrap_or_default().to_string(),
-                    r["address"].as_str().unwrap_or_default().to_string(),
-                    r["port"].as_u64().unwrap_or_default(),
-                    r["state"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    };
+    let routes = || flatnet_tests::ctl::route_rows(&s.flatnetctl_json(&["routes"]));
     let up = |name: &str| (name.to_string(), ip.clone(), 8080, "up".to_string());
     assert!(
         flatnet_tests::poll(std::time::Duration::from_secs(3), || routes()

@@ -4,7 +4,7 @@
 //! stops; DEL takes the routes away before it answers; a restarted daemon routes every attachment
 //! again; a reader can wait for the next change.
 
-use flatnet_tests::ctl::{flatnetctl_ok, spawn_flatnetctl};
+use flatnet_tests::ctl::{flatnetctl_ok, route_rows, spawn_flatnetctl};
 use flatnet_tests::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -27,18 +27,9 @@ fn routes(host: &Host) -> (u64, Vec<Value>) {
 
 /// (name, address, port, state) of every route.
 fn table(host: &Host) -> Vec<(String, String, u64, String)> {
-    routes(host)
-        .1
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap().to_string(),
-                r["address"].as_str().unwrap().to_string(),
-                r["port"].as_u64().unwrap(),
-                r["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    let v: Value = serde_json::from_str(&flatnetctl_ok(host, &["--json", "routes"]))
+        .expect("flatnetctl --json routes prints JSON");
+    route_rows(&v)
 }
 
 /// Waits (at most `limit`) until every route is in `state`; how long that took.
@@ -57,17 +48,7 @@ fn all_become(host: &Host, state: &str, limit: Duration) -> Duration {
 
 fn httpd(host: &Host, c: &Netns, port: u16) -> Background {
     let www = host.dir().join(format!("www-{}", c.label()));
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "hello\n").unwrap();
-    c.spawn(&[
-        "busybox",
-        "httpd",
-        "-f",
-        "-p",
-        &port.to_string(),
-        "-h",
-        www.to_str().unwrap(),
-    ])
+    c.serve_page(&www, &port.to_string(), "hello\n")
 }
 
 #[test]
