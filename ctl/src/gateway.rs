@@ -67,12 +67,15 @@ pub fn render(routes: &[v1::Route], listen: &str, domain: &str) -> String {
             }
         }
     }
+    // A container on the bridge accepts within a millisecond; a connection that takes longer is
+    // to one that has just gone (its route not withdrawn here yet): 502 after half a second, not
+    // nginx's default of a minute.
     let proxy = |target: &str, indent: &str| {
         format!(
             "{indent}proxy_pass http://{target};\n\
              {indent}proxy_set_header Host $host;\n\
              {indent}proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-             {indent}proxy_connect_timeout 2s;\n"
+             {indent}proxy_connect_timeout 500ms;\n"
         )
     };
     let mut out = String::from(

@@ -2,7 +2,7 @@
 //! `bridge` + `host-local` with an equivalent config, in one run, taking turns, on one host
 //! namespace the benchmark creates and enters. Order: plugin start-up (VERSION), sequential
 //! ADD/CHECK/DEL latency, attach+detach cycles at P=8 and P=32, `podman run --rm` (when Podman is
-//! installed), then daemon memory and start-up with 10,000 allocations in a second host namespace.
+//! installed), the gateway following Podman containers by name (see `gateway`), then daemon memory and start-up with 10,000 allocations in a second host namespace.
 //! Prints the table and writes BENCHMARKS.md. Everything it creates is removed by exact name, on
 //! success, on panic and on Ctrl-C (see `cleanup`).
 
@@ -11,6 +11,8 @@ mod cni;
 mod daemon;
 mod document;
 mod format;
+mod gateway;
+mod gateway_rows;
 mod grpc;
 mod machine;
 mod memory;
@@ -256,6 +258,7 @@ pub fn main() -> ExitCode {
         podman5: podman_run::Outcome::NotRun("skipped (--no-podman)".into()),
         podman5_version: String::new(),
         memory: None,
+        gateway: Err("skipped (--no-podman)".into()),
         calls: [0; 2],
         failures: [0; 2],
         verify_failures: [0; 2],
@@ -357,6 +360,19 @@ pub fn main() -> ExitCode {
             opts.podman_runs
         ));
         (res.podman5, res.podman5_version) = podman5_run::measure(&ctx, opts.podman_runs);
+    }
+
+    if opts.podman {
+        ctx.settle();
+        ctx.progress(&format!(
+            "gateway: {} containers, {} add/remove cycles",
+            opts.gateway_containers, opts.gateway_cycles
+        ));
+        res.gateway = gateway::measure(&ctx, opts.gateway_containers, opts.gateway_cycles);
+        if let Ok(g) = &res.gateway {
+            res.messages.extend(g.failures.iter().cloned());
+            res.messages.extend(g.errors.iter().cloned());
+        }
     }
 
     ctx.settle();

@@ -11,7 +11,7 @@ mod host;
 mod http;
 mod ip;
 mod netns;
-mod nginx;
+pub mod nginx;
 pub mod podman;
 pub mod podman5;
 mod process;

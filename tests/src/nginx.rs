@@ -13,6 +13,54 @@ pub struct Nginx {
     dir: PathBuf,
 }
 
+/// A whole nginx.conf for a private nginx in `dir` (pid file, error log and temp paths there, a
+/// master and one worker): `main` (e.g. `load_module` lines) first, `http` inside `http {}`.
+pub fn conf(dir: &Path, main: &str, http: &str) -> String {
+    let d = dir.to_str().expect("temp dir paths are UTF-8");
+    format!(
+        "{main}\
+         worker_processes 1;\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n\
+         access_log off;\n\
+         client_body_temp_path {d}/body;\n\
+         proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n\
+         uwsgi_temp_path {d}/uwsgi;\n\
+         scgi_temp_path {d}/scgi;\n\
+         {http}\
+         }}\n"
+    )
+}
+
+/// The `load_module` lines of Debian's libnginx-mod-http-lua (lua-nginx-module and the
+/// development kit it needs).
+pub const LUA_MODULES: &str = "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n\
+                               load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n";
+
+/// Whether Debian's libnginx-mod-http-lua is installed.
+pub fn lua_module_installed() -> bool {
+    Path::new("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists()
+}
+
+/// The shipped OpenResty example (deploy/openresty/nginx.conf, the module from that directory),
+/// reading the route table from `127.0.0.1:<routes_port>` and listening on `listen`.
+pub fn openresty_example(routes_port: u16, listen: &str) -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/openresty");
+    let example = fs::read_to_string(format!("{dir}/nginx.conf")).expect("the shipped example");
+    let conf = example
+        .replace("/usr/local/share/flatnet/?.lua", &format!("{dir}/?.lua"))
+        .replace("port = 8787", &format!("port = {routes_port}"))
+        .replace("listen 127.0.0.1:8080;", &format!("listen {listen};"));
+    assert_ne!(
+        conf, example,
+        "the example has the lines that are replaced here"
+    );
+    conf
+}
+
 impl Nginx {
     /// Starts nginx in `netns` with `http` (server blocks, `include` lines) inside its `http {}`
     /// block; `dir` holds everything else.
@@ -23,26 +71,11 @@ impl Nginx {
     /// [`Nginx::start`] with `main` (e.g. `load_module` lines) before everything else.
     pub fn start_with(netns: &Netns, dir: &Path, main: &str, http: &str) -> Nginx {
         fs::create_dir_all(dir).expect("the host temp dir is writable");
-        let d = dir.to_str().expect("temp dir paths are UTF-8");
-        let conf = format!(
-            "{main}\
-             worker_processes 1;\n\
-             pid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n\
-             access_log off;\n\
-             client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n\
-             uwsgi_temp_path {d}/uwsgi;\n\
-             scgi_temp_path {d}/scgi;\n\
-             {http}\
-             }}\n"
-        );
+        let conf = conf(dir, main, http);
         let conf_path = dir.join("nginx.conf");
         fs::write(&conf_path, conf).expect("the host temp dir is writable");
         let error_log = dir.join("error.log");
+        let d = dir.to_str().expect("temp dir paths are UTF-8");
         let process = netns.spawn(&[
             "nginx",
             "-p",

@@ -200,28 +200,12 @@ fn nginx_routes_by_name_and_path_and_follows_containers_with_watch() {
     nginx.assert_running();
 }
 
-/// The shipped OpenResty example (deploy/openresty), pointed at this test's flatnetd and port.
-fn openresty_conf(routes_port: u16, listen: &str) -> String {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/openresty");
-    let example = std::fs::read_to_string(format!("{dir}/nginx.conf")).expect("the example");
-    let conf = example
-        .replace("/usr/local/share/flatnet/?.lua", &format!("{dir}/?.lua"))
-        .replace("port = 8787", &format!("port = {routes_port}"))
-        .replace("listen 127.0.0.1:8080;", &format!("listen {listen};"));
-    assert_ne!(
-        conf, example,
-        "the example has the lines this test replaces"
-    );
-    conf
-}
-
 #[test]
 fn openresty_follows_the_table_without_reloads() {
     require_root();
     require_tool("nginx", "nginx-light");
     require_tool("curl", "curl");
-    let lua = "/usr/lib/nginx/modules/ngx_http_lua_module.so";
-    if !std::path::Path::new(lua).exists() {
+    if !flatnet_tests::nginx::lua_module_installed() {
         unmet("the OpenResty test needs lua-nginx-module: apt-get install libnginx-mod-http-lua");
     }
     let host = Host::start_with_args(&["--routes-listen", "127.0.0.1:18797"]);
@@ -234,9 +218,8 @@ fn openresty_follows_the_table_without_reloads() {
     let mut nginx = Nginx::start_with(
         host.netns(),
         &host.dir().join("openresty"),
-        "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n\
-         load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n",
-        &openresty_conf(18797, LISTEN),
+        flatnet_tests::nginx::LUA_MODULES,
+        &flatnet_tests::nginx::openresty_example(18797, LISTEN),
     );
     assert!(
         until(Duration::from_secs(3), || {

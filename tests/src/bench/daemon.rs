@@ -35,6 +35,17 @@ impl Daemon {
     /// Starts `flatnetd --socket SOCKET --state-dir STATE` (stderr appended to `log`) and waits
     /// until it answers a ListAllocations call, polling every 0.5 ms.
     pub fn start(bin: &Path, socket: &Path, state: &Path, log: &Path) -> Started {
+        Daemon::start_with(bin, socket, state, log, &[])
+    }
+
+    /// [`Daemon::start`] with more arguments.
+    pub fn start_with(
+        bin: &Path,
+        socket: &Path,
+        state: &Path,
+        log: &Path,
+        args: &[&str],
+    ) -> Started {
         let log_file = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -47,6 +58,7 @@ impl Daemon {
             .arg(socket)
             .arg("--state-dir")
             .arg(state)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

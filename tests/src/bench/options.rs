@@ -3,21 +3,27 @@
 use std::path::PathBuf;
 
 pub const USAGE: &str = "usage: flatnet-bench [--quick] [--n N] [--cycles N] [--podman-runs N]
-                     [--version-runs N] [--allocs N] [--no-podman] [--output PATH | --no-write]
+                     [--version-runs N] [--allocs N] [--gateway-containers N]
+                     [--gateway-cycles N] [--no-podman] [--output PATH | --no-write]
 
 Run as root (tests/bench.sh builds the release binaries and does that). Compares Flatnet (the
 release flatnet shim and flatnetd next to this binary, or in $FLATNET_BIN_DIR) with
 /usr/lib/cni/bridge + host-local in one run, prints a table and writes BENCHMARKS.md.
 
-  --quick            smoke run (n=30, 64 cycles, 3 podman runs, 1,000 allocations); does not
-                     write BENCHMARKS.md unless --output is given
+  --quick            smoke run (n=30, 64 cycles, 3 podman runs, 1,000 allocations, 5 gateway
+                     containers and 10 gateway cycles); does not write BENCHMARKS.md unless
+                     --output is given
   --n N              sequential ADD/CHECK/DEL per plugin (default 200)
   --cycles N         attach+detach cycles per plugin and parallelism (default 400)
   --podman-runs N    podman run --rm per network mode (default 45)
   --version-runs N   VERSION calls per plugin (default 200)
   --allocs N         attachments for the memory and start-up test, a multiple of 100, at most
                      16,000 (default 10,000)
-  --no-podman        skip the podman run measurement
+  --gateway-containers N
+                     containers timed from listening to the first 200 through each gateway,
+                     then across a flatnetd restart and on removal (default 50)
+  --gateway-cycles N add/remove cycles beside the gateways' steady request loop (default 100)
+  --no-podman        skip the Podman measurements (podman run --rm, Podman 5, the gateway)
   --output PATH      where to write the report (default: BENCHMARKS.md at the repository root)
   --no-write         only print";
 
@@ -30,6 +36,8 @@ pub struct Options {
     pub podman_runs: usize,
     pub version_runs: usize,
     pub allocs: usize,
+    pub gateway_containers: usize,
+    pub gateway_cycles: usize,
     pub podman: bool,
     pub output: Option<PathBuf>,
     pub write: bool,
@@ -46,6 +54,8 @@ impl Options {
             podman_runs: if quick { 3 } else { 45 },
             version_runs: if quick { 50 } else { 200 },
             allocs: if quick { 1_000 } else { 10_000 },
+            gateway_containers: if quick { 5 } else { 50 },
+            gateway_cycles: if quick { 10 } else { 100 },
             podman: true,
             output: None,
             write: !quick,
@@ -64,6 +74,8 @@ impl Options {
                 "--podman-runs" => o.podman_runs = number("--podman-runs")?,
                 "--version-runs" => o.version_runs = number("--version-runs")?,
                 "--allocs" => o.allocs = number("--allocs")?,
+                "--gateway-containers" => o.gateway_containers = number("--gateway-containers")?,
+                "--gateway-cycles" => o.gateway_cycles = number("--gateway-cycles")?,
                 "--no-podman" => o.podman = false,
                 "--no-write" => o.write = false,
                 "--output" => {

@@ -67,7 +67,7 @@ pub fn missing() -> Option<String> {
 }
 
 /// Podman pointed at the benchmark's host namespace and config.
-struct Podman {
+pub(super) struct Podman {
     conf: PathBuf,
     /// storage.conf: images, containers and Podman's database in the run's temp dir (vfs, so
     /// nothing stays mounted there), never in the machine's own Podman storage.
@@ -76,7 +76,7 @@ struct Podman {
 }
 
 impl Podman {
-    fn command(&self, args: &[&str]) -> Command {
+    pub(super) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.env_clear()
             .env("PATH", PATH)
@@ -88,11 +88,11 @@ impl Podman {
         cmd
     }
 
-    fn run(&self, args: &[&str]) -> Result<Output, String> {
+    pub(super) fn run(&self, args: &[&str]) -> Result<Output, String> {
         output_within(&mut self.command(args), b"", PODMAN_LIMIT)
     }
 
-    fn run_ok(&self, args: &[&str]) -> Result<(), String> {
+    pub(super) fn run_ok(&self, args: &[&str]) -> Result<(), String> {
         let out = self.run(args)?;
         if out.status.success() {
             return Ok(());
@@ -106,9 +106,20 @@ impl Podman {
 }
 
 /// Containers this run named; `podman rm -f --ignore` by exact name on cleanup.
-struct Containers {
-    podman: Podman,
+pub(super) struct Containers {
+    pub(super) podman: Podman,
     names: Mutex<Vec<String>>,
+}
+
+impl Containers {
+    /// Registers `name` for cleanup; call it before the container is made.
+    pub(super) fn name(&self, name: String) -> String {
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.clone());
+        name
+    }
 }
 
 impl Cleanup for Containers {
@@ -140,7 +151,8 @@ fn conflist(conf: &Value) -> Value {
     json!({"cniVersion": version, "name": name, "plugins": [plugin]})
 }
 
-/// Imports [`IMAGE`] (busybox-static as `/bin/busybox`, `sh` and `true`) unless it exists.
+/// Imports [`IMAGE`] (busybox-static as `/bin/busybox`, and the applets the runs use) unless it
+/// exists.
 fn ensure_image(podman: &Podman, dir: &Path) -> Result<(), String> {
     if podman.run_ok(&["image", "exists", IMAGE]).is_ok() {
         return Ok(());
@@ -155,7 +167,7 @@ fn ensure_image(podman: &Podman, dir: &Path) -> Result<(), String> {
         .find(|p| p.is_file())
         .ok_or("busybox not found in PATH")?;
     fs::copy(&busybox, rootfs.join("bin/busybox")).map_err(|e| e.to_string())?;
-    for applet in ["sh", "true"] {
+    for applet in ["sh", "true", "mkdir", "sleep", "httpd"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
             .map_err(|e| e.to_string())?;
     }
@@ -177,16 +189,20 @@ fn ensure_image(podman: &Podman, dir: &Path) -> Result<(), String> {
     podman.run_ok(&["import", tar.to_str().expect("temp paths are UTF-8"), IMAGE])
 }
 
-/// `runs` rounds of (none, flatnet, refbr) in rotating order, in the host namespace `host_netns`
-/// whose flatnetd serves `confs[0]`; `confs[1]` is the reference bridge.
-pub fn measure(ctx: &Ctx, host_netns: &Path, confs: [&Value; 2], runs: usize) -> Outcome {
+/// Podman on the host namespace `host_netns`, with one CNI network per config in `confs` (the
+/// flatnet shim and the reference plugins installed), its storage and config in `dir`, and
+/// [`IMAGE`] imported; its containers are removed by name on cleanup.
+pub(super) fn setup(
+    ctx: &Ctx,
+    dir: &Path,
+    host_netns: &Path,
+    confs: &[&Value],
+) -> Result<Guard<Containers>, String> {
     if let Some(why) = missing() {
-        return Outcome::NotRun(why);
+        return Err(why);
     }
-    let dir = ctx.dir.join("podman");
     let net_d = dir.join("net.d");
     fs::create_dir_all(&net_d).expect("the temp dir is writable");
-    let networks = ["none".to_string(), name_of(confs[0]), name_of(confs[1])];
     for (i, conf) in confs.iter().enumerate() {
         fs::write(
             net_d.join(format!("9{i}-{}.conflist", name_of(conf))),
@@ -195,7 +211,7 @@ pub fn measure(ctx: &Ctx, host_netns: &Path, confs: [&Value; 2], runs: usize) ->
         .expect("the temp dir is writable");
     }
     let (conf, storage) =
-        crate::podman::write_config(&dir, &net_d, [&ctx.bin_dir, Path::new(REFERENCE_PLUGINS)]);
+        crate::podman::write_config(dir, &net_d, [&ctx.bin_dir, Path::new(REFERENCE_PLUGINS)]);
     let containers = Guard::new(Containers {
         podman: Podman {
             conf,
@@ -204,10 +220,20 @@ pub fn measure(ctx: &Ctx, host_netns: &Path, confs: [&Value; 2], runs: usize) ->
         },
         names: Mutex::new(Vec::new()),
     });
+    ensure_image(&containers.podman, dir)
+        .map_err(|e| format!("cannot import the busybox image: {e}"))?;
+    Ok(containers)
+}
+
+/// `runs` rounds of (none, flatnet, refbr) in rotating order, in the host namespace `host_netns`
+/// whose flatnetd serves `confs[0]`; `confs[1]` is the reference bridge.
+pub fn measure(ctx: &Ctx, host_netns: &Path, confs: [&Value; 2], runs: usize) -> Outcome {
+    let containers = match setup(ctx, &ctx.dir.join("podman"), host_netns, &confs) {
+        Ok(c) => c,
+        Err(why) => return Outcome::NotRun(why),
+    };
     let podman = &containers.podman;
-    if let Err(e) = ensure_image(podman, &dir) {
-        return Outcome::NotRun(format!("cannot import the busybox image: {e}"));
-    }
+    let networks = ["none".to_string(), name_of(confs[0]), name_of(confs[1])];
 
     // One untimed run of each kind (loads the image and the network configs into the page cache).
     let mut samples: [Vec<Duration>; 3] = [Vec::new(), Vec::new(), Vec::new()];
@@ -216,12 +242,7 @@ pub fn measure(ctx: &Ctx, host_netns: &Path, confs: [&Value; 2], runs: usize) ->
         for k in 0..3 {
             ctx.check();
             let kind = (round + k) % 3;
-            let name = format!("{}-p{round}-{kind}", ctx.tag);
-            containers
-                .names
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(name.clone());
+            let name = containers.name(format!("{}-p{round}-{kind}", ctx.tag));
             let args = [
                 "run",
                 "--rm",

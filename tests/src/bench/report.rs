@@ -3,6 +3,7 @@
 //! Markdown table with padded columns, which reads the same in a terminal and in BENCHMARKS.md.
 
 use super::format::*;
+use super::gateway::Gateway;
 use super::memory::{Memory, RESTARTS};
 use super::podman_run::Outcome;
 use super::sequential::Latency;
@@ -28,6 +29,8 @@ pub struct Results {
     pub podman5: Outcome,
     pub podman5_version: String,
     pub memory: Option<Memory>,
+    /// The gateway phase, or why it did not run.
+    pub gateway: Result<Gateway, String>,
     /// Plugin calls, failed calls, verification failures.
     pub calls: [u64; 2],
     pub failures: [u64; 2],
@@ -45,7 +48,11 @@ impl Results {
                 Outcome::NotRun(_) => 0,
             })
             .sum();
-        self.failures.iter().sum::<u64>() + self.verify_failures.iter().sum::<u64>() + podman
+        let gateway = self.gateway.as_ref().map_or(0, |g| g.failures.len() as u64);
+        self.failures.iter().sum::<u64>()
+            + self.verify_failures.iter().sum::<u64>()
+            + podman
+            + gateway
     }
 }
 
@@ -145,7 +152,7 @@ fn podman_rows(
 }
 
 /// Absolute target "value ≤ limit".
-fn at_most(value: f64, limit: f64, fmt: impl Fn(f64) -> String) -> String {
+pub(super) fn at_most(value: f64, limit: f64, fmt: impl Fn(f64) -> String) -> String {
     if value <= limit {
         "met".to_string()
     } else {
@@ -153,7 +160,7 @@ fn at_most(value: f64, limit: f64, fmt: impl Fn(f64) -> String) -> String {
     }
 }
 
-fn row(metric: impl Into<String>, flatnet: String, reference: String) -> Row {
+pub(super) fn row(metric: impl Into<String>, flatnet: String, reference: String) -> Row {
     Row {
         metric: metric.into(),
         flatnet,
@@ -264,6 +271,8 @@ pub fn rows(res: &Results) -> Vec<Row> {
             ratio: Some(0.2),
         },
     );
+
+    super::gateway_rows::rows(&mut rows, &res.gateway);
 
     match &res.memory {
         None => rows.push(row(

@@ -6,6 +6,7 @@ use std::time::Duration;
 pub struct Summary {
     pub p50: Duration,
     pub p90: Duration,
+    pub p95: Duration,
     pub p99: Duration,
 }
 
@@ -25,6 +26,7 @@ pub fn summarize(samples: &[Duration]) -> Option<Summary> {
     Some(Summary {
         p50: rank(&s, 50.0),
         p90: rank(&s, 90.0),
+        p95: rank(&s, 95.0),
         p99: rank(&s, 99.0),
     })
 }
@@ -44,6 +46,7 @@ mod tests {
         let s = summarize(&samples).unwrap();
         assert_eq!(s.p50, Duration::from_millis(100));
         assert_eq!(s.p90, Duration::from_millis(180));
+        assert_eq!(s.p95, Duration::from_millis(190));
         assert_eq!(s.p99, Duration::from_millis(198));
         let one = summarize(&[Duration::from_millis(7)]).unwrap();
         assert_eq!(one.p50, Duration::from_millis(7));
