@@ -105,6 +105,15 @@ impl PodmanHost {
         )
     }
 
+    /// [`PodmanHost::start`] with extra `flatnetd` arguments (kept across its restarts).
+    pub fn with_daemon_args(daemon_args: &[&str]) -> PodmanHost {
+        PodmanHost::on(
+            Host::start_with_args(daemon_args),
+            json!({"ipam": {"subnet": SUBNET, "gateway": GATEWAY, "routes": [{"dst": "0.0.0.0/0"}]}}),
+            &[],
+        )
+    }
+
     /// A host whose `flatnet` network is dual-stack: `SUBNET` and `subnet6`.
     pub fn dual_stack(subnet6: &str) -> PodmanHost {
         PodmanHost::with_plugin(
@@ -116,7 +125,11 @@ impl PodmanHost {
     /// A host whose conflist holds the flatnet plugin with `plugin` (keys over the harness's
     /// defaults), then `chained`.
     fn with_plugin(plugin: Value, chained: &[Value]) -> PodmanHost {
-        let host = Host::start();
+        PodmanHost::on(Host::start(), plugin, chained)
+    }
+
+    /// [`PodmanHost::with_plugin`] on `host`.
+    fn on(host: Host, plugin: Value, chained: &[Value]) -> PodmanHost {
         let label = unique_token("fnt");
         let net_d = host.dir().join("net.d");
         fs::create_dir_all(&net_d).expect("the host temp dir is writable");

@@ -334,9 +334,13 @@ fn flatnet_routes(p: &PodmanHost) -> Vec<(String, String, u64, String)> {
 
 #[test]
 fn podman_containers_are_routed_by_name_and_alias_to_their_published_port() {
-    let p = podman_host();
+    require_podman();
     require_tool("nginx", "nginx-light");
     require_tool("curl", "curl");
+    if !flatnet_tests::nginx::lua_module_installed() {
+        unmet("the OpenResty path needs lua-nginx-module: apt-get install libnginx-mod-http-lua");
+    }
+    let p = PodmanHost::with_daemon_args(&["--routes-listen", "127.0.0.1:18798"]);
     let token = unique_token("flatnet-page");
     let serve =
         format!("mkdir -p /www && echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www");
@@ -347,11 +351,12 @@ fn podman_containers_are_routed_by_name_and_alias_to_their_published_port() {
     );
     let ip = assert_attached(&web);
     let name = p.container_name("web");
+    let all_up = || {
+        let r = flatnet_routes(&p);
+        r.len() == 2 && r.iter().all(|r| r.3 == "up")
+    };
     assert!(
-        poll(std::time::Duration::from_secs(3), || {
-            let r = flatnet_routes(&p);
-            r.len() == 2 && r.iter().all(|r| r.3 == "up")
-        }),
+        poll(std::time::Duration::from_secs(3), all_up),
         "{:?}",
         flatnet_routes(&p)
     );
@@ -365,7 +370,8 @@ fn podman_containers_are_routed_by_name_and_alias_to_their_published_port() {
         http_get(p.host().netns(), &format!("http://{ip}:8080/")).trim(),
         token
     );
-    // Through nginx, by name and by path, from the file flatnetctl writes.
+    // Through nginx, by name and by path, from the file flatnetctl writes (port 18090), and
+    // through the OpenResty module following the table over HTTP (port 18091).
     let out = p.host().dir().join("flatnet-routes.conf");
     flatnet_tests::ctl::flatnetctl_ok(
         p.host(),
@@ -385,34 +391,50 @@ fn podman_containers_are_routed_by_name_and_alias_to_their_published_port() {
         &p.host().dir().join("nginx-routes"),
         &format!("include {};\n", out.display()),
     );
-    let by_host = || {
+    let mut openresty = Nginx::start_with(
+        p.host().netns(),
+        &p.host().dir().join("openresty"),
+        flatnet_tests::nginx::LUA_MODULES,
+        &flatnet_tests::nginx::openresty_example(18798, "127.0.0.1:18091"),
+    );
+    let through = |port: u16, host: &str, path: &str| {
         let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                p.host().netns().name(),
-                "curl",
-                "-s",
-                "-m",
-                "3",
-            ])
-            .args([
-                "-H",
-                "Host: api.flatnet.localhost",
-                "http://127.0.0.1:18090/",
-            ])
+            .args(["netns", "exec", p.ns(), "curl", "-s", "-m", "3"])
+            .args(["-H", &format!("Host: {host}")])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
+    let by_path = format!("/{}/", p.container_name("web"));
+    let both_serve = || {
+        [18090, 18091].iter().all(|&port| {
+            through(port, "api.flatnet.localhost", "/") == token
+                && through(port, "x", &by_path) == token
+        })
+    };
     assert!(
-        poll(std::time::Duration::from_secs(3), || by_host() == token),
-        "{}",
-        nginx.error_log()
+        poll(std::time::Duration::from_secs(3), both_serve),
+        "nginx: {}\nOpenResty: {}",
+        nginx.error_log(),
+        openresty.error_log()
     );
-    let by_path = format!("http://127.0.0.1:18090/{}/", p.container_name("web"));
-    assert_eq!(http_get(p.host().netns(), &by_path).trim(), token);
     nginx.assert_running();
+    openresty.assert_running();
+
+    // flatnetd restarts: its table comes back from its records, and both gateways serve on.
+    p.host().restart_daemon();
+    assert!(
+        poll(std::time::Duration::from_secs(3), all_up),
+        "after a restart: {:?}",
+        flatnet_routes(&p)
+    );
+    assert!(
+        poll(std::time::Duration::from_secs(3), both_serve),
+        "after a restart: {}",
+        openresty.error_log()
+    );
+
     // A container without -p is routed to port 80.
     let plain = p.run_idle("plain", &[]);
     let plain_ip = assert_attached(&plain);
@@ -428,6 +450,23 @@ fn podman_containers_are_routed_by_name_and_alias_to_their_published_port() {
         flatnet_routes(&p),
         Vec::new(),
         "podman rm takes the routes away"
+    );
+    // The module follows the removal without a reload.
+    assert!(
+        poll(std::time::Duration::from_secs(3), || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", p.ns(), "curl", "-s", "-o", "/dev/null"])
+                .args(["-w", "%{http_code}", "-m", "3"])
+                .args([
+                    "-H",
+                    "Host: api.flatnet.localhost",
+                    "http://127.0.0.1:18091/",
+                ])
+                .output()
+                .unwrap();
+            out.stdout == b"404"
+        }),
+        "OpenResty still routes a removed container"
     );
 }
 

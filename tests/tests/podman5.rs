@@ -115,6 +115,60 @@ fn containers_are_routed_by_name_and_alias_to_their_published_port() {
         "{:?}",
         routes()
     );
+
+    // Through the machine's nginx in the guest's network: the file flatnetctl writes in the guest
+    // routes by name and by path, and still does after flatnetd restarts.
+    flatnet_tests::require_tool("nginx", "nginx-light");
+    flatnet_tests::require_tool("curl", "curl");
+    let out = s.run(s.command(&format!("{BIN}/flatnetctl")).args([
+        "gateway",
+        "nginx",
+        "--out",
+        "/tmp/flatnet-routes.conf",
+        "--listen",
+        "127.0.0.1:18095",
+        "--reload",
+        "",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let mut nginx = flatnet_tests::Nginx::start(
+        s.netns(),
+        &s.path("/tmp/nginx"),
+        &format!(
+            "include {};\n",
+            s.path("/tmp/flatnet-routes.conf").display()
+        ),
+    );
+    let through = |host: &str, path: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", s.netns().name(), "curl", "-s", "-m", "3"])
+            .args(["-H", &format!("Host: {host}")])
+            .arg(format!("http://127.0.0.1:18095{path}"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let serves = || {
+        through("web.flatnet.localhost", "/") == "routed"
+            && through("api.flatnet.localhost", "/") == "routed"
+            && through("x", "/web/") == "routed"
+    };
+    assert!(
+        flatnet_tests::poll(std::time::Duration::from_secs(3), serves),
+        "{}",
+        nginx.error_log()
+    );
+    s.stop_daemon();
+    s.start_daemon();
+    assert!(
+        flatnet_tests::poll(std::time::Duration::from_secs(3), || routes()
+            == vec![up("api"), up("web")]),
+        "after a restart: {:?}",
+        routes()
+    );
+    assert!(serves(), "{}", nginx.error_log());
+    nginx.assert_running();
+
     s.podman_ok(&["rm", "-f", "-t", "0", "web"]);
     assert_eq!(routes(), Vec::new(), "podman rm takes the routes away");
 }
