@@ -61,6 +61,29 @@ pub struct Asked {
     pub failed: u64,
 }
 
+/// Requests counted per gateway by a loop in another thread, and the first few that failed.
+#[derive(Default)]
+struct Tally(Mutex<([Asked; 2], Vec<String>)>);
+
+impl Tally {
+    /// Asks `name` through gateway `k` and counts the answer; `what` says where a failure was.
+    fn ask(&self, k: usize, name: &str, what: &str) {
+        let r = ask(k, name);
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.0[k].made += 1;
+        if let Err(e) = r {
+            t.0[k].failed += 1;
+            if t.1.len() < 3 {
+                t.1.push(format!("{what}: {e}"));
+            }
+        }
+    }
+
+    fn into_parts(self) -> ([Asked; 2], Vec<String>) {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Gateway {
     pub containers: usize,
@@ -568,22 +591,14 @@ fn restart(
     g: &mut Gateway,
 ) -> Result<Duration, String> {
     let stop = AtomicBool::new(false);
-    let counts = Mutex::new(([Asked::default(); 2], Vec::<String>::new()));
+    let tally = Tally::default();
     let started = Instant::now();
     let took = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !stop.load(Ordering::SeqCst) {
                 for name in live {
                     for k in 0..2 {
-                        let r = ask(k, name);
-                        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-                        c.0[k].made += 1;
-                        if let Err(e) = r {
-                            c.0[k].failed += 1;
-                            if c.1.len() < 3 {
-                                c.1.push(format!("during the restart, {name}: {e}"));
-                            }
-                        }
+                        tally.ask(k, name, &format!("during the restart, {name}"));
                     }
                 }
             }
@@ -601,7 +616,7 @@ fn restart(
         stop.store(true, Ordering::SeqCst);
         whole
     });
-    let (counted, errors) = counts.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (counted, errors) = tally.into_parts();
     g.during_restart = counted;
     g.errors.extend(errors);
     took.ok_or_else(|| "flatnetd's table was not whole 10 s after its restart".to_string())
@@ -662,20 +677,12 @@ fn churn(
         })?;
     }
     let stop = AtomicBool::new(false);
-    let counts = Mutex::new(([Asked::default(); 2], Vec::<String>::new()));
+    let tally = Tally::default();
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while !stop.load(Ordering::SeqCst) {
                 for k in 0..2 {
-                    let r = ask(k, steady);
-                    let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-                    c.0[k].made += 1;
-                    if let Err(e) = r {
-                        c.0[k].failed += 1;
-                        if c.1.len() < 3 {
-                            c.1.push(format!("steady route during the cycles: {e}"));
-                        }
-                    }
+                    tally.ask(k, steady, "steady route during the cycles");
                 }
                 std::thread::sleep(STEADY_EVERY);
             }
@@ -696,7 +703,7 @@ fn churn(
         }
         stop.store(true, Ordering::SeqCst);
     });
-    let (counted, errors) = counts.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (counted, errors) = tally.into_parts();
     g.steady = counted;
     g.errors.extend(errors);
     Ok(())
