@@ -40,6 +40,15 @@ pub fn conf(dir: &Path, main: &str, http: &str) -> String {
 pub const LUA_MODULES: &str = "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n\
                                load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n";
 
+/// For a test through the OpenResty module: nginx, curl and lua-nginx-module, or [`crate::unmet`].
+pub fn require_openresty() {
+    crate::require_tool("nginx", "nginx-light");
+    crate::require_tool("curl", "curl");
+    if !lua_module_installed() {
+        crate::unmet("needs lua-nginx-module: apt-get install libnginx-mod-http-lua");
+    }
+}
+
 /// Whether Debian's libnginx-mod-http-lua is installed.
 pub fn lua_module_installed() -> bool {
     Path::new("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists()

@@ -203,11 +203,7 @@ fn nginx_routes_by_name_and_path_and_follows_containers_with_watch() {
 #[test]
 fn openresty_follows_the_table_without_reloads() {
     require_root();
-    require_tool("nginx", "nginx-light");
-    require_tool("curl", "curl");
-    if !flatnet_tests::nginx::lua_module_installed() {
-        unmet("the OpenResty test needs lua-nginx-module: apt-get install libnginx-mod-http-lua");
-    }
+    flatnet_tests::nginx::require_openresty();
     let host = Host::start_with_args(&["--routes-listen", "127.0.0.1:18797"]);
     let conf = host.conf(json!({}));
     let web = host.container("web");

@@ -335,11 +335,7 @@ fn flatnet_routes(p: &PodmanHost) -> Vec<(String, String, u64, String)> {
 #[test]
 fn podman_containers_are_routed_by_name_and_alias_to_their_published_port() {
     require_podman();
-    require_tool("nginx", "nginx-light");
-    require_tool("curl", "curl");
-    if !flatnet_tests::nginx::lua_module_installed() {
-        unmet("the OpenResty path needs lua-nginx-module: apt-get install libnginx-mod-http-lua");
-    }
+    flatnet_tests::nginx::require_openresty();
     let p = PodmanHost::with_daemon_args(&["--routes-listen", "127.0.0.1:18798"]);
     let token = unique_token("flatnet-page");
     let serve =
