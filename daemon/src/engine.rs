@@ -300,7 +300,6 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         &self.store
     }
 
-    /// Where committed allocation changes are announced.
     /// Probes the routes' ports (see [`Routes::probing`]): what flatnetd does; an engine on a
     /// fake kernel does not.
     pub fn with_route_probes(mut self) -> Self {
@@ -308,6 +307,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         self
     }
 
+    /// The route table, fed by committed allocations.
     pub fn routes(&self) -> &Arc<Routes> {
         &self.routes
     }
