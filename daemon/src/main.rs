@@ -1,9 +1,10 @@
 //! `flatnetd [--socket PATH] [--state-dir DIR] [--sweep-interval SECS] [--log-format text|json]
 //! [--metrics-listen ADDR:PORT] [--routes-listen ADDR:PORT [--routes-public]] [--flat-range CIDR]`:
 //! opens the state database and the netlink socket once, binds the socket, reconciles the kernel
-//! with the database, applies spooled DELs and writes the outbound NAT table, then serves CNI requests, inspection (`flatnet.v1.Inspect`) and
-//! gRPC server reflection until SIGTERM or SIGINT, sweeping periodically, keeping the NAT table in
-//! place, and Prometheus metrics when asked to.
+//! with the database, applies spooled DELs and writes the outbound NAT table, then serves CNI
+//! requests, inspection (`flatnet.v1.Inspect`) and gRPC server reflection until SIGTERM or SIGINT,
+//! sweeping periodically, keeping the NAT table in place, and Prometheus metrics and the route
+//! table when asked to.
 //!
 //! The socket is bound before reconciling, so a request that arrives during start-up waits in the
 //! listen queue instead of failing (the same as with systemd socket activation).
