@@ -207,8 +207,13 @@ impl Podman5 {
     /// default plugin directory, flatnetd started in the background on the default socket, and
     /// the Podman network `flatnet` (driver `flatnet`, no options). Returns once it is served.
     pub fn install_plugin_by_hand(&self) {
+        self.install_plugin_by_hand_with(&[]);
+    }
+
+    /// [`Podman5::install_plugin_by_hand`] with flatnetd started with `daemon_args` as well.
+    pub fn install_plugin_by_hand_with(&self, daemon_args: &[&str]) {
         self.copy_binaries();
-        self.start_daemon();
+        self.start_daemon_with(daemon_args);
         let out = self.sh(&format!(
             "mkdir -p /usr/local/libexec/netavark && cp {BIN}/flatnet /usr/local/libexec/netavark/flatnet"
         ));
@@ -219,8 +224,14 @@ impl Podman5 {
     /// Starts flatnetd in the background on the default socket, logging to
     /// /var/log/flatnetd.log; returns once it answers.
     pub fn start_daemon(&self) {
+        self.start_daemon_with(&[]);
+    }
+
+    /// [`Podman5::start_daemon`] with `args` added to flatnetd's (plain words, no quoting).
+    pub fn start_daemon_with(&self, args: &[&str]) {
+        let args = args.join(" ");
         let out = self.sh(&format!(
-            "mkdir -p /run/flatnet && chmod 0700 /run/flatnet && (setsid {BIN}/flatnetd --state-dir /var/lib/flatnet </dev/null >>/var/log/flatnetd.log 2>&1 &)"
+            "mkdir -p /run/flatnet && chmod 0700 /run/flatnet && (setsid {BIN}/flatnetd --state-dir /var/lib/flatnet {args} </dev/null >>/var/log/flatnetd.log 2>&1 &)"
         ));
         assert!(out.status.success(), "{out:?}");
         let answered = poll(Duration::from_secs(10), || {

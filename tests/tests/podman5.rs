@@ -98,7 +98,14 @@ fn run_is_reachable_over_http_and_rm_gives_the_address_back() {
 
 #[test]
 fn containers_are_routed_by_name_and_alias_to_their_published_port() {
-    let s = guest();
+    require_podman5();
+    flatnet_tests::require_tool("nginx", "nginx-light");
+    flatnet_tests::require_tool("curl", "curl");
+    flatnet_tests::nginx::require_openresty();
+    // flatnetd serves its route table on the guest's loopback for the OpenResty module.
+    let daemon_args = ["--routes-listen", "127.0.0.1:18799"];
+    let s = Podman5::start();
+    s.install_plugin_by_hand_with(&daemon_args);
     let serve = "mkdir -p /www && echo routed > /www/index.html && exec httpd -f -p 8080 -h /www";
     run_detached(
         &s,
@@ -117,9 +124,8 @@ fn containers_are_routed_by_name_and_alias_to_their_published_port() {
     );
 
     // Through the machine's nginx in the guest's network: the file flatnetctl writes in the guest
-    // routes by name and by path, and still does after flatnetd restarts.
-    flatnet_tests::require_tool("nginx", "nginx-light");
-    flatnet_tests::require_tool("curl", "curl");
+    // (port 18095), and the OpenResty module following the table over HTTP (port 18096), route by
+    // name and by path, and still do after flatnetd restarts.
     let out = s.run(s.command(&format!("{BIN}/flatnetctl")).args([
         "gateway",
         "nginx",
@@ -139,38 +145,77 @@ fn containers_are_routed_by_name_and_alias_to_their_published_port() {
             s.path("/tmp/flatnet-routes.conf").display()
         ),
     );
-    let through = |host: &str, path: &str| {
+    let mut openresty = flatnet_tests::Nginx::start_with(
+        s.netns(),
+        &s.path("/tmp/openresty"),
+        flatnet_tests::nginx::LUA_MODULES,
+        &flatnet_tests::nginx::openresty_example(18799, "127.0.0.1:18096"),
+    );
+    // curl's -w: the status code, then the body.
+    let through = |port: u16, host: &str, path: &str| {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", s.netns().name(), "curl", "-s", "-m", "3"])
-            .args(["-H", &format!("Host: {host}")])
-            .arg(format!("http://127.0.0.1:18095{path}"))
+            .args([
+                "-w",
+                "%{http_code} ",
+                "-o",
+                "-",
+                "-H",
+                &format!("Host: {host}"),
+            ])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
             .output()
             .expect("curl runs");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let serves = || {
-        through("web.flatnet.localhost", "/") == "routed"
-            && through("api.flatnet.localhost", "/") == "routed"
-            && through("x", "/web/") == "routed"
+        [18095, 18096].iter().all(|&port| {
+            through(port, "web.flatnet.localhost", "/") == "routed\n200"
+                && through(port, "api.flatnet.localhost", "/") == "routed\n200"
+                && through(port, "x", "/web/") == "routed\n200"
+        })
+    };
+    let logs = |nginx: &flatnet_tests::Nginx, openresty: &flatnet_tests::Nginx| {
+        format!(
+            "nginx: {}\nOpenResty: {}",
+            nginx.error_log(),
+            openresty.error_log()
+        )
     };
     assert!(
         flatnet_tests::poll(std::time::Duration::from_secs(3), serves),
         "{}",
-        nginx.error_log()
+        logs(&nginx, &openresty)
     );
     s.stop_daemon();
-    s.start_daemon();
+    s.start_daemon_with(&daemon_args);
     assert!(
         flatnet_tests::poll(std::time::Duration::from_secs(3), || routes()
             == vec![up("api"), up("web")]),
         "after a restart: {:?}",
         routes()
     );
-    assert!(serves(), "{}", nginx.error_log());
+    assert!(
+        flatnet_tests::poll(std::time::Duration::from_secs(3), serves),
+        "after a restart: {}",
+        logs(&nginx, &openresty)
+    );
     nginx.assert_running();
+    openresty.assert_running();
 
     s.podman_ok(&["rm", "-f", "-t", "0", "web"]);
     assert_eq!(routes(), Vec::new(), "podman rm takes the routes away");
+    // The module follows the removal without a reload.
+    assert!(
+        flatnet_tests::poll(std::time::Duration::from_secs(3), || through(
+            18096,
+            "api.flatnet.localhost",
+            "/"
+        )
+        .ends_with("404")),
+        "OpenResty still routes a removed container: {}",
+        through(18096, "api.flatnet.localhost", "/")
+    );
 }
 
 #[test]
