@@ -3,22 +3,26 @@
 //!
 //! The engine publishes an attachment when its ADD has committed and withdraws it as soon as its
 //! record goes (on DEL before the container's interface is set aside, so a gateway never routes
-//! to an interface that is going). A prober per attachment connects to the port from flatnetd's
-//! namespace, where the gateway is: every 50 ms until the port first accepts a connection (up),
+//! to an interface that is going). One scheduler task tries the ports from flatnetd's namespace,
+//! where the gateway is: each route every 50 ms until its port first accepts a connection (up),
 //! giving up after 30 s (down, then tried every second); once up, every second, two failures in a
-//! row making it down. All probers together try at most [`TRIES_PER_SECOND`] connections a second
-//! (so with more than 100 ports awaiting their first answer, each is tried less often than every
-//! 50 ms, and 10,000 attachments made at once cost the host bounded work). Every change bumps the
-//! table's revision, which a reader can wait past.
+//! row making it down. The scheduler keeps a queue of when each route is due and starts at most
+//! [`TRIES_PER_SECOND`] tries a second (so with more than 100 ports awaiting their first answer,
+//! each is tried less often than every 50 ms, and 10,000 attachments made at once cost the host
+//! bounded work); a route costs its entry and its place in the queue, not a task of its own.
+//! Every change bumps the table's revision, which a reader can wait past.
 
 pub mod http;
 
 use crate::ipam::{AllocKey, Allocation};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// The port a route uses when the container named none.
 pub const DEFAULT_PORT: u16 = 80;
@@ -28,8 +32,10 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(50);
 pub const DOWN_AFTER: Duration = Duration::from_secs(30);
 /// How often a port is tried once up, or once marked down.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
-/// How many connections all probers together try a second at most.
+/// How many connections the scheduler starts a second at most.
 pub const TRIES_PER_SECOND: u32 = 2_000;
+/// How long one try waits for the connection at most.
+const TRY_LIMIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -51,28 +57,28 @@ pub struct Route {
 
 struct Entry {
     names: Vec<String>,
-    network: String,
-    container_id: String,
     address: IpAddr,
     port: u16,
     state: State,
-    /// Which publication of the key this is, so a prober of an earlier one changes nothing.
+    /// Which publication of the key this is, so a try of an earlier one changes nothing.
     generation: u64,
-    prober: Option<tokio::task::JoinHandle<()>>,
+    published: Instant,
+    /// Failed tries in a row since the port was last up.
+    failures: u8,
 }
 
-impl Drop for Entry {
-    fn drop(&mut self) {
-        if let Some(p) = &self.prober {
-            p.abort();
-        }
-    }
-}
+/// A route's next try: when, and of which publication.
+type Due = Reverse<(Instant, u64, Arc<AllocKey>)>;
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<AllocKey, Entry>,
+    entries: HashMap<Arc<AllocKey>, Entry>,
     generation: u64,
+    /// One item per probed publication (an item whose publication is gone is dropped when it
+    /// comes up).
+    due: BinaryHeap<Due>,
+    /// Whether the scheduler task runs.
+    scheduling: bool,
 }
 
 pub struct Routes {
@@ -82,18 +88,19 @@ pub struct Routes {
     probes: bool,
     inner: Mutex<Inner>,
     revision: watch::Sender<u64>,
-    /// When the next try may start (see [`TRIES_PER_SECOND`]).
-    next_try: tokio::sync::Mutex<tokio::time::Instant>,
+    /// Wakes the scheduler: a route is due earlier than it was waiting for, or the table is gone.
+    wake: Arc<Notify>,
 }
 
 impl Default for Routes {
     fn default() -> Self {
-        Routes {
-            probes: false,
-            inner: Mutex::default(),
-            revision: watch::channel(1).0,
-            next_try: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-        }
+        Routes::new(false)
+    }
+}
+
+impl Drop for Routes {
+    fn drop(&mut self) {
+        self.wake.notify_one();
     }
 }
 
@@ -115,13 +122,19 @@ impl Routes {
     /// A table whose routes are probed (flatnetd's own); [`Routes::default`] leaves every route
     /// `Probing`.
     pub fn probing() -> Routes {
+        Routes::new(true)
+    }
+
+    fn new(probes: bool) -> Routes {
         Routes {
-            probes: true,
-            ..Routes::default()
+            probes,
+            inner: Mutex::default(),
+            revision: watch::channel(1).0,
+            wake: Arc::default(),
         }
     }
 
-    /// Routes `a` (again, if it was), starting its prober. An attachment without a name or an
+    /// Routes `a` (again, if it was), queueing its first try. An attachment without a name or an
     /// address has nothing to be routed by.
     pub fn publish(self: &Arc<Self>, a: &Allocation) {
         self.publish_if(a, || true);
@@ -135,32 +148,37 @@ impl Routes {
         let Some(address) = a.addresses().next().filter(|_| !names.is_empty()) else {
             return;
         };
-        let port = a.port.unwrap_or(DEFAULT_PORT);
-        let key = a.key();
+        let key = Arc::new(a.key());
+        let now = Instant::now();
         let mut inner = self.inner.lock().expect("routes poisoned");
         if !current() {
             return;
         }
         inner.generation += 1;
         let generation = inner.generation;
-        let target = SocketAddr::new(address, port);
-        let prober = self
-            .probes
-            .then(|| tokio::spawn(probe(Arc::downgrade(self), key.clone(), generation, target)));
         let entry = Entry {
             names,
-            network: a.network.clone(),
-            container_id: a.container_id.clone(),
             address,
-            port,
+            port: a.port.unwrap_or(DEFAULT_PORT),
             state: State::Probing,
             generation,
-            prober,
+            published: now,
+            failures: 0,
         };
-        // An entry it replaces stops its prober as it is dropped.
+        let start = self.probes && !inner.scheduling;
+        if self.probes {
+            inner.due.push(Reverse((now, generation, key.clone())));
+            inner.scheduling = true;
+        }
+        // An entry it replaces is dropped, and its queued try with it when that comes up.
         let replaced = inner.entries.insert(key, entry);
         drop(inner);
         drop(replaced);
+        if start {
+            tokio::spawn(schedule(Arc::downgrade(self), self.wake.clone()));
+        } else if self.probes {
+            self.wake.notify_one();
+        }
         self.bump();
     }
 
@@ -184,15 +202,15 @@ impl Routes {
         let revision = *self.revision.borrow();
         let mut routes: Vec<Route> = inner
             .entries
-            .values()
-            .flat_map(|e| {
+            .iter()
+            .flat_map(|(key, e)| {
                 e.names.iter().map(|name| Route {
                     name: name.clone(),
-                    network: e.network.clone(),
+                    network: key.network.clone(),
                     address: e.address,
                     port: e.port,
                     state: e.state,
-                    container_id: e.container_id.clone(),
+                    container_id: key.container_id.clone(),
                 })
             })
             .collect();
@@ -207,41 +225,88 @@ impl Routes {
         self.snapshot()
     }
 
-    /// Waits for this prober's turn to try a connection.
-    async fn turn(&self) {
-        let slot = {
-            let mut next = self.next_try.lock().await;
-            let now = tokio::time::Instant::now();
-            let slot = (*next).max(now);
-            *next = slot + Duration::from_secs(1) / TRIES_PER_SECOND;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
-
     fn bump(&self) {
         self.revision.send_modify(|r| *r += 1);
     }
 
-    /// Records what a prober found; `false` once its publication is gone (the prober stops).
-    fn set_state(&self, key: &AllocKey, generation: u64, state: State) -> bool {
+    /// The next try that is due by `now`, with its target; else when the next one is due.
+    fn next_due(&self, now: Instant) -> Result<Try, Option<Instant>> {
+        let mut inner = self.inner.lock().expect("routes poisoned");
+        loop {
+            let Some(Reverse((at, generation, _))) = inner.due.peek() else {
+                return Err(None);
+            };
+            let (at, generation) = (*at, *generation);
+            if at > now {
+                return Err(Some(at));
+            }
+            let Some(Reverse((_, _, key))) = inner.due.pop() else {
+                return Err(None);
+            };
+            let Some(e) = inner
+                .entries
+                .get(&key)
+                .filter(|e| e.generation == generation)
+            else {
+                continue;
+            };
+            return Ok(Try {
+                target: SocketAddr::new(e.address, e.port),
+                limit: interval(e.state).min(TRY_LIMIT),
+                key,
+                generation,
+                started: now,
+            });
+        }
+    }
+
+    /// Records what a try found and queues the route's next one (nothing if its publication is
+    /// gone).
+    fn tried(&self, t: Try, accepted: bool) {
         let mut inner = self.inner.lock().expect("routes poisoned");
         let Some(entry) = inner
             .entries
-            .get_mut(key)
-            .filter(|e| e.generation == generation)
+            .get_mut(&t.key)
+            .filter(|e| e.generation == t.generation)
         else {
-            return false;
+            return;
+        };
+        let state = match (entry.state, accepted) {
+            (_, true) => {
+                entry.failures = 0;
+                State::Up
+            }
+            (State::Probing, false) if entry.published.elapsed() >= DOWN_AFTER => State::Down,
+            (State::Up, false) => {
+                entry.failures = entry.failures.saturating_add(1);
+                if entry.failures >= 2 {
+                    State::Down
+                } else {
+                    State::Up
+                }
+            }
+            (s, false) => s,
         };
         let changed = entry.state != state;
         entry.state = state;
+        let next = t.started + interval(state);
+        inner.due.push(Reverse((next, t.generation, t.key.clone())));
         drop(inner);
         if changed {
+            let key = &t.key;
             tracing::info!(network = %key.network, container_id = %key.container_id, ?state, "route");
             self.bump();
         }
-        true
     }
+}
+
+/// One try of a route's port.
+struct Try {
+    key: Arc<AllocKey>,
+    generation: u64,
+    target: SocketAddr,
+    limit: Duration,
+    started: Instant,
 }
 
 /// Whether `addr` accepts a TCP connection within `limit`.
@@ -260,38 +325,48 @@ fn interval(state: State) -> Duration {
     }
 }
 
-async fn probe(routes: Weak<Routes>, key: AllocKey, generation: u64, addr: SocketAddr) {
-    let started = Instant::now();
-    let mut state = State::Probing;
-    let mut failures = 0;
+/// The scheduler: starts each due try (no more than [`TRIES_PER_SECOND`]), runs the tries in
+/// flight side by side, and records their answers; ends once the table is gone.
+async fn schedule(routes: Weak<Routes>, wake: Arc<Notify>) {
+    let spacing = Duration::from_secs(1) / TRIES_PER_SECOND;
+    let mut in_flight: JoinSet<(Try, bool)> = JoinSet::new();
+    let mut next_slot = Instant::now();
     loop {
-        let tried = Instant::now();
-        match routes.upgrade() {
-            Some(r) => r.turn().await,
-            None => return,
-        }
-        let ok = accepts(addr, interval(state).min(Duration::from_millis(500))).await;
-        state = match (state, ok) {
-            (_, true) => {
-                failures = 0;
-                State::Up
-            }
-            (State::Probing, false) if started.elapsed() >= DOWN_AFTER => State::Down,
-            (State::Up, false) => {
-                failures += 1;
-                if failures >= 2 {
-                    State::Down
-                } else {
-                    State::Up
+        let now = Instant::now();
+        let wait_until = {
+            let Some(r) = routes.upgrade() else { return };
+            if next_slot > now {
+                Some(next_slot)
+            } else {
+                match r.next_due(now) {
+                    Ok(t) => {
+                        next_slot = now + spacing;
+                        in_flight.spawn(async move {
+                            let accepted = accepts(t.target, t.limit).await;
+                            (t, accepted)
+                        });
+                        continue;
+                    }
+                    Err(at) => at,
                 }
             }
-            (s, false) => s,
         };
-        match routes.upgrade() {
-            Some(r) if r.set_state(&key, generation, state) => {}
-            _ => return,
+        let sleep = async {
+            match wait_until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(done) = in_flight.join_next() => {
+                let Some(r) = routes.upgrade() else { return };
+                if let Ok((t, accepted)) = done {
+                    r.tried(t, accepted);
+                }
+            }
+            _ = sleep => {}
+            _ = wake.notified() => {}
         }
-        tokio::time::sleep(interval(state).saturating_sub(tried.elapsed())).await;
     }
 }
 
@@ -360,5 +435,64 @@ mod tests {
 
         routes.withdraw(&a.key());
         assert!(routes.snapshot().1.is_empty());
+    }
+
+    #[tokio::test]
+    async fn many_routes_are_tried_by_one_scheduler_at_the_bounded_rate() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts (and counts) on a thread of its own, so the runtime only runs the scheduler.
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                drop(stream);
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let routes = Arc::new(Routes::probing());
+        let count = 400;
+        let started = Instant::now();
+        for i in 0..count {
+            routes.publish(&named(
+                &format!("c{i}"),
+                &format!("web{i}"),
+                &[],
+                Some(port),
+            ));
+        }
+        let all_up =
+            |list: &[Route]| list.len() == count && list.iter().all(|r| r.state == State::Up);
+        let mut list = routes.snapshot().1;
+        while !all_up(&list) && started.elapsed() < Duration::from_secs(10) {
+            list = routes
+                .wait_past(routes.snapshot().0, Duration::from_secs(1))
+                .await
+                .1;
+        }
+        assert!(all_up(&list), "{list:?}");
+        // 400 first tries at no more than 2,000 a second take at least 199.5 ms.
+        let took = started.elapsed();
+        let spacing = Duration::from_secs(1) / TRIES_PER_SECOND;
+        assert!(took >= spacing * (count as u32 - 1), "{took:?}");
+        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= count);
+
+        // A route published again is tried under its new publication, the old one's try dropped.
+        let again = named("c0", "renamed", &[], Some(port));
+        routes.publish(&again);
+        let renamed = |list: &[Route]| {
+            list.iter()
+                .any(|r| r.name == "renamed" && r.state == State::Up)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut list = routes.snapshot().1;
+        while !renamed(&list) && Instant::now() < deadline {
+            list = routes
+                .wait_past(routes.snapshot().0, Duration::from_secs(1))
+                .await
+                .1;
+        }
+        assert!(renamed(&list), "{list:?}");
+        assert_eq!(list.len(), count, "{list:?}");
     }
 }
