@@ -312,17 +312,6 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         &self.routes
     }
 
-    /// Routes every attachment on record (at start-up: the route table lives in memory only),
-    /// while requests are served: one released meanwhile is left out.
-    pub fn restore_routes(&self) -> Result<usize, Error> {
-        let all = self.store.list(None)?;
-        for a in &all {
-            self.routes
-                .publish_if(a, || matches!(self.store.get(&a.key()), Ok(Some(_))));
-        }
-        Ok(all.len())
-    }
-
     /// An allocation whose record is gone: its routes go and its release is announced.
     fn released(&self, alloc: &Allocation) {
         self.routes.withdraw(&alloc.key());

@@ -386,12 +386,6 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::error!(error = %failed, "cannot write the outbound NAT table; containers of \
             networks with ipMasq cannot reach beyond the host until it is written");
     });
-    // The route table, in the background too: reading every full record takes a while.
-    let routing = engine.clone();
-    tokio::task::spawn_blocking(move || match routing.restore_routes() {
-        Ok(n) => tracing::info!(attachments = n, "route table restored"),
-        Err(e) => tracing::error!(error = %e, "cannot restore the route table"),
-    });
     tracing::info!(socket = %opts.socket.display(), state_dir = %opts.state_dir.display(),
         spool = %spool.dir().display(), boot_id = %engine.boot_id(),
         sweep_interval_s = opts.sweep_interval,

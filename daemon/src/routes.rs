@@ -14,7 +14,7 @@
 
 pub mod http;
 
-use crate::ipam::{AllocKey, Allocation};
+use crate::ipam::{AllocKey, AllocSummary, Allocation};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -107,12 +107,18 @@ impl Drop for Routes {
 /// The names an attachment is routed by: its container's name and its aliases, without the short
 /// container id Podman adds to the aliases. None at all for a container without a name.
 pub fn names_of(a: &Allocation) -> Vec<String> {
+    names(&a.container_id, a.container_name.as_deref(), &a.aliases)
+}
+
+fn names(container_id: &str, container_name: Option<&str>, aliases: &[String]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    let own = a.container_name.iter().cloned();
-    for name in own.chain(a.aliases.iter().cloned()) {
-        let id_prefix = name.len() >= 12 && a.container_id.starts_with(&name);
-        if !name.is_empty() && !id_prefix && !names.contains(&name) {
-            names.push(name);
+    for name in container_name
+        .into_iter()
+        .chain(aliases.iter().map(String::as_str))
+    {
+        let id_prefix = name.len() >= 12 && container_id.starts_with(name);
+        if !name.is_empty() && !id_prefix && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
         }
     }
     names
@@ -137,29 +143,37 @@ impl Routes {
     /// Routes `a` (again, if it was), queueing its first try. An attachment without a name or an
     /// address has nothing to be routed by.
     pub fn publish(self: &Arc<Self>, a: &Allocation) {
-        self.publish_if(a, || true);
+        let names = names_of(a);
+        self.publish_parts(a.key(), names, a.addresses().next(), a.port);
     }
 
-    /// [`Routes::publish`], if `current()` still holds when the table is locked: a reader of older
-    /// records (the start-up restore) asks whether the record is still there, since a DEL takes
-    /// the routes away only after its record is gone.
-    pub fn publish_if(self: &Arc<Self>, a: &Allocation, current: impl FnOnce() -> bool) {
-        let names = names_of(a);
-        let Some(address) = a.addresses().next().filter(|_| !names.is_empty()) else {
+    /// [`Routes::publish`] from a record read without its CNI result (the start-up reconcile's).
+    pub fn publish_summary(self: &Arc<Self>, a: &AllocSummary) {
+        let names = names(&a.container_id, a.container_name.as_deref(), &a.aliases);
+        let v4 = a.address.map(IpAddr::V4);
+        let address = v4.or(a.address6.map(|(ip, _)| IpAddr::V6(ip)));
+        self.publish_parts(a.key(), names, address, a.port);
+    }
+
+    fn publish_parts(
+        self: &Arc<Self>,
+        key: AllocKey,
+        names: Vec<String>,
+        address: Option<IpAddr>,
+        port: Option<u16>,
+    ) {
+        let Some(address) = address.filter(|_| !names.is_empty()) else {
             return;
         };
-        let key = Arc::new(a.key());
+        let key = Arc::new(key);
         let now = Instant::now();
         let mut inner = self.inner.lock().expect("routes poisoned");
-        if !current() {
-            return;
-        }
         inner.generation += 1;
         let generation = inner.generation;
         let entry = Entry {
             names,
             address,
-            port: a.port.unwrap_or(DEFAULT_PORT),
+            port: port.unwrap_or(DEFAULT_PORT),
             state: State::Probing,
             generation,
             published: now,
@@ -475,7 +489,13 @@ mod tests {
         let took = started.elapsed();
         let spacing = Duration::from_secs(1) / TRIES_PER_SECOND;
         assert!(took >= spacing * (count as u32 - 1), "{took:?}");
-        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= count);
+        // The connections were real (the counting thread may lag behind the handshakes).
+        let counted = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while counted() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(counted() >= count, "{} accepted", counted());
 
         // A route published again is tried under its new publication, the old one's try dropped.
         let again = named("c0", "renamed", &[], Some(port));

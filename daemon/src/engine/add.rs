@@ -290,8 +290,6 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             _ => self.nl.delete_link(host_veth).await,
         };
         let _ = self.store.remove(key);
-        // The start-up restore may have routed the record meanwhile.
-        self.routes.withdraw(key);
         match undo {
             Ok(_) => failure,
             Err(undo) => {

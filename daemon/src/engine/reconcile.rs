@@ -16,7 +16,8 @@
 //!    allocation, so the grace is a second line of defence for what the gate cannot see (a link
 //!    dump racing with something outside flatnetd that recreates the link, a clock that jumped);
 //!    it costs at most one sweep interval. The start-up pass needs no grace: nothing is served
-//!    yet, so nothing can be in flight.
+//!    yet, so nothing can be in flight. At start, the route table (memory only) is made from the
+//!    allocations kept, from these same summaries.
 //! 3. The bridge and gateway address of every network that keeps allocations is recreated from
 //!    the remembered network parameters, and kept veths that lost their bridge are put back on it.
 //!    At start, without each link's bridge, that means every kept veth of a bridge that was gone;
@@ -275,6 +276,13 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         *self.suspects.lock().expect("suspects poisoned") = suspects;
         s.kept = kept.len();
+        if pass == Pass::Startup {
+            // The route table lives in memory only: at start it is made from the records kept,
+            // before anything is served (so no DEL can be racing with it).
+            for a in &kept {
+                self.routes.publish_summary(a);
+            }
+        }
 
         // Bridges of the networks that keep allocations, and kept veths that lost theirs.
         let mut by_network: BTreeMap<&str, Vec<&AllocSummary>> = BTreeMap::new();

@@ -172,6 +172,8 @@ mod tests {
             created_unix: 100,
             boot_id: "b".into(),
             container_name: None,
+            aliases: Vec::new(),
+            port: None,
         };
         let at = |now_unix, grace| Facts {
             boot_id: "b",

@@ -134,6 +134,11 @@ pub struct AllocSummary {
     /// The container's name (CNI_ARGS `K8S_POD_NAME`), when the runtime gave one.
     #[serde(default)]
     pub container_name: Option<String>,
+    /// Its network aliases and gateway port (see [`Allocation`]): what its routes are made of.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 impl AllocSummary {
@@ -165,6 +170,8 @@ impl From<&Allocation> for AllocSummary {
             created_unix: a.created_unix,
             boot_id: a.boot_id.clone(),
             container_name: a.container_name.clone(),
+            aliases: a.aliases.clone(),
+            port: a.port,
         }
     }
 }
