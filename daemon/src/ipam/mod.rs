@@ -598,6 +598,30 @@ pub(crate) mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Many records are decoded on several threads; they come back whole and in key order.
+    #[test]
+    fn many_records_read_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("flatnet-many-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SledStore::open(&dir).unwrap();
+        let mut made: Vec<Allocation> = (0..2_500u32)
+            .map(|i| {
+                let mut a = alloc(&format!("c{i:05}"), Ipv4Addr::from(0x0a57_0000 + i));
+                a.aliases = vec![format!("alias{i}")];
+                a
+            })
+            .collect();
+        for a in &made {
+            store.insert(a).unwrap();
+        }
+        made.sort_by_key(|a| a.key().encode());
+        assert_eq!(store.list(None).unwrap(), made);
+        let summaries: Vec<AllocSummary> = made.iter().map(AllocSummary::from).collect();
+        assert_eq!(store.summaries().unwrap(), summaries);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn requested_address_rules() {
         let c = ipam(r#","rangeStart":"10.87.1.10","rangeEnd":"10.87.1.20""#);
