@@ -11,7 +11,6 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::RouteMessageBuilder;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -32,6 +31,24 @@ impl Socket {
             dump_turn: Default::default(),
         }
     }
+}
+
+/// A netlink connection whose dumps the kernel filters itself (`NETLINK_GET_STRICT_CHK`): an
+/// address dump for one link then walks that link only, instead of every link of a namespace
+/// that holds 10,000 of them.
+pub(super) fn strict_connection() -> std::io::Result<(
+    rtnetlink::proto::Connection<RouteNetlinkMessage>,
+    rtnetlink::Handle,
+)> {
+    use rtnetlink::sys::AsyncSocket;
+    let (mut conn, handle, _) = rtnetlink::new_connection()?;
+    // A kernel before 4.20 has no strict mode; the answers are filtered here as well, so it only
+    // costs time there.
+    let _ = conn
+        .socket_mut()
+        .socket_mut()
+        .set_netlink_get_strict_chk(true);
+    Ok((conn, handle))
 }
 
 /// How many times a dump is started before a transient answer is given up on, and the longest
@@ -166,7 +183,7 @@ pub(super) async fn ns_socket(netns: &Netns) -> Result<Socket, NetlinkError> {
         let _runtime = rt.enter();
         let opened = nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(std::io::Error::from)
-            .and_then(|()| rtnetlink::new_connection());
+            .and_then(|()| strict_connection());
         let _ = tx.send(opened);
     });
     let opened = rx.await.map_err(|_| {
@@ -174,7 +191,7 @@ pub(super) async fn ns_socket(netns: &Netns) -> Result<Socket, NetlinkError> {
             "namespace thread ended without an answer",
         ))
     })?;
-    let (conn, handle, _) = opened.map_err(io_err)?;
+    let (conn, handle) = opened.map_err(io_err)?;
     tokio::spawn(conn);
     Ok(Socket::new(handle))
 }
@@ -237,8 +254,7 @@ pub(super) async fn get_routes(
     socket: &Socket,
     index: u32,
 ) -> Result<Vec<(Ipv4Network, Option<Ipv4Addr>)>, NetlinkError> {
-    let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    let routes = route_dump(socket, request, index, "listing routes").await?;
+    let routes = route_dump(socket, AddressFamily::Inet, index, "listing routes").await?;
     Ok(routes
         .into_iter()
         .filter_map(|(dst, prefix, gw)| match (dst, gw) {
@@ -258,8 +274,7 @@ pub(super) async fn get_routes6(
     socket: &Socket,
     index: u32,
 ) -> Result<Vec<(Ipv6Network, Option<Ipv6Addr>)>, NetlinkError> {
-    let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
-    let routes = route_dump(socket, request, index, "listing IPv6 routes").await?;
+    let routes = route_dump(socket, AddressFamily::Inet6, index, "listing IPv6 routes").await?;
     Ok(routes
         .into_iter()
         .filter_map(|(dst, prefix, gw)| match (dst, gw) {
@@ -275,15 +290,18 @@ pub(super) async fn get_routes6(
         .collect())
 }
 
-/// The main-table routes through link `index` that a dump of `request`'s family lists:
-/// destination (the family's unspecified address for a default route), prefix length, gateway.
+/// The main-table routes of `family` through link `index`: destination (the family's unspecified
+/// address for a default route), prefix length, gateway. The request's header names only the
+/// family: on a strict socket every other field set would filter the dump.
 async fn route_dump(
     socket: &Socket,
-    request: netlink_packet_route::route::RouteMessage,
+    family: AddressFamily,
     index: u32,
     what: &str,
 ) -> Result<Vec<(RouteAddress, u8, Option<RouteAddress>)>, NetlinkError> {
-    let unspecified = match request.header.address_family {
+    let mut request = netlink_packet_route::route::RouteMessage::default();
+    request.header.address_family = family;
+    let unspecified = match family {
         AddressFamily::Inet6 => RouteAddress::Inet6(Ipv6Addr::UNSPECIFIED),
         _ => RouteAddress::Inet(Ipv4Addr::UNSPECIFIED),
     };
