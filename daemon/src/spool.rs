@@ -44,6 +44,16 @@ impl Spool {
         &self.dir
     }
 
+    /// Whether the spool holds nothing but what was moved aside (a missing directory holds
+    /// nothing).
+    pub fn is_empty(&self) -> bool {
+        fs::read_dir(&self.dir).map_or(true, |entries| {
+            entries
+                .flatten()
+                .all(|e| e.file_name() == spool::REJECTED_DIR_NAME)
+        })
+    }
+
     /// Every well-formed spooled DEL, oldest first, and how many malformed files were moved aside.
     /// Nothing at all when the directory is missing, or is not one that only root can write.
     pub fn pending(&self) -> (Vec<Pending>, usize) {

@@ -121,13 +121,31 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     /// One reconcile pass (see the module comment), then the spooled DELs in `spool`. Logs one
     /// summary line. Fails only when a periodic pass cannot get the gate in time.
     pub async fn sweep(&self, pass: Pass, spool: Option<&Spool>) -> Result<Summary, Error> {
-        let _gate = match pass {
+        if pass == Pass::Periodic {
+            match self.look(spool).await {
+                Ok(Some(kept)) => {
+                    tracing::debug!(kept, held_ms = 0.0, "sweep: nothing to do");
+                    return Ok(Summary {
+                        kept,
+                        ..Summary::default()
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "sweep: looking first failed; a full pass follows")
+                }
+            }
+        }
+        let gate = match pass {
             Pass::Startup => self.gate.write().await,
             Pass::Periodic => self
                 .gate_exclusive(SWEEP_GATE_WAIT)
                 .await
                 .ok_or_else(|| Self::busy("the sweep", "requests in flight", SWEEP_GATE_WAIT))?,
         };
+        // While the gate is held, requests wait: how long the pass holds them back (a periodic
+        // pass only polls for the gate, so none waits behind it before it has it).
+        let held = std::time::Instant::now();
         let mut summary = Summary::default();
         if let Err(e) = self.reconcile_locked(pass, &mut summary).await {
             summary.failures.push(format!("reconcile: {e}"));
@@ -135,6 +153,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if let Some(spool) = spool {
             self.apply_spool_locked(spool, &mut summary).await;
         }
+        drop(gate);
+        let held_ms = held.elapsed().as_secs_f64() * 1e3;
         // A pass builds large short-lived tables (every link, every allocation); hand the memory back
         // to the system instead of keeping it as the daemon's resident size.
         // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
@@ -158,15 +178,68 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 spooled_dels_rejected = s.spool_rejected,
                 spooled_dels_pending = s.spool_failed,
                 failures = ?s.failures,
+                held_ms,
                 "reconciled: kept {}, released {}, links removed {}",
                 s.kept,
                 s.released(),
                 s.links_removed
             );
         } else {
-            tracing::debug!(kept = s.kept, waiting = s.waiting, "sweep: nothing to do");
+            tracing::debug!(
+                kept = s.kept,
+                waiting = s.waiting,
+                held_ms,
+                "sweep: nothing to do"
+            );
         }
         Ok(summary)
+    }
+
+    /// A periodic pass looks first, without the gate (requests go on meanwhile; listing 10,000
+    /// links takes the kernel a few hundred ms): `Some(kept)` when the pass would change nothing,
+    /// so no request need wait for it. It would when an allocation's fate is anything but kept, a
+    /// kept veth is on no bridge, a network's bridge is missing, an `fn-*` link has no allocation,
+    /// an address is held back for a veth that is gone, or a DEL is spooled; what it looked at may
+    /// be stale by then, so the full pass under the gate reads everything again. The bridges it
+    /// finds are made sure of here, as an ADD does (gateway address, up).
+    async fn look(&self, spool: Option<&Spool>) -> Result<Option<usize>, Error> {
+        if spool.is_some_and(|s| !s.is_empty()) {
+            return Ok(None);
+        }
+        let links: HashMap<String, LinkState> = self.nl.links().await?.into_iter().collect();
+        let allocs = self.store.summaries()?;
+        let facts = Facts {
+            boot_id: &self.boot_id,
+            now_unix: unix_now(),
+            grace: true,
+        };
+        let mut owned: HashSet<&str> = HashSet::with_capacity(allocs.len());
+        let mut networks: BTreeMap<&str, ()> = BTreeMap::new();
+        for a in &allocs {
+            let on_bridge = links.get(&a.host_veth).is_some_and(|l| l.master.is_some());
+            if fate(a, facts, on_bridge, false) != Fate::Keep {
+                return Ok(None);
+            }
+            owned.insert(a.host_veth.as_str());
+            networks.insert(a.network.as_str(), ());
+        }
+        let orphan = links
+            .keys()
+            .any(|name| is_flatnet_veth(name) && !owned.contains(name.as_str()));
+        if orphan || !self.held.all(|veth| links.contains_key(veth)) {
+            return Ok(None);
+        }
+        for network in networks.into_keys() {
+            let Some(record) = self.store.network(network)? else {
+                continue;
+            };
+            if !links.contains_key(&record.bridge) {
+                return Ok(None);
+            }
+            self.ensure_bridge(bridge_spec(&record)).await?;
+        }
+        self.suspects.lock().expect("suspects poisoned").clear();
+        Ok(Some(allocs.len()))
     }
 
     async fn reconcile_locked(&self, pass: Pass, s: &mut Summary) -> Result<(), Error> {
@@ -276,6 +349,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         *self.suspects.lock().expect("suspects poisoned") = suspects;
         s.kept = kept.len();
+        let t_fates = t0.elapsed();
         if pass == Pass::Startup {
             // The route table lives in memory only: at start it is made from the records kept,
             // before anything is served (so no DEL can be racing with it).
@@ -340,6 +414,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
         }
 
+        let t_bridges = t0.elapsed();
         // Orphans: fn-* links no allocation owns.
         let orphans: Vec<String> = links
             .keys()
@@ -361,6 +436,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if s.index_repaired > 0 || released_any {
             self.store.flush().await?;
         }
+        tracing::debug!(?t_fates, ?t_bridges, done = ?t0.elapsed(), "reconcile phases");
         Ok(())
     }
 
@@ -576,6 +652,8 @@ mod tests {
     #[tokio::test]
     async fn sweep_waits_for_requests_without_holding_them_up() {
         let e = std::sync::Arc::new(engine());
+        // Something to do (a stray link), so the pass needs the gate.
+        e.netlink().add_link("fn-00000001", None);
         let shared = e.gate.read().await;
         let sweeping = {
             let e = e.clone();
@@ -593,6 +671,24 @@ mod tests {
         drop(other);
         drop(shared);
         sweeping.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sweep_with_nothing_to_do_does_not_take_the_gate() {
+        let e = engine();
+        e.exec(&req(Command::Add, "c1", conf())).await.unwrap();
+        let shared = e.gate.read().await;
+        let s = tokio::time::timeout(Duration::from_secs(1), e.sweep(Pass::Periodic, None))
+            .await
+            .expect("the sweep waited for the gate")
+            .unwrap();
+        assert_eq!(s.kept, 1);
+        drop(shared);
+        // Once there is something to do, it takes the gate and does it.
+        e.netlink().add_link("fn-00000001", None);
+        let s = e.sweep(Pass::Periodic, None).await.unwrap();
+        assert_eq!((s.kept, s.links_removed), (1, 1));
+        assert!(!e.netlink().has_link("fn-00000001"));
     }
 
     fn spool_dir(tag: &str) -> std::path::PathBuf {

@@ -87,6 +87,11 @@ impl HeldBack {
         self.holds().retain(|h| exists(&h.host_veth));
     }
 
+    /// Whether every address held back is held for a veth that `exists`.
+    pub fn all(&self, exists: impl Fn(&str) -> bool) -> bool {
+        self.holds().iter().all(|h| exists(&h.host_veth))
+    }
+
     /// How many addresses are held back.
     pub fn len(&self) -> usize {
         self.holds().len()
