@@ -46,6 +46,18 @@ impl Daemon {
         log: &Path,
         args: &[&str],
     ) -> Started {
+        Daemon::start_with_env(bin, socket, state, log, args, &[])
+    }
+
+    /// [`Daemon::start_with`] with environment variables (`FLATNET_LOG`) set too.
+    pub fn start_with_env(
+        bin: &Path,
+        socket: &Path,
+        state: &Path,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Started {
         let log_file = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -54,6 +66,7 @@ impl Daemon {
         let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", super::PATH)
+            .envs(env.iter().copied())
             .arg("--socket")
             .arg(socket)
             .arg("--state-dir")

@@ -81,13 +81,18 @@ pub fn document(
          binaries), netavark's own bridge network (`--network podman`) and `--network none`. \
          After the runs flatnetd must hold no address.\n\
          - Memory and start-up: a second host namespace with a fresh flatnetd; VmRSS from \
-         `/proc/<pid>/status` once it answers (idle), then {allocs} real attachments made \
-         through the shim by 8 workers ({per} interfaces `eth0`… in each of {netns} container \
-         namespaces, spread over {memory_networks} networks because a Linux bridge takes at \
-         most 1024 ports), VmRSS 0.5 s after the last ADD, then {restarts} restarts (SIGTERM, \
-         wait until the machine is quiet, start on the same state dir); start-up = spawn until a gRPC `ListAllocations` call \
-         over the socket is answered (polled every 0.5 ms). After the restarts \
-         `flatnetctl allocations` must list every attachment.\n\
+         `/proc/<pid>/status` once it answers (idle), then {sequential} sequential ADDs in a \
+         namespace of their own on the first network, each verified and DELeted (untimed, \
+         verified) before the next, then {allocs} real attachments made through the shim by 8 \
+         workers ({per} interfaces `eth0`… in each of {netns} container namespaces, spread over \
+         {memory_networks} networks because a Linux bridge takes at most 1024 ports), VmRSS \
+         0.5 s after the last ADD, the {sequential} sequential ADDs again, then {restarts} \
+         restarts (SIGTERM, wait until the machine is quiet, start on the same state dir); \
+         start-up = spawn until a gRPC `ListAllocations` call over the socket is answered \
+         (polled every 0.5 ms). After the restarts `flatnetctl allocations` must list every \
+         attachment. Last, a restart with `--sweep-interval 1`, CHECKs of one attachment one \
+         after another for 3.5 s, and the time each periodic pass held the gate (requests wait \
+         meanwhile) as flatnetd logs it (`held_ms`).\n\
          - Plugin start-up: `CNI_COMMAND=VERSION` with `{{\"cniVersion\":\"1.0.0\"}}` on stdin, \
          {version} runs per plugin, alternating.\n\
          - Before each phase after the first, the run waits (at most 30 s) until the CPUs are \
@@ -96,6 +101,7 @@ pub fn document(
          phase.\n\
          - The whole run took {elapsed:.0} s.{quick}\n",
         n = opts.n,
+        sequential = super::memory::SEQUENTIAL,
         cycles = opts.cycles,
         podman = opts.podman_runs,
         podman5_version = res.podman5_version,

@@ -5,9 +5,10 @@
 //! Clean-up deletes the container namespaces (the kernel removes their veths), then the host.
 
 use super::cleanup::{netns_path, NetnsSet};
+use super::cni::with_prev_result;
 use super::cni::{Added, Plugin};
 use super::daemon::Daemon;
-use super::stats::summarize;
+use super::stats::{summarize, Summary};
 use super::throughput::parallel;
 use super::{sys, Ctx};
 use serde_json::{json, Value};
@@ -24,6 +25,10 @@ pub const PER_NETWORK: usize = 1000;
 const WORKERS: usize = 8;
 /// Daemon restarts timed with the full state.
 pub const RESTARTS: usize = 5;
+/// Sequential ADDs timed on the fresh and on the full daemon.
+pub const SEQUENTIAL: usize = 50;
+/// How long CHECKs are sent while the daemon sweeps every second.
+const SWEEP_WINDOW: Duration = Duration::from_millis(3_500);
 
 #[derive(Debug, Default)]
 pub struct Memory {
@@ -37,6 +42,15 @@ pub struct Memory {
     pub add_p50_last: Option<Duration>,
     /// The ADD budget ran out before `wanted` attachments were made.
     pub budget_hit: bool,
+    /// Sequential ADD latency on the fresh daemon and with every attachment made (each ADD of
+    /// [`SEQUENTIAL`] DELeted before the next, on the first network).
+    pub add_empty: Option<Summary>,
+    pub add_full: Option<Summary>,
+    /// With every attachment made and a sweep every second: how long each periodic pass held
+    /// requests back (the daemon's `held_ms`), and the CHECKs sent meanwhile.
+    pub sweep_holds: Vec<Duration>,
+    pub sweep_checks: Option<Summary>,
+    pub sweep_check_max: Option<Duration>,
     /// Fresh daemon: spawn → first answer, and VmRSS then (KiB).
     pub startup_empty: Duration,
     pub idle_rss: Option<u64>,
@@ -97,11 +111,19 @@ pub fn measure(ctx: &Ctx, flatnet: &Plugin, wanted: usize, budget: Duration) -> 
     m.idle_rss = started.daemon.status_kib("VmRSS");
     let mut daemon = started.daemon;
 
-    let confs: Vec<Vec<u8>> = (0..networks)
-        .map(|k| network_conf(k, &socket_str).to_string().into_bytes())
+    let conf_values: Vec<Value> = (0..networks)
+        .map(|k| network_conf(k, &socket_str))
+        .collect();
+    let confs: Vec<Vec<u8>> = conf_values
+        .iter()
+        .map(|c| c.to_string().into_bytes())
         .collect();
     let names: Vec<String> = (0..count).map(|i| format!("{}m{i}", ctx.tag)).collect();
     let containers = NetnsSet::create(names);
+    let probe = NetnsSet::create(vec![format!("{}mq", ctx.tag)]);
+    let sequential =
+        |round: &str| sequential_adds(ctx, flatnet, &probe.names()[0], round, &conf_values[0]);
+    m.add_empty = sequential("a");
     let made: Vec<Mutex<Vec<Added>>> = (0..count).map(|_| Mutex::new(Vec::new())).collect();
     let timings: Mutex<Vec<(Instant, Duration)>> = Mutex::new(Vec::with_capacity(wanted));
     let indices: Vec<usize> = (0..count).collect();
@@ -178,6 +200,7 @@ pub fn measure(ctx: &Ctx, flatnet: &Plugin, wanted: usize, budget: Duration) -> 
     std::thread::sleep(Duration::from_millis(500));
     m.rss = daemon.status_kib("VmRSS");
     m.hwm = daemon.status_kib("VmHWM");
+    m.add_full = sequential("b");
 
     for r in 0..RESTARTS {
         ctx.check();
@@ -196,6 +219,41 @@ pub fn measure(ctx: &Ctx, flatnet: &Plugin, wanted: usize, budget: Duration) -> 
         }
     }
     m.listed_after_restart = count_allocations(ctx, &socket_str);
+
+    // Sweeps with everything made: a daemon that sweeps every second (and logs each pass), and
+    // CHECKs of the first attachment sent one after another meanwhile.
+    if let Some(first) = made[0].lock().unwrap_or_else(|p| p.into_inner()).first() {
+        ctx.check();
+        daemon.stop();
+        drop(daemon);
+        sys::settle(Duration::from_secs(30));
+        let logged_before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        daemon = Daemon::start_with_env(
+            &flatnetd,
+            &socket,
+            &state,
+            &log,
+            &["--sweep-interval", "1"],
+            &[(
+                "FLATNET_LOG",
+                "info,flatnet_daemon::engine::reconcile=debug",
+            )],
+        )
+        .daemon;
+        let a = ctx.attachment(&containers.names()[0], &first.ifname);
+        let prev = with_prev_result(&conf_values[0], &first.result);
+        let mut checks = Vec::new();
+        let window = Instant::now();
+        while window.elapsed() < SWEEP_WINDOW {
+            checks.extend(flatnet.quiet("CHECK", &a, &prev));
+        }
+        m.sweep_checks = summarize(&checks);
+        m.sweep_check_max = checks.iter().max().copied();
+        let logged = std::fs::read(&log).unwrap_or_default();
+        m.sweep_holds = sweep_holds(&String::from_utf8_lossy(
+            logged.get(logged_before..).unwrap_or_default(),
+        ));
+    }
     if let Some(listed) = m.listed_after_restart {
         if listed != m.made {
             flatnet.tally.verify_fail(format!(
@@ -206,11 +264,59 @@ pub fn measure(ctx: &Ctx, flatnet: &Plugin, wanted: usize, budget: Duration) -> 
     }
 
     // Container namespaces first (their veths go with them), then the daemon, then the host.
+    drop(probe);
     drop(containers);
     drop(daemon);
     drop(host);
     sys::return_home().expect("returning to the machine's network namespace");
     m
+}
+
+/// [`SEQUENTIAL`] ADDs one after another in the namespace `netns` (interfaces `ROUND0`…), each
+/// verified, then DELeted (untimed, verified) before the next: the bridge takes one more port at
+/// most. Their latency.
+fn sequential_adds(
+    ctx: &Ctx,
+    flatnet: &Plugin,
+    netns: &str,
+    round: &str,
+    conf: &Value,
+) -> Option<Summary> {
+    let bytes = conf.to_string().into_bytes();
+    let mut took = Vec::new();
+    for j in 0..SEQUENTIAL {
+        ctx.check();
+        let a = ctx.attachment(netns, &format!("{round}{j}"));
+        let Some((d, added)) = flatnet.add(&a, &bytes) else {
+            continue;
+        };
+        took.push(d);
+        flatnet.verify_added(&a, &added);
+        if flatnet
+            .quiet("DEL", &a, &with_prev_result(conf, &added.result))
+            .is_some()
+        {
+            flatnet.verify_deleted(&a, &added);
+        }
+    }
+    summarize(&took)
+}
+
+/// The `held_ms` of every periodic pass in a stretch of flatnetd's log.
+fn sweep_holds(log: &str) -> Vec<Duration> {
+    log.lines()
+        .filter(|l| l.contains("sweep: nothing to do") || l.contains("pass=Periodic"))
+        .filter_map(|l| {
+            let ms: f64 = l
+                .split_once("held_ms=")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(Duration::from_secs_f64(ms / 1e3))
+        })
+        .collect()
 }
 
 /// `flatnetctl --json allocations` against the daemon, counted; `None` if it cannot run.
@@ -230,4 +336,22 @@ fn count_allocations(ctx: &Ctx, socket: &str) -> Option<usize> {
         .ok()?
         .as_array()
         .map(Vec::len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_holds_are_read_from_periodic_passes_only() {
+        let log = "\
+x DEBUG flatnet_daemon::engine::reconcile: sweep: nothing to do kept=10 waiting=0 held_ms=0.0
+x INFO flatnet_daemon::engine::reconcile: reconciled: kept 10 pass=Periodic kept=10 held_ms=12.5 x
+x INFO flatnet_daemon::engine::reconcile: reconciled: kept 10 pass=Startup kept=10 held_ms=70.1
+x INFO flatnetd: flatnetd ready";
+        assert_eq!(
+            sweep_holds(log),
+            [Duration::ZERO, Duration::from_secs_f64(0.0125)]
+        );
+    }
 }
