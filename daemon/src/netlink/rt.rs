@@ -42,7 +42,7 @@ pub struct RtNetlink {
 impl RtNetlink {
     /// Opens the netlink sockets of the daemon's own namespace. Must run inside a tokio runtime.
     pub fn new() -> std::io::Result<RtNetlink> {
-        let (conn, handle) = super::socket::strict_connection()?;
+        let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
         Ok(RtNetlink {
             main: Socket::new(handle),
@@ -229,20 +229,6 @@ impl Netlink for RtNetlink {
                     "creating veth {} with peer {} in {}",
                     spec.host, spec.ifname, spec.netns.path
                 )))?;
-            // No IPv6 stack on the bridge port at all (the bridge forwards IPv6 frames without
-            // one): each port otherwise puts a multicast route in the namespace's IPv6 table, and
-            // the kernel walks that whole table whenever any link goes down, which with 10,000
-            // ports made every DEL and, through the RTNL lock it holds meanwhile, every ADD slow.
-            // Written before the link is up, when the kernel would add the route.
-            match std::fs::write(
-                format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.host),
-                "1",
-            ) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(host_veth = %spec.host, error = %e, "cannot turn IPv6 off on a bridge port");
-                }
-                _ => {}
-            }
             // Up, without an IPv6 link-local address: Flatnet is IPv4, and address generation,
             // duplicate address detection and MLD reports for every new bridge port are kernel work
             // on the ADD path that nobody uses. (The kernel takes this only for an existing link.)
