@@ -35,6 +35,10 @@ fn add_address6(
 /// The real [`Netlink`], on rtnetlink.
 pub struct RtNetlink {
     main: Socket,
+    /// Listing every link (the periodic sweep), on a socket of its own: with 10,000 links that
+    /// dump takes the kernel a few hundred ms, and a request's dump on the same socket would wait
+    /// for its turn behind it.
+    listing: Socket,
     /// Link deletions only, on a socket and thread of their own (see [`deletion_lane`]).
     deletions: rtnetlink::Handle,
 }
@@ -42,10 +46,13 @@ pub struct RtNetlink {
 impl RtNetlink {
     /// Opens the netlink sockets of the daemon's own namespace. Must run inside a tokio runtime.
     pub fn new() -> std::io::Result<RtNetlink> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
+        let (conn, handle) = super::socket::strict_connection()?;
         tokio::spawn(conn);
+        let (listing_conn, listing) = super::socket::strict_connection()?;
+        tokio::spawn(listing_conn);
         Ok(RtNetlink {
             main: Socket::new(handle),
+            listing: Socket::new(listing),
             deletions: deletion_lane()?,
         })
     }
@@ -78,7 +85,7 @@ impl Netlink for RtNetlink {
                 .attributes
                 .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
             let msgs = dump(
-                &self.main,
+                &self.listing,
                 RouteNetlinkMessage::GetLink(request),
                 "listing links",
             )
