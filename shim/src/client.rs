@@ -14,6 +14,7 @@ use flatnet_proto::REQUEST_ID_HEADER;
 use tonic::metadata::MetadataValue;
 
 use crate::request::Request;
+use crate::timings::Timings;
 
 /// How long connecting to the socket may take. A live daemon accepts at once; waiting longer only
 /// delays the runtime's retry.
@@ -23,8 +24,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `req` on flatnetd: `Ok(result_json)` (empty for DEL, GC and STATUS) or the CNI error.
-pub fn exec(req: &Request, request_id: &str) -> Result<String, CniError> {
-    runtime(&req.cni_version)?.block_on(call(req, request_id))
+/// Marks the phases `runtime`, `connect`, `handshake` and `call` in `timings`.
+pub fn exec(req: &Request, request_id: &str, timings: &mut Timings) -> Result<String, CniError> {
+    let rt = runtime(&req.cni_version)?;
+    timings.mark("runtime");
+    rt.block_on(call(req, request_id, timings))
 }
 
 /// One container start, one call: a current-thread runtime starts fastest and needs no threads.
@@ -72,10 +76,11 @@ pub fn networks(socket: &str, request_id: &str) -> Result<Vec<v1::Network>, CniE
     })
 }
 
-async fn call(req: &Request, request_id: &str) -> Result<String, CniError> {
-    let channel = flatnet_proto::uds::connect(&req.socket, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| unreachable(req, &e))?;
+async fn call(req: &Request, request_id: &str, timings: &mut Timings) -> Result<String, CniError> {
+    let (channel, dialled) = flatnet_proto::uds::connect_timed(&req.socket, CONNECT_TIMEOUT).await;
+    let channel = channel.map_err(|e| unreachable(req, &e))?;
+    timings.split("connect", dialled);
+    timings.mark("handshake");
     let mut grpc = tonic::Request::new(CniRequest {
         command: req.command.into(),
         container_id: req.container_id.clone(),
@@ -96,6 +101,7 @@ async fn call(req: &Request, request_id: &str) -> Result<String, CniError> {
         .exec(grpc)
         .await
         .map_err(|status| from_status(req, &status))?;
+    timings.mark("call");
     from_reply(req, reply.into_inner())
 }
 

@@ -2,12 +2,14 @@
 //! `netavark`): answers VERSION (or `info`) itself and forwards every other command to flatnetd as
 //! one gRPC call. stdout carries exactly one protocol JSON document (or nothing, for a successful
 //! DEL, GC, STATUS or teardown); short diagnostics go to stderr, and only on errors (and for a DEL
-//! that was spooled because flatnetd could not take it, see `spool`).
+//! that was spooled because flatnetd could not take it, see `spool`; and the phase times with
+//! `FLATNET_TIMINGS=1`, see `timings`).
 
 mod client;
 mod netavark;
 mod request;
 mod spool;
+mod timings;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -16,8 +18,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flatnet_proto::cni::CniError;
 
 use request::{Env, Invocation};
+use timings::Timings;
 
 fn main() -> ExitCode {
+    let mut timings = Timings::from_env();
     let request_id = request_id();
     // A CNI runtime runs the plugin without arguments; netavark and Podman with a subcommand.
     let args: Vec<String> = std::env::args_os()
@@ -25,26 +29,31 @@ fn main() -> ExitCode {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     if !args.is_empty() {
-        return netavark_main(&args, &request_id);
+        return netavark_main(&args, &request_id, &mut timings);
     }
     let env = cni_env();
-    let outcome = match request::parse(&env, io::stdin().lock()) {
+    let parsed = request::parse(&env, io::stdin().lock());
+    timings.mark("parse");
+    let outcome = match parsed {
         Ok(Invocation::Version(json)) => Ok(json),
-        Ok(Invocation::Exec(req)) => exec_or_spool(&req, &request_id),
+        Ok(Invocation::Exec(req)) => exec_or_spool(&req, &request_id, &mut timings),
         Err(err) => Err(err),
     };
-    match outcome {
+    let code = match outcome {
         Ok(json) => answer(&json),
         Err(err) => {
             report(&env, &request_id, &err);
             print(&err.to_json());
             ExitCode::FAILURE
         }
-    }
+    };
+    timings.mark("print");
+    timings.report(&request_id);
+    code
 }
 
 /// One netavark plugin call: the reply on stdout, or `{"error": ...}` and exit status 1.
-fn netavark_main(args: &[String], request_id: &str) -> ExitCode {
+fn netavark_main(args: &[String], request_id: &str, timings: &mut Timings) -> ExitCode {
     use flatnet_proto::v1::Command;
     use netavark::Subcommand;
     let subcommand = netavark::subcommand(args);
@@ -63,19 +72,21 @@ fn netavark_main(args: &[String], request_id: &str) -> ExitCode {
         Subcommand::Setup { netns } => {
             let attachment = netavark::attachment(&netavark::read_input(io::stdin().lock())?)?;
             let req = attachment.cni_request(Command::Add, &netns);
-            let result = client::exec(&req, request_id).map_err(|e| e.msg)?;
+            timings.mark("parse");
+            let result = client::exec(&req, request_id, timings).map_err(|e| e.msg)?;
             attachment.status_block(&result)
         }
         Subcommand::Teardown { netns } => {
             let attachment = netavark::attachment(&netavark::read_input(io::stdin().lock())?)?;
             // Like DEL: a teardown flatnetd cannot take now is recorded and applied later.
             let req = attachment.cni_request(Command::Del, &netns);
-            exec_or_spool(&req, request_id)
+            timings.mark("parse");
+            exec_or_spool(&req, request_id, timings)
                 .map(|_| String::new())
                 .map_err(|e| e.msg)
         }
     });
-    match reply {
+    let code = match reply {
         Ok(json) => answer(&json),
         Err(msg) => {
             // stderr failing as well leaves nothing to tell; stdout still carries the error.
@@ -86,13 +97,20 @@ fn netavark_main(args: &[String], request_id: &str) -> ExitCode {
             print(&netavark::error_json(&msg));
             ExitCode::FAILURE
         }
-    }
+    };
+    timings.mark("print");
+    timings.report(request_id);
+    code
 }
 
 /// Runs `req` on flatnetd; a DEL it cannot take now is recorded for later instead (DEL must
 /// succeed, see `spool`).
-fn exec_or_spool(req: &request::Request, request_id: &str) -> Result<String, CniError> {
-    match client::exec(req, request_id) {
+fn exec_or_spool(
+    req: &request::Request,
+    request_id: &str,
+    timings: &mut Timings,
+) -> Result<String, CniError> {
+    match client::exec(req, request_id, timings) {
         Err(err) if spool::applies(req, &err) => spool::record(req, err),
         other => other,
     }

@@ -290,3 +290,65 @@ fn logs_go_to_journald_when_its_socket_exists() {
         }
     }
 }
+
+/// The shim's phase times: with `FLATNET_TIMINGS=1` one line on stderr after the reply (stdout
+/// still carries only the result), with the request id flatnetd logs; without it, nothing.
+#[test]
+fn shim_writes_its_phase_times_only_when_asked() {
+    require_root();
+    let host = Host::start();
+    let web = host.container("web");
+    let conf = host.conf(json!({}));
+    let quiet = host.add(&web, &conf);
+    quiet.assert_ok();
+    assert!(quiet.stderr.trim().is_empty(), "stderr: {}", quiet.stderr);
+    host.del(&web, &conf).assert_ok_empty();
+
+    let path = web.path();
+    let timed = |command: &str| {
+        Shim::flatnet()
+            .cni(
+                command,
+                web.container_id(),
+                "eth0",
+                Some(path.as_str()),
+                &podman_args(web.label()),
+            )
+            .env("FLATNET_TIMINGS", "1")
+            .run(
+                format!("{command} with timings"),
+                conf.to_string().as_bytes(),
+            )
+    };
+    let add = timed("ADD");
+    let result = add.result();
+    assert!(result["ips"][0]["address"].is_string(), "{result}");
+    let del = timed("DEL");
+    del.assert_ok_empty();
+
+    let log = host.daemon_log();
+    for out in [&add, &del] {
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {}", out.stderr);
+        let line = lines[0];
+        assert!(line.starts_with("flatnet timings [request "), "{line}");
+        let id = request_id_in(line);
+        assert!(
+            log.contains(&format!("request_id=\"{id}\"")),
+            "flatnetd logged no request {id}:\n{log}"
+        );
+        let value = |name: &str| -> f64 {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+                .parse()
+                .unwrap_or_else(|e| panic!("{name} in {line}: {e}"))
+        };
+        let phases = ["parse", "runtime", "connect", "handshake", "call", "print"];
+        let sum: f64 = phases.iter().map(|p| value(p)).sum();
+        assert!(phases.iter().all(|p| value(p) >= 0.0), "{line}");
+        // The phases follow one another inside main, so together they are at most main.
+        assert!(sum <= value("main") + 0.01, "{line}");
+        assert!(value("call") > 0.0, "{line}");
+    }
+}
