@@ -338,18 +338,9 @@ impl<N: Netlink, S: Store> v1::inspect_server::Inspect for InspectService<N, S> 
         let mut list = if req.container.is_empty() {
             store.list(network).map_err(store_status)?
         } else {
-            // Asked about one container: find it among the records read without their CNI
-            // results, then read only its own in full (10,000 full records take tens of ms).
-            let mut found = Vec::new();
-            for s in store.summaries().map_err(store_status)? {
-                let wanted = network.is_none_or(|n| s.network == n)
-                    && (s.container_id.starts_with(&req.container)
-                        || s.container_name.as_deref() == Some(req.container.as_str()));
-                if wanted {
-                    found.extend(store.get(&s.key()).map_err(store_status)?);
-                }
-            }
-            found
+            store
+                .of_container(network, &req.container)
+                .map_err(store_status)?
         };
         list.retain(|a| matches_container(a, &req.container));
         list.sort_by(|a, b| {

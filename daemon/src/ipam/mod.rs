@@ -259,6 +259,24 @@ pub trait Store: Send + Sync + 'static {
     fn summaries(&self) -> Result<Vec<AllocSummary>, StoreError> {
         Ok(self.list(None)?.iter().map(AllocSummary::from).collect())
     }
+    /// The allocations of one container, named by a prefix of its id or by its name, on
+    /// `network` if given. May return others besides (callers match exactly).
+    fn of_container(
+        &self,
+        network: Option<&str>,
+        container: &str,
+    ) -> Result<Vec<Allocation>, StoreError> {
+        let mut found = Vec::new();
+        for s in self.summaries()? {
+            let wanted = network.is_none_or(|n| s.network == n)
+                && (s.container_id.starts_with(container)
+                    || s.container_name.as_deref() == Some(container));
+            if wanted {
+                found.extend(self.get(&s.key())?);
+            }
+        }
+        Ok(found)
+    }
     /// Makes every change so far survive a crash of the daemon.
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The remembered parameters of one network.
@@ -619,6 +637,57 @@ pub(crate) mod tests {
         let summaries: Vec<AllocSummary> = made.iter().map(AllocSummary::from).collect();
         assert_eq!(store.summaries().unwrap(), summaries);
         drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A container is found by a prefix of its id or by its exact name, also when the name has
+    /// characters JSON escapes; sled's search of the raw records finds what reading every
+    /// summary finds.
+    #[test]
+    fn a_containers_records_are_found_without_reading_every_one() {
+        let dir = std::env::temp_dir().join(format!("flatnet-of-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sled = SledStore::open(&dir).unwrap();
+        let mem = MemStore::default();
+        let named = [
+            ("aaaa1111", "n", Some("web")),
+            ("aaaa2222", "n", Some("web2")),
+            ("bbbb1111", "n", Some("we\"b\\")),
+            ("cccc1111", "m", Some("web")),
+            ("dddd1111", "n", None),
+        ];
+        for (i, (id, network, name)) in named.iter().enumerate() {
+            let mut a = alloc(id, Ipv4Addr::new(10, 87, 1, 10 + i as u8));
+            a.network = network.to_string();
+            a.container_name = name.map(str::to_string);
+            sled.insert(&a).unwrap();
+            mem.insert(&a).unwrap();
+        }
+        let found = |store: &dyn Fn(Option<&str>, &str) -> Vec<Allocation>,
+                     network: Option<&str>,
+                     c: &str| {
+            let mut ids: Vec<String> = store(network, c)
+                .into_iter()
+                .filter(|a| crate::inspect::matches_container(a, c))
+                .map(|a| format!("{}/{}", a.network, a.container_id))
+                .collect();
+            ids.sort();
+            ids
+        };
+        let in_sled = |n: Option<&str>, c: &str| sled.of_container(n, c).unwrap();
+        let in_mem = |n: Option<&str>, c: &str| mem.of_container(n, c).unwrap();
+        for (network, c, want) in [
+            (None, "web", vec!["m/cccc1111", "n/aaaa1111"]),
+            (Some("n"), "web", vec!["n/aaaa1111"]),
+            (None, "aaaa", vec!["n/aaaa1111", "n/aaaa2222"]),
+            (None, "we\"b\\", vec!["n/bbbb1111"]),
+            (None, "we", vec![]),
+            (None, "eeee", vec![]),
+        ] {
+            assert_eq!(found(&in_sled, network, c), want, "{network:?} {c}");
+            assert_eq!(found(&in_mem, network, c), want, "{network:?} {c}");
+        }
+        drop(sled);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
