@@ -17,6 +17,7 @@ mod grpc;
 mod machine;
 mod memory;
 mod options;
+mod phases;
 mod podman5_run;
 mod podman_run;
 mod report;
@@ -193,6 +194,8 @@ fn reference_conf(data_dir: &Path) -> Value {
 
 /// Containers per plugin in the dual-stack phase (at most; `--n` lowers it).
 const DUAL_STACK_N: usize = 50;
+/// ADDs for the "where the time goes" rows.
+const PHASES_N: usize = 100;
 
 pub fn main() -> ExitCode {
     let opts = match Options::parse(std::env::args().skip(1)) {
@@ -258,6 +261,7 @@ pub fn main() -> ExitCode {
         podman5: podman_run::Outcome::NotRun("skipped (--no-podman)".into()),
         podman5_version: String::new(),
         memory: None,
+        phases: None,
         gateway: Err("skipped (--no-podman)".into()),
         calls: [0; 2],
         failures: [0; 2],
@@ -273,11 +277,16 @@ pub fn main() -> ExitCode {
         let host_path = netns_path(&host_name);
         sys::enter_netns(&host_path).expect("entering the benchmark's host namespace");
         let socket = ctx.dir.join("h.sock");
-        let started = Daemon::start(
+        // The ADD phases line (debug) is for the "where the time goes" rows: one more log line
+        // per ADD, a few microseconds, counted against Flatnet in every row.
+        let daemon_log = ctx.dir.join("h-flatnetd.log");
+        let started = Daemon::start_with_env(
             &bin_dir.join("flatnetd"),
             &socket,
             &ctx.dir.join("h-state"),
-            &ctx.dir.join("h-flatnetd.log"),
+            &daemon_log,
+            &[],
+            &[("FLATNET_LOG", "info,flatnet_daemon::engine::add=debug")],
         );
         let daemon = started.daemon;
         let flatnet_conf = flatnet_conf(&socket);
@@ -301,6 +310,20 @@ pub fn main() -> ExitCode {
             latency.del[1].map(|s| s.p50)
         ));
         res.latency = Some(latency);
+
+        let n_phases = opts.n.min(PHASES_N);
+        ctx.settle();
+        ctx.progress(&format!(
+            "where an ADD's time goes: {n_phases} Flatnet ADDs with FLATNET_TIMINGS=1"
+        ));
+        let samples = sequential::timed_phases(&ctx, &flatnet, &flatnet_conf, n_phases);
+        let log = std::fs::read_to_string(&daemon_log).unwrap_or_default();
+        let breakdown = phases::breakdown(&samples, &log);
+        ctx.progress(&format!(
+            "  {} of {} ADDs joined with flatnetd's lines",
+            breakdown.joined, breakdown.samples
+        ));
+        res.phases = Some(breakdown);
 
         // Dual-stack: fewer containers, as the reference waits for duplicate address detection
         // on every ADD.

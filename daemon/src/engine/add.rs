@@ -127,7 +127,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let ((attached, veth, t_attached), (flushed, t_flushed)) = (attached, flushed);
         let committed = match (attached, flushed) {
             (Ok(used), Ok(())) if used.mac == bridge.mac && veth == host_veth => {
-                tracing::debug!(?t_lock, ?t_recorded, ?t_attached, ?t_flushed, done = ?t0.elapsed(), "ADD phases");
+                tracing::debug!(container_id = %req.container_id, ifname = %req.ifname, ?t_lock, ?t_recorded,
+                    ?t_attached, ?t_flushed, done = ?t0.elapsed(), "ADD phases");
                 Ok(())
             }
             // The bridge was recreated while attaching, or the veth got another name: the record

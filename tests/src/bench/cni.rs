@@ -254,7 +254,19 @@ impl Plugin {
 
     /// Timed ADD; `None` (counted as a failure) unless it exits 0 with a usable result.
     pub fn add(&self, a: &Attachment, conf: &[u8]) -> Option<(Duration, Added)> {
+        self.add_with_env(a, conf, &[])
+            .map(|(d, added, _)| (d, added))
+    }
+
+    /// [`Plugin::add`] with more environment variables, also returning what it wrote to stderr.
+    pub fn add_with_env(
+        &self,
+        a: &Attachment,
+        conf: &[u8],
+        env: &[(&str, &str)],
+    ) -> Option<(Duration, Added, String)> {
         let mut cmd = self.command("ADD", a);
+        cmd.envs(env.iter().copied());
         self.tally.calls.fetch_add(1, Ordering::SeqCst);
         let e = run_timed(&mut cmd, conf);
         if !e.success {
@@ -265,7 +277,11 @@ impl Plugin {
             .map_err(|err| format!("result is not JSON: {err}"))
             .and_then(Added::parse);
         match parsed {
-            Ok(added) => Some((e.elapsed, added)),
+            Ok(added) => Some((
+                e.elapsed,
+                added,
+                String::from_utf8_lossy(&e.stderr).into_owned(),
+            )),
             Err(msg) => {
                 self.tally
                     .fail(format!("{}: {msg}", self.failed("ADD", a, &e)));

@@ -65,7 +65,15 @@ pub fn document(
          - Latency: {n} containers per plugin, all namespaces made before timing, 3 untimed \
          warm-up rounds; all ADDs (alternating which plugin goes first), then all CHECKs \
          (with `prevResult`), then all DELs (with `prevResult`), so up to {n} attachments of \
-         each plugin exist at once. Percentiles are nearest-rank.\n\
+         each plugin exist at once. Percentiles are nearest-rank. flatnetd logs at \
+         `info,flatnet_daemon::engine::add=debug` throughout (one line per request and one \
+         with each ADD's phases).\n\
+         - Where an ADD's time goes: up to 100 more Flatnet ADDs one after another, each in a \
+         namespace of its own, verified, then DELeted and verified before the next, with the \
+         shim run with `FLATNET_TIMINGS=1` (it writes the time of each of its phases to \
+         stderr); flatnetd's times are its `ok` line's `duration_ms` and its `ADD phases` \
+         line, found by container id. Each part's p50 is over the ADDs that had it; p50s of \
+         parts do not add up to the p50 of the whole.\n\
          - Cycles: one cycle is ADD then DEL of a fresh container namespace (with both \
          checks, about 0.1 ms each, inside the cycle); {cycles} cycles per plugin and \
          parallelism, in blocks ordered Flatnet, reference, reference, Flatnet; cycles per \
@@ -87,7 +95,8 @@ pub fn document(
          workers ({per} interfaces `eth0`… in each of {netns} container namespaces, spread over \
          {memory_networks} networks because a Linux bridge takes at most 1024 ports), VmRSS \
          0.5 s after the last ADD, the {sequential} sequential ADDs again, then {restarts} \
-         restarts (SIGTERM, wait until the machine is quiet, start on the same state dir); \
+         restarts (SIGTERM, wait until the machine is quiet, start on the same state dir, \
+         flatnetd logging its start-up steps at debug level, read back for the steps' rows); \
          start-up = spawn until a gRPC `ListAllocations` call over the socket is answered \
          (polled every 0.5 ms). After the restarts `flatnetctl allocations` must list every \
          attachment. Last, a restart with `--sweep-interval 1`, CHECKs of one attachment one \

@@ -8,6 +8,7 @@ use super::cleanup::{netns_path, NetnsSet};
 use super::cni::with_prev_result;
 use super::cni::{Added, Plugin};
 use super::daemon::Daemon;
+use super::phases;
 use super::stats::{summarize, Summary};
 use super::throughput::parallel;
 use super::{sys, Ctx};
@@ -27,6 +28,8 @@ const WORKERS: usize = 8;
 pub const RESTARTS: usize = 5;
 /// Sequential ADDs timed on the fresh and on the full daemon.
 pub const SEQUENTIAL: usize = 50;
+/// flatnetd's log filter for the timed restarts: its start-up steps (a handful of lines).
+const STARTUP_LOG: &str = "info,flatnetd=debug,flatnet_daemon::engine::reconcile=debug";
 /// How long CHECKs are sent while the daemon sweeps every second.
 const SWEEP_WINDOW: Duration = Duration::from_millis(3_500);
 
@@ -60,6 +63,8 @@ pub struct Memory {
     /// SIGTERM → exit, and spawn → first answer, for each restart on the same state.
     pub stops: Vec<Duration>,
     pub startups: Vec<Duration>,
+    /// What flatnetd logged of each of those starts.
+    pub startup_phases: Vec<phases::Startup>,
     /// VmRSS after the first restart (state loaded, no request yet but the probe).
     pub rss_after_restart: Option<u64>,
     /// `flatnetctl allocations` after the restarts.
@@ -210,9 +215,22 @@ pub fn measure(ctx: &Ctx, flatnet: &Plugin, wanted: usize, budget: Duration) -> 
         drop(daemon);
         // The fill's kernel work (and the previous start's) is done before the clock starts.
         sys::settle(Duration::from_secs(30));
-        let started = Daemon::start(&flatnetd, &socket, &state, &log);
+        let logged_before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let started = Daemon::start_with_env(
+            &flatnetd,
+            &socket,
+            &state,
+            &log,
+            &[],
+            &[("FLATNET_LOG", STARTUP_LOG)],
+        );
         m.startups.push(started.ready);
         daemon = started.daemon;
+        let logged = std::fs::read(&log).unwrap_or_default();
+        m.startup_phases
+            .push(phases::startup(&String::from_utf8_lossy(
+                logged.get(logged_before..).unwrap_or_default(),
+            )));
         if r == 0 {
             std::thread::sleep(Duration::from_millis(200));
             m.rss_after_restart = daemon.status_kib("VmRSS");

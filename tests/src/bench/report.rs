@@ -5,6 +5,7 @@
 use super::format::*;
 use super::gateway::Gateway;
 use super::memory::{Memory, RESTARTS, SEQUENTIAL};
+use super::phases::{Breakdown, Startup};
 use super::podman_run::Outcome;
 use super::sequential::Latency;
 use super::stats::{ms, Summary};
@@ -29,6 +30,8 @@ pub struct Results {
     pub podman5: Outcome,
     pub podman5_version: String,
     pub memory: Option<Memory>,
+    /// Where a Flatnet ADD's time goes.
+    pub phases: Option<Breakdown>,
     /// The gateway phase, or why it did not run.
     pub gateway: Result<Gateway, String>,
     /// Plugin calls, failed calls, verification failures.
@@ -176,6 +179,38 @@ fn opt_ms(s: &Option<Summary>, f: impl Fn(&Summary) -> Duration) -> String {
         .unwrap_or_else(|| "n/a".to_string())
 }
 
+/// Where a Flatnet ADD's time goes: the p50 of each part (p50s of parts do not add up to the
+/// whole's p50).
+fn phase_rows(rows: &mut Vec<Row>, b: &Breakdown) {
+    let n = b.samples;
+    for (label, summary) in &b.parts {
+        rows.push(row(
+            format!("ADD, where the time goes (Flatnet, n={n}), p50: {label}"),
+            opt_ms(summary, |s| s.p50),
+            NONE.into(),
+        ));
+    }
+    rows.push(row(
+        format!(
+            "ADD, where the time goes (Flatnet, n={n}), p50: flatnetd's durable write, beside the kernel work"
+        ),
+        opt_ms(&b.flush, |s| s.p50),
+        NONE.into(),
+    ));
+    let mut r = row(
+        format!("ADD, where the time goes: shim lines joined with flatnetd's (of {n})"),
+        b.joined.to_string(),
+        NONE.into(),
+    );
+    r.target = n.to_string();
+    r.result = if b.joined == n {
+        "met".into()
+    } else {
+        format!("MISSED: {} not found", n - b.joined)
+    };
+    rows.push(r);
+}
+
 /// The latency rows of one command (p50 carries the target when there is one).
 fn latency_rows(
     rows: &mut Vec<Row>,
@@ -220,6 +255,9 @@ pub fn rows(res: &Results) -> Vec<Row> {
             "not measured".into(),
             NONE.into(),
         )),
+    }
+    if let Some(b) = &res.phases {
+        phase_rows(&mut rows, b);
     }
     if let Some((n6, l)) = &res.latency6 {
         latency_rows(&mut rows, "dual-stack ADD", &l.add, *n6, None);
@@ -475,6 +513,51 @@ fn memory_rows(rows: &mut Vec<Row>, m: &Memory) {
         _ => "n/a (not measured at 10,000)".to_string(),
     };
     rows.push(r);
+    startup_rows(rows, m, &with);
+}
+
+/// Where those starts' time went, from flatnetd's debug log: the median of each step.
+fn startup_rows(rows: &mut Vec<Row>, m: &Memory, with: &str) {
+    type Step = fn(&Startup) -> Option<Duration>;
+    let rest = |ready: Duration, s: &Startup| Some(ready.saturating_sub(s.opened? + s.held?));
+    let steps: [(&str, Step); 7] = [
+        ("main → address database open", |s| s.opened),
+        (
+            "start-up pass: links listed and summaries read, side by side",
+            |s| s.inputs,
+        ),
+        ("  of which reading the summaries", |s| s.summaries),
+        ("  then each allocation's fate", |s| s.fates),
+        ("  then routes published, bridges made sure of", |s| {
+            s.bridges
+        }),
+        ("  then orphans, held addresses, flush", |s| s.rest),
+        ("start-up pass as a whole (gate held)", |s| s.held),
+    ];
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied()
+    };
+    let label = |step: &str| format!("flatnetd start-up with {with}, median of each step: {step}");
+    for (step, pick) in steps {
+        let found: Vec<Duration> = m.startup_phases.iter().filter_map(pick).collect();
+        rows.push(row(
+            label(step),
+            median(found).map(fmt_ms).unwrap_or_else(|| "n/a".into()),
+            "— (no daemon)".into(),
+        ));
+    }
+    let others: Vec<Duration> = m
+        .startups
+        .iter()
+        .zip(&m.startup_phases)
+        .filter_map(|(ready, s)| rest(*ready, s))
+        .collect();
+    rows.push(row(
+        label("the rest (process start, netlink socket, the first call)"),
+        median(others).map(fmt_ms).unwrap_or_else(|| "n/a".into()),
+        "— (no daemon)".into(),
+    ));
 }
 
 /// The rows as a Markdown table with padded columns.

@@ -5,6 +5,7 @@
 
 use super::cleanup::NetnsSet;
 use super::cni::{with_prev_result, Added, Attachment, Plugin};
+use super::phases::Sample;
 use super::stats::{summarize, Summary};
 use super::Ctx;
 use serde_json::Value;
@@ -125,4 +126,33 @@ pub fn latency(ctx: &Ctx, plugins: [&Plugin; 2], confs: [&Value; 2], n: usize) -
         check: [summarize(&check[0]), summarize(&check[1])],
         del: [summarize(&del[0]), summarize(&del[1])],
     }
+}
+
+/// `n` ADDs of Flatnet one after another for [`super::phases`]: each in a namespace of its own,
+/// run with `FLATNET_TIMINGS=1`, verified, then DELeted and verified (untimed) before the next.
+pub fn timed_phases(ctx: &Ctx, flatnet: &Plugin, conf: &Value, n: usize) -> Vec<Sample> {
+    let names: Vec<String> = (0..n).map(|i| format!("{}t-{i}", ctx.tag)).collect();
+    let netns = NetnsSet::create(names);
+    let add_conf: Vec<u8> = conf.to_string().into();
+    let mut samples = Vec::with_capacity(n);
+    for name in netns.names() {
+        ctx.check();
+        let a = ctx.attachment(name, "eth0");
+        let Some((wall, added, stderr)) =
+            flatnet.add_with_env(&a, &add_conf, &[("FLATNET_TIMINGS", "1")])
+        else {
+            continue;
+        };
+        flatnet.verify_added(&a, &added);
+        let prev = with_prev_result(conf, &added.result);
+        if flatnet.quiet("DEL", &a, &prev).is_some() {
+            flatnet.verify_deleted(&a, &added);
+        }
+        samples.push(Sample {
+            wall,
+            container_id: a.container_id.clone(),
+            stderr,
+        });
+    }
+    samples
 }
