@@ -5,8 +5,10 @@
 //! record goes (on DEL before the container's interface is set aside, so a gateway never routes
 //! to an interface that is going). One scheduler task tries the ports from flatnetd's namespace,
 //! where the gateway is: each route every 50 ms until its port first accepts a connection (up),
-//! giving up after 30 s (down, then tried every second); once up, every second, two failures in a
-//! row making it down. The scheduler keeps a queue of when each route is due and starts at most
+//! giving up after 30 s (down, then tried every 10 s: a container that never answered on its port
+//! most likely serves something else there, and 10,000 of them would otherwise keep the host busy
+//! with 2,000 tries a second for good); once up, every second, two failures in a row making it
+//! down, and a route that was up is tried every second while down. The scheduler keeps a queue of when each route is due and starts at most
 //! [`TRIES_PER_SECOND`] tries a second (so with more than 100 ports awaiting their first answer,
 //! each is tried less often than every 50 ms, and 10,000 attachments made at once cost the host
 //! bounded work); a route costs its entry and its place in the queue, not a task of its own.
@@ -30,8 +32,10 @@ pub const DEFAULT_PORT: u16 = 80;
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// How long a new attachment's port may take to accept a connection before it is marked down.
 pub const DOWN_AFTER: Duration = Duration::from_secs(30);
-/// How often a port is tried once up, or once marked down.
+/// How often a port is tried once up, or once down after it was up.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often a port that never accepted a connection is tried once down.
+pub const NEVER_UP_EVERY: Duration = Duration::from_secs(10);
 /// How many connections the scheduler starts a second at most.
 pub const TRIES_PER_SECOND: u32 = 2_000;
 /// How long one try waits for the connection at most.
@@ -65,6 +69,8 @@ struct Entry {
     published: Instant,
     /// Failed tries in a row since the port was last up.
     failures: u8,
+    /// Whether the port has accepted a connection since this publication.
+    ever_up: bool,
 }
 
 /// A route's next try: when, and of which publication.
@@ -178,6 +184,7 @@ impl Routes {
             generation,
             published: now,
             failures: 0,
+            ever_up: false,
         };
         let start = self.probes && !inner.scheduling;
         if self.probes {
@@ -266,7 +273,7 @@ impl Routes {
             };
             return Ok(Try {
                 target: SocketAddr::new(e.address, e.port),
-                limit: interval(e.state).min(TRY_LIMIT),
+                limit: interval(e.state, e.ever_up).min(TRY_LIMIT),
                 key,
                 generation,
                 started: now,
@@ -288,6 +295,7 @@ impl Routes {
         let state = match (entry.state, accepted) {
             (_, true) => {
                 entry.failures = 0;
+                entry.ever_up = true;
                 State::Up
             }
             (State::Probing, false) if entry.published.elapsed() >= DOWN_AFTER => State::Down,
@@ -303,7 +311,7 @@ impl Routes {
         };
         let changed = entry.state != state;
         entry.state = state;
-        let next = t.started + interval(state);
+        let next = t.started + interval(state, entry.ever_up);
         inner.due.push(Reverse((next, t.generation, t.key.clone())));
         drop(inner);
         if changed {
@@ -331,11 +339,12 @@ async fn accepts(addr: SocketAddr, limit: Duration) -> bool {
     )
 }
 
-/// How often a route in `state` is tried.
-fn interval(state: State) -> Duration {
-    match state {
-        State::Probing => PROBE_EVERY,
-        State::Up | State::Down => RECHECK_EVERY,
+/// How often a route in `state` is tried (`ever_up`: its port has accepted a connection).
+fn interval(state: State, ever_up: bool) -> Duration {
+    match (state, ever_up) {
+        (State::Probing, _) => PROBE_EVERY,
+        (State::Up, _) | (State::Down, true) => RECHECK_EVERY,
+        (State::Down, false) => NEVER_UP_EVERY,
     }
 }
 
@@ -449,6 +458,57 @@ mod tests {
 
         routes.withdraw(&a.key());
         assert!(routes.snapshot().1.is_empty());
+    }
+
+    /// When a route's next try is due after `tried` recorded a failed try started now.
+    fn next_after_failure(routes: &Routes, a: &Allocation, generation: u64) -> Duration {
+        let now = Instant::now();
+        // Only the try recorded here stays queued.
+        while routes.next_due(now + Duration::from_secs(3600)).is_ok() {}
+        routes.tried(
+            Try {
+                key: Arc::new(a.key()),
+                generation,
+                target: SocketAddr::new(a.addresses().next().unwrap(), 80),
+                limit: TRY_LIMIT,
+                started: now,
+            },
+            false,
+        );
+        match routes.next_due(now) {
+            Err(Some(at)) => at - now,
+            other => panic!("no later try queued: {:?}", other.map(|t| t.started)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_that_never_answered_is_tried_less_often_once_down() {
+        // No probes: the test plays the scheduler, and nothing connects anywhere.
+        let routes = Arc::new(Routes::default());
+        let db = named("c1", "db", &[], None);
+        routes.publish_parts(db.key(), names_of(&db), db.addresses().next(), None);
+        assert_eq!(next_after_failure(&routes, &db, 1), PROBE_EVERY);
+        tokio::time::advance(DOWN_AFTER).await;
+        assert_eq!(next_after_failure(&routes, &db, 1), NEVER_UP_EVERY);
+        assert_eq!(routes.snapshot().1[0].state, State::Down);
+
+        // One that was up and stopped answering comes back within a second.
+        let web = named("c2", "web", &[], None);
+        routes.publish_parts(web.key(), names_of(&web), web.addresses().next(), None);
+        let now = Instant::now();
+        let up = Try {
+            key: Arc::new(web.key()),
+            generation: 2,
+            target: SocketAddr::new(web.addresses().next().unwrap(), 80),
+            limit: TRY_LIMIT,
+            started: now,
+        };
+        routes.tried(up, true);
+        // Two failures in a row make it down; it stays on the one-second recheck.
+        assert_eq!(next_after_failure(&routes, &web, 2), RECHECK_EVERY);
+        assert_eq!(next_after_failure(&routes, &web, 2), RECHECK_EVERY);
+        let states: Vec<State> = routes.snapshot().1.iter().map(|r| r.state).collect();
+        assert_eq!(states, [State::Down, State::Down], "db, web");
     }
 
     #[tokio::test]
