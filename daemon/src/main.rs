@@ -390,6 +390,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         spool = %spool.dir().display(), boot_id = %engine.boot_id(),
         sweep_interval_s = opts.sweep_interval,
         startup_ms = reconciling.elapsed().as_millis() as u64,
+        ready_ms = started.elapsed().as_secs_f64() * 1e3,
         metrics_listen = opts.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
         routes_listen = opts.routes_listen.map(|a| a.to_string()).unwrap_or_default(),
         allocations = startup.kept, "flatnetd ready");

@@ -186,6 +186,8 @@ pub struct Startup {
     pub rest: Option<Duration>,
     /// The whole pass with the gate held (the spooled DELs included).
     pub held: Option<Duration>,
+    /// From `main`'s start until it serves.
+    pub ready: Option<Duration>,
 }
 
 /// The last start in `log`.
@@ -211,6 +213,8 @@ pub fn startup(log: &str) -> Startup {
             s.rest = minus(done, bridges);
         } else if line.contains(" reconciled: ") && f.get("pass") == Some(&"Startup") {
             s.held = f.get("held_ms").and_then(|v| millis(v));
+        } else if line.contains(" flatnetd ready ") {
+            s.ready = f.get("ready_ms").and_then(|v| millis(v));
         }
     }
     s
@@ -283,6 +287,7 @@ x DEBUG flatnet_daemon::engine::reconcile: reconcile read its inputs t_store=30m
 x DEBUG flatnet_daemon::engine::reconcile: reconcile phases t_fates=35ms t_bridges=60ms done=61ms
 x  INFO flatnet_daemon::engine::reconcile: reconciled: kept 10000, released 0, links removed 0 pass=Startup kept=10000 held_ms=62.25
 x  INFO flatnet_daemon::engine::reconcile: reconciled: kept 9999, released 1, links removed 0 pass=Periodic kept=9999 held_ms=12.5
+x  INFO flatnetd: flatnetd ready socket=/tmp/m.sock startup_ms=62 ready_ms=80.5 allocations=10000
 ";
         let ms = |v: f64| Some(Duration::from_nanos((v * 1e6) as u64));
         assert_eq!(
@@ -295,6 +300,7 @@ x  INFO flatnet_daemon::engine::reconcile: reconciled: kept 9999, released 1, li
                 bridges: ms(25.0),
                 rest: ms(1.0),
                 held: ms(62.25),
+                ready: ms(80.5),
             }
         );
         assert_eq!(startup("nothing here"), Startup::default());

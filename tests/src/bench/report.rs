@@ -519,8 +519,7 @@ fn memory_rows(rows: &mut Vec<Row>, m: &Memory) {
 /// Where those starts' time went, from flatnetd's debug log: the median of each step.
 fn startup_rows(rows: &mut Vec<Row>, m: &Memory, with: &str) {
     type Step = fn(&Startup) -> Option<Duration>;
-    let rest = |ready: Duration, s: &Startup| Some(ready.saturating_sub(s.opened? + s.held?));
-    let steps: [(&str, Step); 7] = [
+    let steps: [(&str, Step); 9] = [
         ("main → address database open", |s| s.opened),
         (
             "start-up pass: links listed and summaries read, side by side",
@@ -533,6 +532,10 @@ fn startup_rows(rows: &mut Vec<Row>, m: &Memory, with: &str) {
         }),
         ("  then orphans, held addresses, flush", |s| s.rest),
         ("start-up pass as a whole (gate held)", |s| s.held),
+        ("main → serving", |s| s.ready),
+        ("  of which neither the database open nor the pass", |s| {
+            Some(s.ready?.saturating_sub(s.opened? + s.held?))
+        }),
     ];
     let median = |mut v: Vec<Duration>| {
         v.sort();
@@ -551,10 +554,10 @@ fn startup_rows(rows: &mut Vec<Row>, m: &Memory, with: &str) {
         .startups
         .iter()
         .zip(&m.startup_phases)
-        .filter_map(|(ready, s)| rest(*ready, s))
+        .filter_map(|(answered, s)| Some(answered.saturating_sub(s.ready?)))
         .collect();
     rows.push(row(
-        label("the rest (process start, netlink socket, the first call)"),
+        label("spawn → first answer less main → serving (process start, the first call)"),
         median(others).map(fmt_ms).unwrap_or_else(|| "n/a".into()),
         "— (no daemon)".into(),
     ));
