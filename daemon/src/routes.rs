@@ -153,12 +153,22 @@ impl Routes {
         self.publish_parts(a.key(), names, a.addresses().next(), a.port);
     }
 
-    /// [`Routes::publish`] from a record read without its CNI result (the start-up reconcile's).
-    pub fn publish_summary(self: &Arc<Self>, a: &AllocSummary) {
-        let names = names(&a.container_id, a.container_name.as_deref(), &a.aliases);
-        let v4 = a.address.map(IpAddr::V4);
-        let address = v4.or(a.address6.map(|(ip, _)| IpAddr::V6(ip)));
-        self.publish_parts(a.key(), names, address, a.port);
+    /// [`Routes::publish`] for records read without their CNI result (the start-up reconcile's),
+    /// all under one lock, with one revision for them all.
+    pub fn publish_summaries<'a>(
+        self: &Arc<Self>,
+        all: impl IntoIterator<Item = &'a AllocSummary>,
+    ) {
+        let parts: Vec<_> = all
+            .into_iter()
+            .map(|a| {
+                let names = names(&a.container_id, a.container_name.as_deref(), &a.aliases);
+                let v4 = a.address.map(IpAddr::V4);
+                let address = v4.or(a.address6.map(|(ip, _)| IpAddr::V6(ip)));
+                (a.key(), names, address, a.port)
+            })
+            .collect();
+        self.insert(parts);
     }
 
     fn publish_parts(
@@ -168,31 +178,44 @@ impl Routes {
         address: Option<IpAddr>,
         port: Option<u16>,
     ) {
-        let Some(address) = address.filter(|_| !names.is_empty()) else {
-            return;
-        };
-        let key = Arc::new(key);
+        self.insert(vec![(key, names, address, port)]);
+    }
+
+    /// Routes each (key, names, address, port); queues their first tries.
+    fn insert(self: &Arc<Self>, parts: Vec<(AllocKey, Vec<String>, Option<IpAddr>, Option<u16>)>) {
         let now = Instant::now();
+        let mut replaced = Vec::new();
         let mut inner = self.inner.lock().expect("routes poisoned");
-        inner.generation += 1;
-        let generation = inner.generation;
-        let entry = Entry {
-            names,
-            address,
-            port: port.unwrap_or(DEFAULT_PORT),
-            state: State::Probing,
-            generation,
-            published: now,
-            failures: 0,
-            ever_up: false,
-        };
-        let start = self.probes && !inner.scheduling;
-        if self.probes {
-            inner.due.push(Reverse((now, generation, key.clone())));
-            inner.scheduling = true;
+        let mut added = false;
+        for (key, names, address, port) in parts {
+            let Some(address) = address.filter(|_| !names.is_empty()) else {
+                continue;
+            };
+            let key = Arc::new(key);
+            inner.generation += 1;
+            let generation = inner.generation;
+            let entry = Entry {
+                names,
+                address,
+                port: port.unwrap_or(DEFAULT_PORT),
+                state: State::Probing,
+                generation,
+                published: now,
+                failures: 0,
+                ever_up: false,
+            };
+            if self.probes {
+                inner.due.push(Reverse((now, generation, key.clone())));
+            }
+            // An entry it replaces is dropped, and its queued try with it when that comes up.
+            replaced.extend(inner.entries.insert(key, entry));
+            added = true;
         }
-        // An entry it replaces is dropped, and its queued try with it when that comes up.
-        let replaced = inner.entries.insert(key, entry);
+        if !added {
+            return;
+        }
+        let start = self.probes && !inner.scheduling;
+        inner.scheduling |= self.probes;
         drop(inner);
         drop(replaced);
         if start {
@@ -415,6 +438,30 @@ mod tests {
         unnamed.container_name = None;
         unnamed.aliases.clear();
         assert!(names_of(&unnamed).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_start_ups_records_are_routed_in_one_revision() {
+        let routes = Arc::new(Routes::default());
+        let (before, _) = routes.snapshot();
+        let named_ones: Vec<Allocation> = (0..3)
+            .map(|i| named(&format!("c{i}"), &format!("web{i}"), &[], Some(8080)))
+            .collect();
+        let mut unnamed = named("c9", "x", &[], None);
+        unnamed.container_name = None;
+        let summaries: Vec<AllocSummary> = named_ones
+            .iter()
+            .chain([&unnamed])
+            .map(AllocSummary::from)
+            .collect();
+        routes.publish_summaries(&summaries);
+        let (after, list) = routes.snapshot();
+        assert_eq!(after, before + 1);
+        let names: Vec<(&str, u16)> = list.iter().map(|r| (r.name.as_str(), r.port)).collect();
+        assert_eq!(names, [("web0", 8080), ("web1", 8080), ("web2", 8080)]);
+        // Nothing to route: no new revision.
+        routes.publish_summaries(&summaries[3..]);
+        assert_eq!(routes.snapshot().0, after);
     }
 
     #[tokio::test]

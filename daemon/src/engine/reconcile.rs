@@ -353,9 +353,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if pass == Pass::Startup {
             // The route table lives in memory only: at start it is made from the records kept,
             // before anything is served (so no DEL can be racing with it).
-            for a in &kept {
-                self.routes.publish_summary(a);
-            }
+            self.routes.publish_summaries(kept.iter().copied());
         }
 
         // Bridges of the networks that keep allocations, and kept veths that lost theirs.
