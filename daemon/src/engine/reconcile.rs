@@ -117,12 +117,23 @@ fn is_permanent(code: Code) -> bool {
     )
 }
 
+/// A pass builds large short-lived tables (every link, every allocation); hand the memory back to
+/// the system instead of keeping it as the daemon's resident size.
+fn give_back_memory() {
+    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 impl<N: Netlink, S: Store> Engine<N, S> {
     /// One reconcile pass (see the module comment), then the spooled DELs in `spool`. Logs one
     /// summary line. Fails only when a periodic pass cannot get the gate in time.
     pub async fn sweep(&self, pass: Pass, spool: Option<&Spool>) -> Result<Summary, Error> {
         if pass == Pass::Periodic {
-            match self.look(spool).await {
+            let looked = self.look(spool).await;
+            give_back_memory();
+            match looked {
                 Ok(Some(kept)) => {
                     tracing::debug!(kept, held_ms = 0.0, "sweep: nothing to do");
                     return Ok(Summary {
@@ -155,12 +166,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
         drop(gate);
         let held_ms = held.elapsed().as_secs_f64() * 1e3;
-        // A pass builds large short-lived tables (every link, every allocation); hand the memory back
-        // to the system instead of keeping it as the daemon's resident size.
-        // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
-        unsafe {
-            nix::libc::malloc_trim(0);
-        }
+        give_back_memory();
         let s = &summary;
         if pass == Pass::Startup || s.changed_anything() || !s.failures.is_empty() {
             tracing::info!(

@@ -9,7 +9,6 @@ use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkExtentMask, LinkMessage,
 };
-use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -34,11 +33,10 @@ fn add_address6(
 
 /// The real [`Netlink`], on rtnetlink.
 pub struct RtNetlink {
+    /// Every request but the link listing, which runs on a socket and blocking thread of its own
+    /// ([`link_dump_blocking`]): with 10,000 links that dump takes the kernel a few hundred ms,
+    /// and a request's dump on the same socket would wait for its turn behind it.
     main: Socket,
-    /// Listing every link (the periodic sweep), on a socket of its own: with 10,000 links that
-    /// dump takes the kernel a few hundred ms, and a request's dump on the same socket would wait
-    /// for its turn behind it.
-    listing: Socket,
     /// Link deletions only, on a socket and thread of their own (see [`deletion_lane`]).
     deletions: rtnetlink::Handle,
 }
@@ -48,11 +46,8 @@ impl RtNetlink {
     pub fn new() -> std::io::Result<RtNetlink> {
         let (conn, handle) = super::socket::strict_connection()?;
         tokio::spawn(conn);
-        let (listing_conn, listing) = super::socket::strict_connection()?;
-        tokio::spawn(listing_conn);
         Ok(RtNetlink {
             main: Socket::new(handle),
-            listing: Socket::new(listing),
             deletions: deletion_lane()?,
         })
     }
@@ -84,21 +79,16 @@ impl Netlink for RtNetlink {
             request
                 .attributes
                 .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-            let msgs = dump(
-                &self.listing,
-                RouteNetlinkMessage::GetLink(request),
-                "listing links",
-            )
-            .await?;
-            Ok(msgs
-                .into_iter()
-                .filter_map(|m| match m {
-                    RouteNetlinkMessage::NewLink(m) => {
-                        link_name(&m).map(|name| (name, link_state(&m)))
-                    }
-                    _ => None,
+            tokio::task::spawn_blocking(move || {
+                link_dump_blocking(request, "listing links", |m| {
+                    link_name(&m).map(|name| (name, link_state(&m)))
                 })
-                .collect())
+            })
+            .await
+            .map_err(|e| NetlinkError::Io {
+                op: "listing links".into(),
+                source: std::io::Error::other(e),
+            })?
         })
         .await
     }
