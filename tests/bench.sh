@@ -24,7 +24,8 @@ export FLATNET_BIN_DIR=$PWD/target/dist
 
 # The commit is read here, as the owner, so git's safe.directory check does not get in the way.
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+# BENCHMARKS.md is what this run rewrites, not part of what it measures.
+if [ -n "$(git status --porcelain --untracked-files=no -- . ':!BENCHMARKS.md' 2>/dev/null)" ]; then
     commit="$commit + uncommitted changes"
 fi
 export FLATNET_BENCH_COMMIT="$commit"
