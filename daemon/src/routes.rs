@@ -73,6 +73,14 @@ struct Entry {
     ever_up: bool,
 }
 
+/// What one attachment is routed by, before it is in the table.
+struct Publication {
+    key: AllocKey,
+    names: Vec<String>,
+    address: Option<IpAddr>,
+    port: Option<u16>,
+}
+
 /// A route's next try: when, and of which publication.
 type Due = Reverse<(Instant, u64, Arc<AllocKey>)>;
 
@@ -165,7 +173,12 @@ impl Routes {
                 let names = names(&a.container_id, a.container_name.as_deref(), &a.aliases);
                 let v4 = a.address.map(IpAddr::V4);
                 let address = v4.or(a.address6.map(|(ip, _)| IpAddr::V6(ip)));
-                (a.key(), names, address, a.port)
+                Publication {
+                    key: a.key(),
+                    names,
+                    address,
+                    port: a.port,
+                }
             })
             .collect();
         self.insert(parts);
@@ -178,16 +191,27 @@ impl Routes {
         address: Option<IpAddr>,
         port: Option<u16>,
     ) {
-        self.insert(vec![(key, names, address, port)]);
+        self.insert(vec![Publication {
+            key,
+            names,
+            address,
+            port,
+        }]);
     }
 
-    /// Routes each (key, names, address, port); queues their first tries.
-    fn insert(self: &Arc<Self>, parts: Vec<(AllocKey, Vec<String>, Option<IpAddr>, Option<u16>)>) {
+    /// Routes each publication; queues their first tries.
+    fn insert(self: &Arc<Self>, parts: Vec<Publication>) {
         let now = Instant::now();
         let mut replaced = Vec::new();
         let mut inner = self.inner.lock().expect("routes poisoned");
         let mut added = false;
-        for (key, names, address, port) in parts {
+        for Publication {
+            key,
+            names,
+            address,
+            port,
+        } in parts
+        {
             let Some(address) = address.filter(|_| !names.is_empty()) else {
                 continue;
             };
