@@ -103,32 +103,45 @@ pub(super) async fn dump(
                 }
             }
         }
-        let transient = match &refused {
-            Some(e) => e.code.is_some_and(|c| transient_dump_errno(c.get().abs())),
-            None => interrupted,
-        };
-        if !transient {
-            return match refused {
-                Some(e) => Err(kernel(op.to_string())(rtnetlink::Error::NetlinkError(e))),
-                None => Ok(messages),
-            };
+        if dump_finished(op, tries, refused, interrupted)? {
+            return Ok(messages);
         }
-        if tries >= DUMP_TRIES {
-            let why = match refused {
-                Some(e) => rtnetlink::Error::NetlinkError(e).to_string(),
-                None => {
-                    "the kernel kept interrupting it (the table changed while it was read)".into()
-                }
-            };
-            return Err(NetlinkError::Io {
-                op: op.to_string(),
-                source: std::io::Error::other(format!("{why}; gave up after {tries} tries")),
-            });
-        }
-        tracing::debug!(op, tries, interrupted, "netlink dump tried again");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(DUMP_PAUSE_MAX);
     }
+}
+
+/// What try `tries` of a dump came to: `Ok(true)` when it is complete, `Ok(false)` when it is to be
+/// started again (the kernel interrupted it, or refused it for now), or the error, also once
+/// [`DUMP_TRIES`] tries have been made.
+fn dump_finished(
+    op: &str,
+    tries: u32,
+    refused: Option<rtnetlink::packet_core::ErrorMessage>,
+    interrupted: bool,
+) -> Result<bool, NetlinkError> {
+    let transient = match &refused {
+        Some(e) => e.code.is_some_and(|c| transient_dump_errno(c.get().abs())),
+        None => interrupted,
+    };
+    if !transient {
+        return match refused {
+            Some(e) => Err(kernel(op.to_string())(rtnetlink::Error::NetlinkError(e))),
+            None => Ok(true),
+        };
+    }
+    if tries >= DUMP_TRIES {
+        let why = match refused {
+            Some(e) => rtnetlink::Error::NetlinkError(e).to_string(),
+            None => "the kernel kept interrupting it (the table changed while it was read)".into(),
+        };
+        return Err(NetlinkError::Io {
+            op: op.to_string(),
+            source: std::io::Error::other(format!("{why}; gave up after {tries} tries")),
+        });
+    }
+    tracing::debug!(op, tries, interrupted, "netlink dump tried again");
+    Ok(false)
 }
 
 /// A netlink socket whose requests are sent from a thread of its own. The kernel handles a netlink
@@ -452,7 +465,9 @@ pub(super) fn link_dump_blocking<T>(
     socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
     let mut pause = Duration::from_millis(1);
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    for tries in 1..=DUMP_TRIES {
+    let mut tries = 0;
+    loop {
+        tries += 1;
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetLink(request.clone()));
         req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
         req.header.sequence_number = tries;
@@ -498,21 +513,47 @@ pub(super) fn link_dump_blocking<T>(
                 at += (len + 3) & !3;
             }
         }
-        let transient = match &refused {
-            Some(e) => e.code.is_some_and(|c| transient_dump_errno(c.get().abs())),
-            None => interrupted,
-        };
-        if !transient {
-            return match refused {
-                Some(e) => Err(kernel(op.to_string())(rtnetlink::Error::NetlinkError(e))),
-                None => Ok(kept),
-            };
+        if dump_finished(op, tries, refused, interrupted)? {
+            return Ok(kept);
         }
-        tracing::debug!(op, tries, interrupted, "netlink dump tried again");
         std::thread::sleep(pause);
         pause = (pause * 2).min(DUMP_PAUSE_MAX);
     }
-    Err(io(std::io::Error::other(format!(
-        "the kernel kept interrupting it (the table changed while it was read); gave up after {DUMP_TRIES} tries"
-    ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the links of the test's own namespace (a read, nothing is changed): every name the
+    /// kernel lists in `/proc/self/net/dev` before and after comes back, once, with its index.
+    #[test]
+    fn a_blocking_link_dump_lists_every_link() {
+        let mut request = LinkMessage::default();
+        request.attributes.push(LinkAttribute::ExtMask(vec![
+            netlink_packet_route::link::LinkExtentMask::SkipStats,
+        ]));
+        let before = crate::host::link_names().unwrap();
+        let listed = link_dump_blocking(request, "listing links", |m| {
+            link_name(&m).map(|name| (name, m.header.index))
+        })
+        .unwrap();
+        let after = crate::host::link_names().unwrap();
+        let names: std::collections::HashSet<String> =
+            listed.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(names.len(), listed.len(), "a link listed twice: {listed:?}");
+        // Links made or removed meanwhile by someone else may be in one read and not the other.
+        assert!(
+            before.intersection(&after).all(|n| names.contains(n)),
+            "{listed:?}"
+        );
+        assert!(
+            names
+                .iter()
+                .all(|n| before.contains(n) || after.contains(n)),
+            "{listed:?}"
+        );
+        assert!(names.contains("lo"), "{listed:?}");
+        assert!(listed.iter().all(|(_, index)| *index > 0), "{listed:?}");
+    }
 }
