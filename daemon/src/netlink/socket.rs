@@ -480,7 +480,9 @@ pub(super) fn link_dump_blocking<T>(
         let mut refused = None;
         'dump: loop {
             buf.clear();
-            let got = socket.recv(&mut buf, 0).map_err(io)?;
+            // The kernel fills a dump's answers up to 32 KB at a time; MSG_TRUNC makes a larger
+            // one show as such instead of being cut short unseen.
+            let got = socket.recv(&mut buf, nix::libc::MSG_TRUNC).map_err(io)?;
             if got > buf.len() {
                 return Err(io(std::io::Error::other(
                     "a netlink answer was larger than the buffer",
