@@ -8,7 +8,8 @@
 //! giving up after 30 s (down, then tried every 10 s: a container that never answered on its port
 //! most likely serves something else there, and 10,000 of them would otherwise keep the host busy
 //! with 2,000 tries a second for good); once up, every second, two failures in a row making it
-//! down, and a route that was up is tried every second while down. The scheduler keeps a queue of when each route is due and starts at most
+//! down, and a route that was up is tried every second while down. The scheduler keeps a queue
+//! of when each route is due and starts at most
 //! [`TRIES_PER_SECOND`] tries a second (so with more than 100 ports awaiting their first answer,
 //! each is tried less often than every 50 ms, and 10,000 attachments made at once cost the host
 //! bounded work); a route costs its entry and its place in the queue, not a task of its own.
