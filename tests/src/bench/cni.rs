@@ -290,6 +290,25 @@ impl Plugin {
         }
     }
 
+    /// A timed ADD (with `env` set too) of `a`, verified, then a DEL with its result as
+    /// `prevResult`, verified (untimed): the ADD's time and what it wrote to stderr.
+    pub fn add_then_del(
+        &self,
+        a: &Attachment,
+        conf: &Value,
+        env: &[(&str, &str)],
+    ) -> Option<(Duration, String)> {
+        let (took, added, stderr) = self.add_with_env(a, conf.to_string().as_bytes(), env)?;
+        self.verify_added(a, &added);
+        if self
+            .quiet("DEL", a, &with_prev_result(conf, &added.result))
+            .is_some()
+        {
+            self.verify_deleted(a, &added);
+        }
+        Some((took, stderr))
+    }
+
     /// Timed CHECK or DEL (exit 0, nothing on stdout); `None` (counted) otherwise.
     pub fn quiet(&self, command: &str, a: &Attachment, conf: &[u8]) -> Option<Duration> {
         let mut cmd = self.command(command, a);

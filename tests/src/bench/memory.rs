@@ -13,6 +13,7 @@ use super::stats::{summarize, Summary};
 use super::throughput::parallel;
 use super::{sys, Ctx};
 use serde_json::{json, Value};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -215,7 +216,7 @@ pub fn measure(ctx: &Ctx, flatnet: &Plugin, wanted: usize, budget: Duration) -> 
         drop(daemon);
         // The fill's kernel work (and the previous start's) is done before the clock starts.
         sys::settle(Duration::from_secs(30));
-        let logged_before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let logged_before = log_len(&log);
         let started = Daemon::start_with_env(
             &flatnetd,
             &socket,
@@ -226,11 +227,8 @@ pub fn measure(ctx: &Ctx, flatnet: &Plugin, wanted: usize, budget: Duration) -> 
         );
         m.startups.push(started.ready);
         daemon = started.daemon;
-        let logged = std::fs::read(&log).unwrap_or_default();
         m.startup_phases
-            .push(phases::startup(&String::from_utf8_lossy(
-                logged.get(logged_before..).unwrap_or_default(),
-            )));
+            .push(phases::startup(&log_since(&log, logged_before)));
         if r == 0 {
             std::thread::sleep(Duration::from_millis(200));
             m.rss_after_restart = daemon.status_kib("VmRSS");
@@ -245,7 +243,7 @@ pub fn measure(ctx: &Ctx, flatnet: &Plugin, wanted: usize, budget: Duration) -> 
         daemon.stop();
         drop(daemon);
         sys::settle(Duration::from_secs(30));
-        let logged_before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let logged_before = log_len(&log);
         daemon = Daemon::start_with_env(
             &flatnetd,
             &socket,
@@ -267,10 +265,7 @@ pub fn measure(ctx: &Ctx, flatnet: &Plugin, wanted: usize, budget: Duration) -> 
         }
         m.sweep_checks = summarize(&checks);
         m.sweep_check_max = checks.iter().max().copied();
-        let logged = std::fs::read(&log).unwrap_or_default();
-        m.sweep_holds = sweep_holds(&String::from_utf8_lossy(
-            logged.get(logged_before..).unwrap_or_default(),
-        ));
+        m.sweep_holds = sweep_holds(&log_since(&log, logged_before));
     }
     if let Some(listed) = m.listed_after_restart {
         if listed != m.made {
@@ -300,24 +295,24 @@ fn sequential_adds(
     round: &str,
     conf: &Value,
 ) -> Option<Summary> {
-    let bytes = conf.to_string().into_bytes();
     let mut took = Vec::new();
     for j in 0..SEQUENTIAL {
         ctx.check();
         let a = ctx.attachment(netns, &format!("{round}{j}"));
-        let Some((d, added)) = flatnet.add(&a, &bytes) else {
-            continue;
-        };
-        took.push(d);
-        flatnet.verify_added(&a, &added);
-        if flatnet
-            .quiet("DEL", &a, &with_prev_result(conf, &added.result))
-            .is_some()
-        {
-            flatnet.verify_deleted(&a, &added);
-        }
+        took.extend(flatnet.add_then_del(&a, conf, &[]).map(|(d, _)| d));
     }
     summarize(&took)
+}
+
+/// How long flatnetd's log is now, to read what it logs from here on with [`log_since`].
+fn log_len(log: &Path) -> usize {
+    std::fs::metadata(log).map_or(0, |m| m.len() as usize)
+}
+
+/// What flatnetd logged after the first `from` bytes.
+fn log_since(log: &Path, from: usize) -> String {
+    let logged = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(logged.get(from..).unwrap_or_default()).into_owned()
 }
 
 /// The `held_ms` of every periodic pass in a stretch of flatnetd's log.

@@ -133,21 +133,14 @@ pub fn latency(ctx: &Ctx, plugins: [&Plugin; 2], confs: [&Value; 2], n: usize) -
 pub fn timed_phases(ctx: &Ctx, flatnet: &Plugin, conf: &Value, n: usize) -> Vec<Sample> {
     let names: Vec<String> = (0..n).map(|i| format!("{}t-{i}", ctx.tag)).collect();
     let netns = NetnsSet::create(names);
-    let add_conf: Vec<u8> = conf.to_string().into();
     let mut samples = Vec::with_capacity(n);
     for name in netns.names() {
         ctx.check();
         let a = ctx.attachment(name, "eth0");
-        let Some((wall, added, stderr)) =
-            flatnet.add_with_env(&a, &add_conf, &[("FLATNET_TIMINGS", "1")])
+        let Some((wall, stderr)) = flatnet.add_then_del(&a, conf, &[("FLATNET_TIMINGS", "1")])
         else {
             continue;
         };
-        flatnet.verify_added(&a, &added);
-        let prev = with_prev_result(conf, &added.result);
-        if flatnet.quiet("DEL", &a, &prev).is_some() {
-            flatnet.verify_deleted(&a, &added);
-        }
         samples.push(Sample {
             wall,
             container_id: a.container_id.clone(),
