@@ -155,15 +155,18 @@ impl Routes {
         }
     }
 
-    /// Routes `a` (again, if it was), queueing its first try. An attachment without a name or an
-    /// address has nothing to be routed by.
+    /// Routes `a` (again, if it was), queueing its first try [`PROBE_EVERY`] from now: ADD answers
+    /// before the container's processes start, so nothing can listen on its port yet, and a
+    /// container that lives for less than that is never tried at all. An attachment without a
+    /// name or an address has nothing to be routed by.
     pub fn publish(self: &Arc<Self>, a: &Allocation) {
         let names = names_of(a);
         self.publish_parts(a.key(), names, a.addresses().next(), a.port);
     }
 
     /// [`Routes::publish`] for records read without their CNI result (the start-up reconcile's),
-    /// all under one lock, with one revision for them all.
+    /// all under one lock, with one revision for them all. Their containers are running already:
+    /// each is tried at once.
     pub fn publish_summaries<'a>(
         self: &Arc<Self>,
         all: impl IntoIterator<Item = &'a AllocSummary>,
@@ -182,7 +185,7 @@ impl Routes {
                 }
             })
             .collect();
-        self.insert(parts);
+        self.insert(parts, Duration::ZERO);
     }
 
     fn publish_parts(
@@ -192,16 +195,19 @@ impl Routes {
         address: Option<IpAddr>,
         port: Option<u16>,
     ) {
-        self.insert(vec![Publication {
-            key,
-            names,
-            address,
-            port,
-        }]);
+        self.insert(
+            vec![Publication {
+                key,
+                names,
+                address,
+                port,
+            }],
+            PROBE_EVERY,
+        );
     }
 
-    /// Routes each publication; queues their first tries.
-    fn insert(self: &Arc<Self>, parts: Vec<Publication>) {
+    /// Routes each publication; queues their first tries `first_try` from now.
+    fn insert(self: &Arc<Self>, parts: Vec<Publication>, first_try: Duration) {
         let now = Instant::now();
         let mut replaced = Vec::new();
         let mut inner = self.inner.lock().expect("routes poisoned");
@@ -230,7 +236,9 @@ impl Routes {
                 ever_up: false,
             };
             if self.probes {
-                inner.due.push(Reverse((now, generation, key.clone())));
+                inner
+                    .due
+                    .push(Reverse((now + first_try, generation, key.clone())));
             }
             // An entry it replaces is dropped, and its queued try with it when that comes up.
             replaced.extend(inner.entries.insert(key, entry));
@@ -487,6 +495,25 @@ mod tests {
         // Nothing to route: no new revision.
         routes.publish_summaries(&summaries[3..]);
         assert_eq!(routes.snapshot().0, after);
+    }
+
+    /// An ADD's route is first tried a probe interval later (its container has not started yet);
+    /// a route restored at start-up, whose container runs already, at once. The test reads the
+    /// queue itself with time paused: the scheduler never gets to run, so nothing connects.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_attachment_is_first_tried_a_probe_interval_later_a_restored_one_at_once() {
+        let routes = Arc::new(Routes::probing());
+        let now = Instant::now();
+        routes.publish(&named("c1", "web", &[], None));
+        match routes.next_due(now + PROBE_EVERY - Duration::from_millis(1)) {
+            Err(Some(at)) => assert_eq!(at, now + PROBE_EVERY),
+            other => panic!("tried too early: {:?}", other.map(|t| t.started)),
+        }
+        assert!(routes.next_due(now + PROBE_EVERY).is_ok());
+
+        let restored = AllocSummary::from(&named("c2", "db", &[], None));
+        routes.publish_summaries([&restored]);
+        assert!(routes.next_due(now).is_ok(), "a restored route waits");
     }
 
     #[tokio::test]
