@@ -39,6 +39,8 @@ pub struct RtNetlink {
     main: Socket,
     /// Link deletions only, on a socket and thread of their own (see [`deletion_lane`]).
     deletions: rtnetlink::Handle,
+    /// Opens the sockets of container namespaces (see [`ns_socket`]).
+    opener: Opener,
 }
 
 impl RtNetlink {
@@ -49,6 +51,7 @@ impl RtNetlink {
         Ok(RtNetlink {
             main: Socket::new(handle),
             deletions: deletion_lane()?,
+            opener: Opener::default(),
         })
     }
 }
@@ -258,7 +261,7 @@ impl Netlink for RtNetlink {
         bounded(
             || format!("configuring {} in {}", spec.ifname, netns.path),
             async {
-                let socket = ns_socket(netns).await?;
+                let socket = ns_socket(&self.opener, netns).await?;
                 let handle = &socket.handle;
                 let link = get_link(handle, &spec.ifname).await?.ok_or_else(|| {
                     NetlinkError::Gone(format!(
@@ -399,8 +402,10 @@ impl Netlink for RtNetlink {
             || format!("setting {ifname} in {} aside", netns.path),
             async {
                 // The host end is looked up while the namespace is entered.
-                let (host, socket) =
-                    futures::join!(get_link(&self.main.handle, host_veth), ns_socket(netns));
+                let (host, socket) = futures::join!(
+                    get_link(&self.main.handle, host_veth),
+                    ns_socket(&self.opener, netns)
+                );
                 let Some(host) = host? else {
                     return Ok(false);
                 };
@@ -542,7 +547,7 @@ impl Netlink for RtNetlink {
         v6: bool,
     ) -> Result<Option<ContainerView>, NetlinkError> {
         bounded(|| format!("inspecting {ifname} in {}", netns.path), async {
-            let socket = ns_socket(netns).await?;
+            let socket = ns_socket(&self.opener, netns).await?;
             let Some(link) = get_link(&socket.handle, ifname).await? else {
                 return Ok(None);
             };

@@ -182,23 +182,16 @@ pub(super) fn deletion_lane() -> std::io::Result<rtnetlink::Handle> {
         .map_err(|_| std::io::Error::other("the netlink deletion thread ended at start"))?
 }
 
-/// Opens a netlink socket inside `netns`. The namespace is entered on a throwaway plain thread, never
-/// on a tokio worker; the socket stays bound to the namespace it was created in.
-pub(super) async fn ns_socket(netns: &Netns) -> Result<Socket, NetlinkError> {
+/// Opens a netlink socket inside `netns`. The socket stays bound to the namespace it was created
+/// in; the namespace is entered by `opener`'s thread, never by a tokio worker.
+pub(super) async fn ns_socket(opener: &Opener, netns: &Netns) -> Result<Socket, NetlinkError> {
     let io_err = |source| NetlinkError::Io {
         op: format!("entering network namespace {}", netns.path),
         source,
     };
     let fd = netns.file.try_clone().map_err(io_err)?;
-    let rt = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _runtime = rt.enter();
-        let opened = nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(std::io::Error::from)
-            .and_then(|()| strict_connection());
-        let _ = tx.send(opened);
-    });
+    opener.send(fd, tx).map_err(io_err)?;
     let opened = rx.await.map_err(|_| {
         io_err(std::io::Error::other(
             "namespace thread ended without an answer",
@@ -207,6 +200,75 @@ pub(super) async fn ns_socket(netns: &Netns) -> Result<Socket, NetlinkError> {
     let (conn, handle) = opened.map_err(io_err)?;
     tokio::spawn(conn);
     Ok(Socket::new(handle))
+}
+
+type Opened = std::io::Result<(
+    rtnetlink::proto::Connection<RouteNetlinkMessage>,
+    rtnetlink::Handle,
+)>;
+
+/// One job for the opener thread: the namespace to open a socket in, and where the socket goes.
+type OpenJob = (std::fs::File, tokio::sync::oneshot::Sender<Opened>);
+
+/// A plain thread that opens the sockets of container namespaces: it enters the namespace, opens
+/// the socket and returns to the daemon's own. One long-lived thread instead of one per request:
+/// starting and ending a thread (its stack mapped, then unmapped) cost more than the rest of
+/// opening the socket, twice per container (ADD and DEL). The thread starts with the first
+/// request and ends when the opener is dropped.
+#[derive(Default)]
+pub(super) struct Opener {
+    jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<OpenJob>>>,
+}
+
+impl Opener {
+    /// Hands `fd` to the opener thread, starting one if there is none (the first request, or the
+    /// thread stopped: it stops rather than go on from a namespace that is not the daemon's).
+    fn send(
+        &self,
+        fd: std::fs::File,
+        reply: tokio::sync::oneshot::Sender<Opened>,
+    ) -> std::io::Result<()> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut job = (fd, reply);
+        if let Some(tx) = jobs.as_ref() {
+            match tx.send(job) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::SendError(back)) => job = back,
+            }
+        }
+        let tx = start_opener()?;
+        // A thread that was just started takes its first job, or has ended with it unanswered,
+        // which the caller sees as its answer's channel closing.
+        let _ = tx.send(job);
+        *jobs = Some(tx);
+        Ok(())
+    }
+}
+
+/// Starts an opener thread in the calling thread's namespace (the daemon's) and runtime; it ends
+/// when the sender it returns is dropped.
+fn start_opener() -> std::io::Result<std::sync::mpsc::Sender<OpenJob>> {
+    let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let rt = tokio::runtime::Handle::current();
+    let (tx, rx) = std::sync::mpsc::channel::<OpenJob>();
+    std::thread::Builder::new()
+        .name("netns-opener".into())
+        .spawn(move || {
+            // Sockets register with the runtime's I/O driver as they are made.
+            let _runtime = rt.enter();
+            for (fd, reply) in rx {
+                let opened = nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| strict_connection());
+                let back = nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET);
+                let _ = reply.send(opened);
+                if let Err(e) = back {
+                    tracing::error!(error = %e, "the namespace opener cannot return to the daemon's namespace; it stops and another starts");
+                    return;
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 pub(super) fn link_state(msg: &LinkMessage) -> LinkState {
