@@ -144,6 +144,38 @@ pub fn addr_gen_mode(netns: &str, dev: &str) -> Option<String> {
         .and_then(|l| l["inet6_addr_gen_mode"].as_str().map(str::to_string))
 }
 
+/// The IPv6 routes of `dev` in every table (`ip -j -6 route show table all dev DEV`), as
+/// `(type, dst)`: a link with IPv6 on has at least its `multicast ff00::/8` route in table local.
+pub fn routes6_of(netns: &str, dev: &str) -> Vec<(String, String)> {
+    as_array(ip_json(
+        netns,
+        &["-6", "route", "show", "table", "all", "dev", dev],
+    ))
+    .iter()
+    .map(|r| {
+        let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        (text("type"), text("dst"))
+    })
+    .collect()
+}
+
+/// Whether IPv6 is turned off on `dev` (`net.ipv6.conf.DEV.disable_ipv6`, read inside `netns`).
+pub fn ipv6_disabled(netns: &str, dev: &str) -> bool {
+    let out = run_ok(
+        Command::new("ip")
+            .args(["netns", "exec", netns, "cat"])
+            .arg(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")),
+    );
+    String::from_utf8_lossy(&out.stdout).trim() == "1"
+}
+
+/// A bridge's `mcast_snooping` from `ip -d -j link show` (1 or 0).
+pub fn mcast_snooping(netns: &str, bridge: &str) -> Option<u64> {
+    as_array(ip_json(netns, &["-d", "link", "show", "dev", bridge]))
+        .first()
+        .and_then(|l| l["linkinfo"]["info_data"]["mcast_snooping"].as_u64())
+}
+
 /// The IPv4 main routing table (`ip -j -4 route show`).
 pub fn routes(netns: &str) -> Value {
     ip_json(netns, &["-4", "route", "show"])

@@ -12,6 +12,7 @@ use netlink_packet_route::link::{
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 /// Adds an IPv6 address without duplicate address detection (IFA_F_NODAD): usable the moment
 /// the request answers, never `tentative` or `dadfailed`. Flatnet's IPAM makes it unique.
@@ -41,6 +42,8 @@ pub struct RtNetlink {
     deletions: rtnetlink::Handle,
     /// Opens the sockets of container namespaces (see [`ns_socket`]).
     opener: Opener,
+    /// The daemon's `/proc/sys/net/ipv6/conf` (see [`port_ipv6_off`]).
+    ipv6_conf: Option<Arc<std::fs::File>>,
 }
 
 impl RtNetlink {
@@ -52,8 +55,59 @@ impl RtNetlink {
             main: Socket::new(handle),
             deletions: deletion_lane()?,
             opener: Opener::default(),
+            ipv6_conf: ipv6_conf_dir(),
         })
     }
+}
+
+/// Turns IPv6 off on bridge port `name` before it comes up; whether it did. The bridge forwards
+/// IPv6 frames without it, and with it each port puts a multicast route in the namespace's IPv6
+/// table, which the kernel walks whole whenever a link changes state or goes away: with 10,000
+/// ports, several walks of 10,000 routes per ADD and DEL, under the RTNL lock every link change
+/// waits for. The kernel takes this only through the sysctl, which, while another thread holds
+/// that lock, retries in a loop: so on a blocking thread, never on one of the runtime's workers.
+/// The file is opened relative to `conf` (the daemon's `/proc/sys/net/ipv6/conf`): a path from
+/// `/proc/sys` would compare each of its parts with the same part of every other namespace that
+/// was ever looked at (each container's), a cost that grows with the number of containers.
+async fn port_ipv6_off(conf: &Option<Arc<std::fs::File>>, name: &str) -> bool {
+    let Some(conf) = conf.clone() else {
+        // No IPv6 in this kernel: nothing to turn off.
+        return false;
+    };
+    let path = format!("{name}/disable_ipv6");
+    let written = tokio::task::spawn_blocking(move || {
+        use nix::fcntl::{openat, OFlag};
+        let fd = openat(
+            &*conf,
+            path.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        nix::unistd::write(&fd, b"1").map(|_| ())
+    })
+    .await;
+    let error = match written {
+        Ok(Ok(())) => return true,
+        // No IPv6 on this link: nothing to turn off.
+        Ok(Err(nix::errno::Errno::ENOENT)) => return false,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(host_veth = %name, %error, "cannot turn IPv6 off on a bridge port");
+    false
+}
+
+/// The daemon's `/proc/sys/net/ipv6/conf`, as a directory to open files under (see
+/// [`port_ipv6_off`]); `None` without IPv6.
+fn ipv6_conf_dir() -> Option<Arc<std::fs::File>> {
+    use nix::fcntl::{open, OFlag};
+    let fd = open(
+        "/proc/sys/net/ipv6/conf",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    Some(Arc::new(std::fs::File::from(fd)))
 }
 
 impl RtNetlink {
@@ -229,9 +283,11 @@ impl Netlink for RtNetlink {
                     "creating veth {} with peer {} in {}",
                     spec.host, spec.ifname, spec.netns.path
                 )))?;
-            // Up, without an IPv6 link-local address: Flatnet is IPv4, and address generation,
-            // duplicate address detection and MLD reports for every new bridge port are kernel work
-            // on the ADD path that nobody uses. (The kernel takes this only for an existing link.)
+            let ipv6_off = port_ipv6_off(&self.ipv6_conf, &spec.host).await;
+            // Up; where IPv6 could not be turned off, at least without an IPv6 link-local
+            // address: address generation, duplicate address detection and MLD reports for
+            // every new bridge port are kernel work on the ADD path that nobody uses. (The
+            // kernel takes this only for an existing link.)
             let up = |no_autoconf: bool| {
                 let mut msg = LinkUnspec::new_with_name(&spec.host);
                 if no_autoconf {
@@ -239,7 +295,7 @@ impl Netlink for RtNetlink {
                 }
                 self.main.handle.link().change(msg.up().build()).execute()
             };
-            match up(true).await {
+            match up(!ipv6_off).await {
                 // No IPv6 on this link (MTU below 1280, or IPv6 off in the kernel): nothing to turn off.
                 Err(e) if errno_of(&e) == Some(nix::libc::EAFNOSUPPORT) => up(false).await,
                 other => other,
