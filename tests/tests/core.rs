@@ -88,6 +88,11 @@ fn assert_attached(host: &Host, c: &Netns, result: &Value) {
         Vec::<(String, String)>::new(),
         "{veth} has IPv6 routes"
     );
+    assert_eq!(
+        mcast_snooping(hns, "flatnet-br0"),
+        Some(0),
+        "flatnet-br0 should not snoop multicast"
+    );
 }
 
 /// Fetches `url` with busybox wget from inside `ns`, retrying up to 10 s; returns the body.
