@@ -701,16 +701,21 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn failure_half_way_rolls_back() {
-        let e = engine();
-        e.nl.fail_on.lock().unwrap().insert("configure_container");
-        let err = e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
-        assert_eq!(err.code(), Code::Kernel);
-        assert!(e.store().list(None).unwrap().is_empty());
-        assert!(!e.nl.has_link(&veth_name("c1", "eth0")));
-        assert!(e
-            .nl
-            .ops()
-            .contains(&format!("delete_link {}", veth_name("c1", "eth0"))));
+        // Each step after the pair exists: the namespace, the port, the container's end.
+        for step in ["open_container", "activate_port", "configure_container"] {
+            let e = engine();
+            e.nl.fail_on.lock().unwrap().insert(step);
+            let err = e.exec(&req(Command::Add, "c1", conf())).await.unwrap_err();
+            assert_eq!(err.code(), Code::Kernel, "{step}");
+            assert!(e.store().list(None).unwrap().is_empty(), "{step}");
+            assert!(!e.nl.has_link(&veth_name("c1", "eth0")), "{step}");
+            assert!(
+                e.nl.ops()
+                    .contains(&format!("delete_link {}", veth_name("c1", "eth0"))),
+                "{step}: {:?}",
+                e.nl.ops()
+            );
+        }
     }
 
     #[tokio::test]

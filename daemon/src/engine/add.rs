@@ -327,7 +327,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             ifname: ifname.to_string(),
             container_mac: a.mac,
         };
-        if let Err(first) = self.nl.create_veth(&spec).await {
+        // The way into the container's namespace is opened while the pair is being created.
+        let (created, container) =
+            tokio::join!(self.nl.create_veth(&spec), self.nl.open_container(netns));
+        if let Err(first) = created {
             // The bridge may have been removed since it was cached, or a link of ours may be left
             // from a crash. Find out which, fix it, and try once more.
             let stale_bridge = self
@@ -369,23 +372,28 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             .iter()
             .flat_map(|v4| v4.routes.iter().map(|r| (r.dst, v4.route_gateway(r))))
             .collect();
-        self.nl
-            .configure_container(
-                netns,
-                &ContainerSpec {
-                    ifname: ifname.to_string(),
-                    address: a.address,
-                    routes,
-                    address6: a.address6,
-                    routes6: conf
-                        .ipam
-                        .v6
-                        .iter()
-                        .flat_map(|v6| v6.routes.iter().map(|r| (r.dst, v6.route_gateway(r))))
-                        .collect(),
-                },
-            )
-            .await?;
+        let routes6 = conf
+            .ipam
+            .v6
+            .iter()
+            .flat_map(|v6| v6.routes.iter().map(|r| (r.dst, v6.route_gateway(r))))
+            .collect();
+        let inside = ContainerSpec {
+            ifname: ifname.to_string(),
+            address: a.address,
+            routes,
+            address6: a.address6,
+            routes6,
+        };
+        let container = container?;
+        // The bridge port comes up while the container's end is configured: neither waits for
+        // the other (the pair has a carrier once both ends are up).
+        let (port, configured) = tokio::join!(
+            self.nl.activate_port(&spec),
+            self.nl.configure_container(&container, &inside)
+        );
+        port?;
+        configured?;
         Ok(bridge)
     }
 }

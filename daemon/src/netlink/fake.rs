@@ -53,6 +53,8 @@ impl FakeNetlink {
 }
 
 impl Netlink for FakeNetlink {
+    /// The namespace's path.
+    type Container = String;
     async fn links(&self) -> Result<Vec<(String, LinkState)>, NetlinkError> {
         self.record("links", String::new())?;
         Ok(self
@@ -88,9 +90,16 @@ impl Netlink for FakeNetlink {
         self.add_link(&spec.host, Some(spec.bridge_index));
         Ok(())
     }
+    async fn activate_port(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+        self.record("activate_port", spec.host.clone())
+    }
+    async fn open_container(&self, netns: &Netns) -> Result<String, NetlinkError> {
+        self.record("open_container", netns.path.clone())?;
+        Ok(netns.path.clone())
+    }
     async fn configure_container(
         &self,
-        _: &Netns,
+        _: &String,
         spec: &ContainerSpec,
     ) -> Result<LinkState, NetlinkError> {
         let first = spec.address.map(|a| a.to_string());

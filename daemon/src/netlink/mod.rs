@@ -199,6 +199,8 @@ pub struct ContainerView {
 
 /// The kernel operations Flatnet needs.
 pub trait Netlink: Send + Sync + 'static {
+    /// A way into one container namespace, for [`Netlink::configure_container`].
+    type Container: Send + Sync;
     /// Every link in the daemon's namespace, with its name (one dump).
     fn links(&self) -> impl Future<Output = Result<Vec<(String, LinkState)>, NetlinkError>> + Send;
     /// Puts an existing link on a bridge (and turns on hairpin mode when asked).
@@ -213,15 +215,27 @@ pub trait Netlink: Send + Sync + 'static {
         &self,
         spec: &BridgeSpec,
     ) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
-    /// Creates the veth pair: the host end up and on the bridge, the peer (still down) in the namespace.
+    /// Opens the way into `netns` that [`Netlink::configure_container`] takes. It does not depend
+    /// on the veth, so an ADD opens it while the pair is being created.
+    fn open_container(
+        &self,
+        netns: &Netns,
+    ) -> impl Future<Output = Result<Self::Container, NetlinkError>> + Send;
+    /// Creates the veth pair: the host end on the bridge, the peer in the namespace, both down.
     fn create_veth(
+        &self,
+        spec: &VethSpec<'_>,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Brings the host end of a new pair up as a bridge port (and turns on hairpin mode when
+    /// asked). Independent of [`Netlink::configure_container`]: an ADD runs the two side by side.
+    fn activate_port(
         &self,
         spec: &VethSpec<'_>,
     ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     /// Brings the container interface and `lo` up, addresses it and installs the routes.
     fn configure_container(
         &self,
-        netns: &Netns,
+        container: &Self::Container,
         spec: &ContainerSpec,
     ) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
     /// Deletes a link in the daemon's namespace; `Ok(false)` when it was already gone.

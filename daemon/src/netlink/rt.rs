@@ -128,7 +128,14 @@ impl RtNetlink {
     }
 }
 
+/// A netlink socket inside one container namespace, and the namespace's path for messages.
+pub struct ContainerSocket {
+    socket: Socket,
+    path: String,
+}
+
 impl Netlink for RtNetlink {
+    type Container = ContainerSocket;
     async fn links(&self) -> Result<Vec<(String, LinkState)>, NetlinkError> {
         bounded(|| "listing links".into(), async {
             // Without statistics (the largest part of each message).
@@ -290,6 +297,13 @@ impl Netlink for RtNetlink {
                     "creating veth {} with peer {} in {}",
                     spec.host, spec.ifname, spec.netns.path
                 )))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn activate_port(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+        bounded(|| format!("bringing {} up", spec.host), async {
             let ipv6_off = port_ipv6_off(&self.ipv6_conf, &spec.host).await;
             // Up; where IPv6 could not be turned off, at least without an IPv6 link-local
             // address: address generation, duplicate address detection and MLD reports for
@@ -316,16 +330,26 @@ impl Netlink for RtNetlink {
         .await
     }
 
+    async fn open_container(&self, netns: &Netns) -> Result<ContainerSocket, NetlinkError> {
+        bounded(|| format!("entering network namespace {}", netns.path), async {
+            Ok(ContainerSocket {
+                socket: ns_socket(&self.opener, netns).await?,
+                path: netns.path.clone(),
+            })
+        })
+        .await
+    }
+
     async fn configure_container(
         &self,
-        netns: &Netns,
+        container: &ContainerSocket,
         spec: &ContainerSpec,
     ) -> Result<LinkState, NetlinkError> {
+        let netns = container;
         bounded(
             || format!("configuring {} in {}", spec.ifname, netns.path),
             async {
-                let socket = ns_socket(&self.opener, netns).await?;
-                let handle = &socket.handle;
+                let handle = &container.socket.handle;
                 let link = get_link(handle, &spec.ifname).await?.ok_or_else(|| {
                     NetlinkError::Gone(format!(
                         "interface {} is missing in {} right after it was created",
