@@ -7,7 +7,8 @@ use futures::TryStreamExt;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -302,7 +303,13 @@ pub(super) async fn get_link(
     handle: &rtnetlink::Handle,
     name: &str,
 ) -> Result<Option<LinkState>, NetlinkError> {
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    // Without statistics, the largest part of the answer (about a kilobyte to parse).
+    let mut links = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
+        .execute();
     match links.try_next().await {
         Ok(Some(msg)) => Ok(Some(link_state(&msg))),
         Ok(None) => Ok(None),
