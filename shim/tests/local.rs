@@ -196,3 +196,40 @@ fn del_without_daemon_is_spooled_and_succeeds() {
 fn run_add(stdin: &[u8]) -> common::Run {
     common::run(&[], stdin)
 }
+
+/// The shim starts without std's runtime (see main.rs): it still turns a reader that went away
+/// into an error it reports, rather than being killed by SIGPIPE.
+#[test]
+fn a_stdout_nobody_reads_is_an_error_not_a_signal() {
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the two fds it is given; each is owned exactly once below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let mut cmd = flatnet_tests::Shim::flatnet()
+        .env("CNI_COMMAND", "VERSION")
+        .command();
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the shim starts");
+    child.stdin.take().unwrap().write_all(b"{}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        None,
+        "killed by a signal; stderr {stderr:?}"
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr {stderr:?}");
+    assert!(
+        stderr.contains("cannot write the reply to stdout"),
+        "{stderr:?}"
+    );
+}
