@@ -100,12 +100,15 @@ pub(crate) fn family_addrs(netns: &str, dev: &str, family: &str) -> Vec<String> 
         .collect()
 }
 
-/// `dev`'s IPv6 addresses in `netns` with their flags (`ip -j -6 addr`), global scope only.
+/// `dev`'s IPv6 addresses in `netns` with their flags (`ip -j -6 addr`), global scope only; empty
+/// when the device does not exist (also when it goes away while this reads, as a container end
+/// that DEL set aside does once the daemon deletes its pair).
 pub fn global6(netns: &str, dev: &str) -> Vec<(String, Vec<String>)> {
-    let v = ip_json(netns, &["-6", "addr", "show", "dev", dev]);
+    let v = ip_json(netns, &["-6", "addr", "show"]);
     v.as_array()
         .into_iter()
         .flatten()
+        .filter(|l| l["ifname"] == dev)
         .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
         .filter(|a| a["scope"] == "global")
         .map(|a| {
