@@ -331,12 +331,15 @@ impl Netlink for RtNetlink {
     }
 
     async fn open_container(&self, netns: &Netns) -> Result<ContainerSocket, NetlinkError> {
-        bounded(|| format!("entering network namespace {}", netns.path), async {
-            Ok(ContainerSocket {
-                socket: ns_socket(&self.opener, netns).await?,
-                path: netns.path.clone(),
-            })
-        })
+        bounded(
+            || format!("entering network namespace {}", netns.path),
+            async {
+                Ok(ContainerSocket {
+                    socket: ns_socket(&self.opener, netns).await?,
+                    path: netns.path.clone(),
+                })
+            },
+        )
         .await
     }
 
