@@ -11,8 +11,10 @@ use flatnet_proto::v1::cni_reply::Outcome;
 use flatnet_proto::v1::inspect_client::InspectClient;
 use flatnet_proto::v1::{self, CniReply, CniRequest};
 use flatnet_proto::REQUEST_ID_HEADER;
+use tonic::codegen::http::Uri;
 use tonic::metadata::MetadataValue;
 
+use crate::conn;
 use crate::request::Request;
 use crate::timings::Timings;
 
@@ -60,15 +62,14 @@ pub fn networks(socket: &str, request_id: &str) -> Result<Vec<v1::Network>, CniE
         config: Vec::new(),
     };
     runtime(LATEST_VERSION)?.block_on(async {
-        let channel = flatnet_proto::uds::connect(socket, CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| unreachable(&probe, &e))?;
+        let (conn, _) = conn::dial(socket, CONNECT_TIMEOUT).await;
+        let conn = conn.map_err(|e| unreachable(&probe, &*e))?;
         let mut grpc = tonic::Request::new(v1::ListNetworksRequest {});
         grpc.set_timeout(DEADLINE);
         if let Ok(id) = MetadataValue::try_from(request_id) {
             grpc.metadata_mut().insert(REQUEST_ID_HEADER, id);
         }
-        InspectClient::new(channel)
+        InspectClient::with_origin(conn, Uri::from_static(conn::ORIGIN))
             .list_networks(grpc)
             .await
             .map(|r| r.into_inner().networks)
@@ -77,8 +78,8 @@ pub fn networks(socket: &str, request_id: &str) -> Result<Vec<v1::Network>, CniE
 }
 
 async fn call(req: &Request, request_id: &str, timings: &mut Timings) -> Result<String, CniError> {
-    let (channel, dialled) = flatnet_proto::uds::connect_timed(&req.socket, CONNECT_TIMEOUT).await;
-    let channel = channel.map_err(|e| unreachable(req, &e))?;
+    let (conn, dialled) = conn::dial(&req.socket, CONNECT_TIMEOUT).await;
+    let conn = conn.map_err(|e| unreachable(req, &*e))?;
     timings.split("connect", dialled);
     timings.mark("handshake");
     let mut grpc = tonic::Request::new(CniRequest {
@@ -97,7 +98,7 @@ async fn call(req: &Request, request_id: &str, timings: &mut Timings) -> Result<
     if let Ok(id) = MetadataValue::try_from(request_id) {
         grpc.metadata_mut().insert(REQUEST_ID_HEADER, id);
     }
-    let reply = CniClient::new(channel)
+    let reply = CniClient::with_origin(conn, Uri::from_static(conn::ORIGIN))
         .exec(grpc)
         .await
         .map_err(|status| from_status(req, &status))?;
@@ -106,7 +107,7 @@ async fn call(req: &Request, request_id: &str, timings: &mut Timings) -> Result<
 }
 
 /// Code 11 for a daemon that cannot be reached: names the socket and how to start the daemon.
-fn unreachable(req: &Request, err: &tonic::transport::Error) -> CniError {
+fn unreachable(req: &Request, err: &(dyn StdError + Send + Sync + 'static)) -> CniError {
     let why = find_io_error(err).map_or_else(|| error_chain(err), describe_io);
     let socket = &req.socket;
     CniError::new(

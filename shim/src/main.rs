@@ -13,6 +13,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod client;
+mod conn;
 mod netavark;
 mod request;
 mod spool;
