@@ -348,112 +348,102 @@ impl Netlink for RtNetlink {
         container: &ContainerSocket,
         spec: &ContainerSpec,
     ) -> Result<LinkState, NetlinkError> {
-        let netns = container;
-        bounded(
-            || format!("configuring {} in {}", spec.ifname, netns.path),
-            async {
-                let handle = &container.socket.handle;
-                let link = get_link(handle, &spec.ifname).await?.ok_or_else(|| {
-                    NetlinkError::Gone(format!(
-                        "interface {} is missing in {} right after it was created",
-                        spec.ifname, netns.path
-                    ))
-                })?;
-                let addr = async {
-                    match spec.address {
-                        Some(a) => {
-                            let add =
-                                handle
-                                    .address()
-                                    .add(link.index, IpAddr::V4(a.ip()), a.prefix());
-                            add.execute().await
-                        }
-                        None => Ok(()),
+        let at = &container.path;
+        bounded(|| format!("configuring {} in {at}", spec.ifname), async {
+            let handle = &container.socket.handle;
+            let link = get_link(handle, &spec.ifname).await?.ok_or_else(|| {
+                NetlinkError::Gone(format!(
+                    "interface {} is missing in {} right after it was created",
+                    spec.ifname, at
+                ))
+            })?;
+            let addr = async {
+                match spec.address {
+                    Some(a) => {
+                        let add = handle
+                            .address()
+                            .add(link.index, IpAddr::V4(a.ip()), a.prefix());
+                        add.execute().await
                     }
-                };
-                // No automatic IPv6 link-local address on the container's side either: its duplicate
-                // address detection, router solicitations and MLD reports would be flooded by the bridge to
-                // every other container on the network, kernel work that grows with the network's size
-                // (measured: a 1,000-port bridge made each ADD ~5 ms slower). Sent before `up`, on the same
-                // socket, so the kernel applies it before the interface comes up.
-                let no_autoconf = handle
-                    .link()
-                    .change(
-                        LinkUnspec::new_with_index(link.index)
-                            .append_extra_attribute(no_ipv6_autoconf())
-                            .build(),
-                    )
-                    .execute();
-                let up = handle
-                    .link()
-                    .change(LinkUnspec::new_with_index(link.index).up().build())
-                    .execute();
-                let lo = handle
-                    .link()
-                    .change(LinkUnspec::new_with_name("lo").up().build())
-                    .execute();
-                let addr6 = async {
-                    match spec.address6 {
-                        Some(a6) => add_address6(handle, link.index, a6).execute().await,
-                        None => Ok(()),
-                    }
-                };
-                let (no_autoconf, addr, addr6, up, lo) =
-                    futures::join!(no_autoconf, addr, addr6, up, lo);
-                match no_autoconf {
-                    // No IPv6 on this link (MTU below 1280, or IPv6 off in the kernel): nothing to turn off.
-                    Err(e) if errno_of(&e) == Some(nix::libc::EAFNOSUPPORT) => {}
-                    other => other.map_err(kernel(format!(
-                        "turning off IPv6 address generation on {} in {}",
-                        spec.ifname, netns.path
-                    )))?,
+                    None => Ok(()),
                 }
-                if let Some(a) = spec.address {
-                    addr.map_err(kernel(format!("adding {a} to {}", spec.ifname)))?;
+            };
+            // No automatic IPv6 link-local address on the container's side either: its duplicate
+            // address detection, router solicitations and MLD reports would be flooded by the bridge to
+            // every other container on the network, kernel work that grows with the network's size
+            // (measured: a 1,000-port bridge made each ADD ~5 ms slower). Sent before `up`, on the same
+            // socket, so the kernel applies it before the interface comes up.
+            let no_autoconf = handle
+                .link()
+                .change(
+                    LinkUnspec::new_with_index(link.index)
+                        .append_extra_attribute(no_ipv6_autoconf())
+                        .build(),
+                )
+                .execute();
+            let up = handle
+                .link()
+                .change(LinkUnspec::new_with_index(link.index).up().build())
+                .execute();
+            let lo = handle
+                .link()
+                .change(LinkUnspec::new_with_name("lo").up().build())
+                .execute();
+            let addr6 = async {
+                match spec.address6 {
+                    Some(a6) => add_address6(handle, link.index, a6).execute().await,
+                    None => Ok(()),
                 }
-                if let Some(a6) = spec.address6 {
-                    addr6.map_err(kernel(format!("adding {a6} to {}", spec.ifname)))?;
-                }
-                up.map_err(kernel(format!(
-                    "bringing {} up in {}",
-                    spec.ifname, netns.path
-                )))?;
-                lo.map_err(kernel(format!("bringing lo up in {}", netns.path)))?;
-                let routes = spec
-                    .routes
-                    .iter()
-                    .map(|(dst, gw)| {
-                        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                            .destination_prefix(dst.network(), dst.prefix())
-                            .gateway(*gw)
-                            .output_interface(link.index)
-                            .build();
-                        (dst.to_string(), gw.to_string(), route)
-                    })
-                    .chain(spec.routes6.iter().map(|(dst, gw)| {
-                        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-                            .destination_prefix(dst.network(), dst.prefix())
-                            .gateway(*gw)
-                            .output_interface(link.index)
-                            .build();
-                        (dst.to_string(), gw.to_string(), route)
-                    }));
-                for (dst, gw, route) in routes {
-                    exists_ok(
-                        handle
-                            .route()
-                            .add(route)
-                            .execute()
-                            .await
-                            .map_err(kernel(format!(
-                                "adding route {dst} via {gw} in {}",
-                                netns.path
-                            ))),
-                    )?;
-                }
-                Ok(link)
-            },
-        )
+            };
+            let (no_autoconf, addr, addr6, up, lo) =
+                futures::join!(no_autoconf, addr, addr6, up, lo);
+            match no_autoconf {
+                // No IPv6 on this link (MTU below 1280, or IPv6 off in the kernel): nothing to turn off.
+                Err(e) if errno_of(&e) == Some(nix::libc::EAFNOSUPPORT) => {}
+                other => other.map_err(kernel(format!(
+                    "turning off IPv6 address generation on {} in {}",
+                    spec.ifname, at
+                )))?,
+            }
+            if let Some(a) = spec.address {
+                addr.map_err(kernel(format!("adding {a} to {}", spec.ifname)))?;
+            }
+            if let Some(a6) = spec.address6 {
+                addr6.map_err(kernel(format!("adding {a6} to {}", spec.ifname)))?;
+            }
+            up.map_err(kernel(format!("bringing {} up in {}", spec.ifname, at)))?;
+            lo.map_err(kernel(format!("bringing lo up in {}", at)))?;
+            let routes = spec
+                .routes
+                .iter()
+                .map(|(dst, gw)| {
+                    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(dst.network(), dst.prefix())
+                        .gateway(*gw)
+                        .output_interface(link.index)
+                        .build();
+                    (dst.to_string(), gw.to_string(), route)
+                })
+                .chain(spec.routes6.iter().map(|(dst, gw)| {
+                    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                        .destination_prefix(dst.network(), dst.prefix())
+                        .gateway(*gw)
+                        .output_interface(link.index)
+                        .build();
+                    (dst.to_string(), gw.to_string(), route)
+                }));
+            for (dst, gw, route) in routes {
+                exists_ok(
+                    handle
+                        .route()
+                        .add(route)
+                        .execute()
+                        .await
+                        .map_err(kernel(format!("adding route {dst} via {gw} in {}", at))),
+                )?;
+            }
+            Ok(link)
+        })
         .await
     }
 
