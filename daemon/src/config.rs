@@ -134,6 +134,12 @@ impl NetConf {
                 "bridge {bridge:?} uses the fn- prefix that flatnet reserves for its veth interfaces"
             )));
         }
+        if crate::bridges::is_reserved(&bridge) {
+            return Err(invalid(format!(
+                "bridge {bridge:?} uses a prefix (fnb-, fnt-, fnp-) that flatnet reserves for the \
+                 sub-bridges of large networks and their trunks"
+            )));
+        }
         let mtu = match obj.get("mtu") {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
@@ -779,6 +785,7 @@ mod tests {
                 Code::InvalidConfig,
             ),
             (with(json!({"bridge": "fn-12345678"})), Code::InvalidConfig),
+            (with(json!({"bridge": "fnb-612493-3"})), Code::InvalidConfig),
             (with(json!({"mtu": 20})), Code::InvalidConfig),
             (with(json!({"mtu": "1500"})), Code::InvalidConfig),
             (with(json!({"isGateway": "yes"})), Code::InvalidConfig),

@@ -26,6 +26,7 @@
 //! whose veth is gone (released by reconcile): never an address that is live in a container and
 //! free in the store.
 
+use crate::bridges;
 use crate::config::{ConfigError, ConfigKind, NetConf};
 pub use crate::error::Error;
 use crate::events::{EventKind, Events};
@@ -161,6 +162,14 @@ fn nat_subnets(conf: &NetConf) -> Subnets {
     }
 }
 
+/// Which of its network's bridges (see [`crate::bridges`]) an interface with these addresses is on.
+fn slot_of(conf: &NetConf, address: Option<Ipv4Addr>, address6: Option<Ipv6Addr>) -> u32 {
+    bridges::slot(
+        conf.ipam.v4.as_ref().map(|v4| v4.subnet).zip(address),
+        conf.ipam.v6.as_ref().map(|v6| v6.subnet).zip(address6),
+    )
+}
+
 /// The bridge a network uses, with its gateway addresses when the bridge is the gateway.
 fn bridge_spec(record: &ipam::NetworkRecord) -> BridgeSpec {
     let gateway = record
@@ -202,6 +211,9 @@ pub struct Engine<N, S> {
     /// Held while a bridge is created or checked, so two requests never create one twice.
     bridge_setup: tokio::sync::Mutex<()>,
     bridges: std::sync::Mutex<HashMap<String, BridgeCache>>,
+    /// The sub-bridges made sure of (see [`crate::bridges`]), by name: the index of the network's
+    /// bridge their trunk was put on, and what they are.
+    sub_bridges: std::sync::Mutex<HashMap<String, (u32, LinkState)>>,
     /// Allocations whose veth the last periodic sweep found missing but were still in their grace
     /// (see [`reconcile`]). Only touched with the gate held exclusively.
     suspects: std::sync::Mutex<HashSet<AllocKey>>,
@@ -241,6 +253,7 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             attachments: Default::default(),
             bridge_setup: Default::default(),
             bridges: Default::default(),
+            sub_bridges: Default::default(),
             suspects: Default::default(),
             held,
             deleter,
@@ -508,6 +521,40 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             }
         }
         self.ensure_bridge(spec).await
+    }
+
+    /// The bridge of `conf`'s network that the host veth of a container in `slot` goes on (see
+    /// [`crate::bridges`]): `root` (the network's bridge) for slot 0, else the slot's sub-bridge,
+    /// made sure of (with its trunk on `root`) unless cached for this `root` and not `refresh`.
+    async fn port_bridge(
+        &self,
+        conf: &NetConf,
+        root: &LinkState,
+        slot: u32,
+        refresh: bool,
+    ) -> Result<LinkState, Error> {
+        if slot == 0 {
+            return Ok(root.clone());
+        }
+        let spec = bridges::sub_bridge(&conf.bridge, slot, conf.mtu, root.index);
+        if !refresh {
+            let cache = self.sub_bridges.lock().expect("sub-bridge cache poisoned");
+            if let Some((_, state)) = cache.get(&spec.name).filter(|(r, _)| *r == root.index) {
+                return Ok(state.clone());
+            }
+        }
+        self.ensure_sub_bridge(spec).await
+    }
+
+    /// Makes sure a sub-bridge and its trunk are there and caches what the sub-bridge is.
+    async fn ensure_sub_bridge(&self, spec: crate::netlink::SubBridgeSpec) -> Result<LinkState, Error> {
+        let _setup = self.bridge_setup.lock().await;
+        let state = self.nl.ensure_sub_bridge(&spec).await?;
+        self.sub_bridges
+            .lock()
+            .expect("sub-bridge cache poisoned")
+            .insert(spec.name, (spec.root_index, state.clone()));
+        Ok(state)
     }
 
     /// Makes sure the bridge exists, is up and holds its gateway address, and caches what it is.
@@ -1005,6 +1052,62 @@ pub(crate) mod tests {
         assert!(e.nl.has_link("fn-user"), "not a name flatnet makes");
         assert!(e.nl.has_link(&veth_name("keep", "eth0")));
         assert_eq!(e.store().list(None).unwrap().len(), 1);
+    }
+
+    /// `container`'s ADD on a /16 network, asking for `ip`.
+    fn add_16(container: &str, ip: &str) -> Request {
+        let mut c = conf();
+        c["ipam"] = json!({"subnet": "10.87.0.0/16"});
+        let mut r = req(Command::Add, container, c);
+        r.args = format!("IP={ip}");
+        r
+    }
+
+    #[tokio::test]
+    async fn a_large_network_puts_each_24_on_a_bridge_of_its_own() {
+        let e = engine();
+        for (c, ip) in [("a", "10.87.0.5"), ("b", "10.87.3.5"), ("c", "10.87.3.6")] {
+            e.exec(&add_16(c, ip)).await.unwrap();
+        }
+        let links = e.nl.links.lock().unwrap().clone();
+        let root = links["flatnet-br0"].index;
+        let sub = bridges::sub_bridge("flatnet-br0", 3, None, root);
+        let sub_index = links[&sub.name].index;
+        assert_eq!(links[&veth_name("a", "eth0")].master, Some(root));
+        for c in ["b", "c"] {
+            assert_eq!(links[&veth_name(c, "eth0")].master, Some(sub_index), "{c}");
+        }
+        assert_eq!(links[&sub.trunk].master, Some(root));
+        assert_eq!(links[&sub.trunk_peer].master, Some(sub_index));
+        let ensured = e.nl.ops().iter().filter(|o| o.starts_with("ensure_sub_bridge")).count();
+        assert_eq!(ensured, 1, "made sure of once, then cached");
+
+        // GC looks at the sub-bridges too.
+        e.nl.add_link("fn-0badc0de", Some(sub_index));
+        let mut gc = conf();
+        gc["ipam"] = json!({"subnet": "10.87.0.0/16"});
+        gc["cniVersion"] = json!("1.1.0");
+        gc["cni.dev/valid-attachments"] = json!([
+            {"containerID": "a", "ifname": "eth0"},
+            {"containerID": "b", "ifname": "eth0"},
+            {"containerID": "c", "ifname": "eth0"}
+        ]);
+        e.exec(&req(Command::Gc, "", gc)).await.unwrap();
+        assert!(!e.nl.has_link("fn-0badc0de"), "orphan on a sub-bridge survived GC");
+        assert_eq!(e.store().list(None).unwrap().len(), 3);
+
+        // The sub-bridge was deleted behind the daemon's back: the next ADD in its block makes
+        // it again, with its trunk, within the same ADD.
+        e.nl.remove_link(&sub.name);
+        e.nl.remove_link(&sub.trunk);
+        e.nl.remove_link(&sub.trunk_peer);
+        e.nl.fail_once.lock().unwrap().insert("create_veth");
+        e.exec(&add_16("d", "10.87.3.7")).await.unwrap();
+        let links = e.nl.links.lock().unwrap().clone();
+        let again = links[&sub.name].index;
+        assert_ne!(again, sub_index);
+        assert_eq!(links[&veth_name("d", "eth0")].master, Some(again));
+        assert_eq!(links[&sub.trunk].master, Some(root));
     }
 
     /// A store whose disk has failed: reads work, durable writes do not.

@@ -2,9 +2,10 @@
 //! (`engine::reconcile` is the work done without a request); `config`, `result`, `ipam` and
 //! `netlink` are its parts; `error` is the one place a CNI code is chosen; `spool` reads the DELs
 //! the shim recorded while the daemon was away; `server` and `inspect` are the gRPC edge; `events` announces allocation changes (for
-//! `Inspect.Watch`), `routes` is the route table the HTTP gateway follows, and `metrics` counts requests for Prometheus; `veth` names the host veth ends
+//! `Inspect.Watch`), `routes` is the route table the HTTP gateway follows, and `metrics` counts requests for Prometheus; `veth` names the host veth ends, `bridges` the bridges they go on,
 //! and `host` reads the boot id, the clock and IPv4 forwarding.
 
+pub mod bridges;
 pub mod config;
 pub mod engine;
 pub mod error;

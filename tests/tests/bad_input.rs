@@ -527,6 +527,12 @@ fn table(host: &Host) -> Vec<Row> {
             conf(json!({"bridge": "fn-12345678"})),
             7,
         ),
+        row(
+            "bridge name of a sub-bridge",
+            vec![],
+            conf(json!({"bridge": "fnb-612493-3"})),
+            7,
+        ),
         // --- unsupported ---
         row(
             "ipam type host-local",

@@ -90,6 +90,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             host_mac: random_mac(),
         };
         let bridge = self.bridge(conf, false).await?;
+        let slot = slot_of(conf, ip, ip6);
+        let port_bridge = self.port_bridge(conf, &bridge, slot, false).await?;
         let mut alloc = Allocation {
             network: conf.name.clone(),
             container_id: req.container_id.clone(),
@@ -119,7 +121,12 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         drop(guard);
         let (attached, flushed) = tokio::join!(
             async {
-                let (r, veth) = self.attach_salted(&a, &host_veth, &bridge).await;
+                let bridges = Bridges {
+                    root: bridge.clone(),
+                    port: port_bridge,
+                    slot,
+                };
+                let (r, veth) = self.attach_salted(&a, &host_veth, &bridges).await;
                 (r, veth, t0.elapsed())
             },
             async { (self.store.flush().await, t0.elapsed()) }
@@ -259,12 +266,12 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         &self,
         a: &Attachment<'_>,
         host_veth: &str,
-        bridge: &LinkState,
+        bridges: &Bridges,
     ) -> (Result<LinkState, Error>, String) {
         let mut veth = host_veth.to_string();
         let mut salt = 0;
         loop {
-            match self.attach(a, &veth, bridge.clone()).await {
+            match self.attach(a, &veth, bridges.clone()).await {
                 Err(Error::NameTaken(_)) if salt < NAME_SALTS => {
                     salt += 1;
                     veth = veth_name_salted(&a.key.container_id, &a.key.ifname, salt);
@@ -307,20 +314,20 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         }
     }
 
-    /// The kernel side of ADD: veth pair, container address and routes. Returns the bridge the veth
-    /// went on (another one than `bridge` if the bridge had to be recreated).
+    /// The kernel side of ADD: veth pair, container address and routes. Returns the network's
+    /// bridge (another one than `bridges.root` if it had to be recreated).
     async fn attach(
         &self,
         a: &Attachment<'_>,
         host_veth: &str,
-        mut bridge: LinkState,
+        mut bridges: Bridges,
     ) -> Result<LinkState, Error> {
         let (conf, netns, key) = (a.conf, a.netns, a.key);
         let ifname = key.ifname.as_str();
         let mut spec = VethSpec {
             host: host_veth.to_string(),
             host_mac: a.host_mac,
-            bridge_index: bridge.index,
+            bridge_index: bridges.port.index,
             mtu: conf.mtu,
             hairpin: conf.hairpin_mode,
             netns,
@@ -331,17 +338,32 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         let (created, container) =
             tokio::join!(self.nl.create_veth(&spec), self.nl.open_container(netns));
         if let Err(first) = created {
-            // The bridge may have been removed since it was cached, or a link of ours may be left
+            // A bridge may have been removed since it was cached, or a link of ours may be left
             // from a crash. Find out which, fix it, and try once more.
-            let stale_bridge = self
+            let stale_root = self
                 .nl
                 .link(&conf.bridge)
                 .await?
-                .is_none_or(|l| l.index != bridge.index);
+                .is_none_or(|l| l.index != bridges.root.index);
+            let stale_port = bridges.slot > 0
+                && (stale_root || {
+                    let sub = bridges::sub_bridge(&conf.bridge, bridges.slot, None, 0);
+                    let trunk = self.nl.link(&sub.trunk).await?;
+                    self.nl
+                        .link(&sub.name)
+                        .await?
+                        .is_none_or(|l| l.index != bridges.port.index)
+                        || trunk.is_none_or(|t| t.master != Some(bridges.root.index))
+                });
             let leftover = first.exists() && self.nl.link(host_veth).await?.is_some();
-            if stale_bridge {
-                bridge = self.bridge(conf, true).await?;
-                spec.bridge_index = bridge.index;
+            if stale_root || stale_port {
+                if stale_root {
+                    bridges.root = self.bridge(conf, true).await?;
+                }
+                bridges.port = self
+                    .port_bridge(conf, &bridges.root, bridges.slot, true)
+                    .await?;
+                spec.bridge_index = bridges.port.index;
             } else if leftover {
                 if self
                     .store
@@ -394,8 +416,16 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         );
         port?;
         configured?;
-        Ok(bridge)
+        Ok(bridges.root)
     }
+}
+
+/// The network's bridge and the one an ADD puts its veth on (the same for slot 0).
+#[derive(Clone)]
+struct Bridges {
+    root: LinkState,
+    port: LinkState,
+    slot: u32,
 }
 
 /// The CNI result of an attachment: bridge, host veth, container interface; its address and routes.

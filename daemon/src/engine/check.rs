@@ -63,12 +63,35 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 ));
             }
         }
+        // The bridge the veth belongs on: the network's, or a sub-bridge joined to it by its trunk.
+        let slot = slot_of(conf, alloc.address, alloc.address6.map(|(a, _)| a));
+        let (port_bridge, port_index) = if slot == 0 {
+            (conf.bridge.clone(), bridge.index)
+        } else {
+            let sub = bridges::sub_bridge(&conf.bridge, slot, None, bridge.index);
+            let Some(port) = self.nl.link(&sub.name).await? else {
+                return failed(format!("bridge {} does not exist", sub.name));
+            };
+            if !port.up {
+                return failed(format!("bridge {} is down", sub.name));
+            }
+            match self.nl.link(&sub.trunk).await? {
+                Some(t) if t.master == Some(bridge.index) && t.up => {}
+                _ => {
+                    return failed(format!(
+                        "bridge {} is not joined to {}: its trunk {} is missing, down or elsewhere",
+                        sub.name, conf.bridge, sub.trunk
+                    ))
+                }
+            }
+            (sub.name, port.index)
+        };
         match self.nl.link(&alloc.host_veth).await? {
             None => return failed(format!("host interface {} does not exist", alloc.host_veth)),
-            Some(l) if l.master != Some(bridge.index) => {
+            Some(l) if l.master != Some(port_index) => {
                 return failed(format!(
-                    "host interface {} is not on bridge {}",
-                    alloc.host_veth, conf.bridge
+                    "host interface {} is not on bridge {port_bridge}",
+                    alloc.host_veth
                 ))
             }
             Some(_) => {}

@@ -1,10 +1,11 @@
-//! GC: releases what `cni.dev/valid-attachments` does not name, and orphan links on the bridge.
+//! GC: releases what `cni.dev/valid-attachments` does not name, and orphan links on the network's
+//! bridges.
 
 use super::*;
 
 impl<N: Netlink, S: Store> Engine<N, S> {
     /// Releases the attachments of this network that `cni.dev/valid-attachments` does not name, and
-    /// removes `fn-*` links on this network's bridge that no allocation owns. Holds the gate
+    /// removes `fn-*` links on this network's bridges that no allocation owns. Holds the gate
     /// exclusively: an ADD half way on another network that shares the bridge has a veth that is
     /// not recorded yet.
     pub(super) async fn gc(&self, conf: &NetConf, deadline: Option<Instant>) -> Result<(), Error> {
@@ -50,9 +51,17 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 .into_iter()
                 .map(|a| a.host_veth)
                 .collect();
-            for (name, link) in self.nl.links().await? {
+            let links = self.nl.links().await?;
+            // The network's bridge and its sub-bridges (see `crate::bridges`).
+            let ours: HashSet<u32> = links
+                .iter()
+                .filter(|(name, _)| bridges::is_sub_bridge_of(name, &conf.bridge))
+                .map(|(_, l)| l.index)
+                .chain([bridge.index])
+                .collect();
+            for (name, link) in links {
                 if is_flatnet_veth(&name)
-                    && link.master == Some(bridge.index)
+                    && link.master.is_some_and(|m| ours.contains(&m))
                     && !owned.contains(&name)
                 {
                     match self.nl.delete_link(&name).await {

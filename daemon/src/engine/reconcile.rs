@@ -29,17 +29,30 @@
 //! Then every spooled DEL is applied; a file is deleted only after its DEL succeeded.
 
 use super::{bridge_spec, Command, Engine, Error, NetConf, Request, Store};
+use crate::bridges;
 use crate::host::unix_now;
 pub use crate::ipam::held::GRACE;
 use crate::ipam::held::{fate, Facts, Fate};
-use crate::ipam::AllocSummary;
+use crate::ipam::{AllocSummary, NetworkRecord};
 use crate::netlink::{LinkState, Netlink};
 use crate::spool::Spool;
 use crate::veth::is_flatnet_veth;
 use flatnet_proto::cni::Code;
 use flatnet_proto::spool::SpooledDel;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
+
+/// Which of its network's bridges a kept allocation's veth belongs on (see [`crate::bridges`]).
+fn slot_in(record: &NetworkRecord, a: &AllocSummary) -> u32 {
+    bridges::slot(
+        record.v4.as_ref().and_then(|v4| v4.subnet()).zip(a.address),
+        record
+            .v6
+            .as_ref()
+            .and_then(|v6| v6.subnet())
+            .zip(a.address6.map(|(ip, _)| ip)),
+    )
+}
 
 /// How long a periodic pass waits for a moment without requests in flight before it skips its turn.
 pub const SWEEP_GATE_WAIT: Duration = Duration::from_secs(10);
@@ -220,14 +233,14 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             grace: true,
         };
         let mut owned: HashSet<&str> = HashSet::with_capacity(allocs.len());
-        let mut networks: BTreeMap<&str, ()> = BTreeMap::new();
+        let mut networks: BTreeMap<&str, Vec<&AllocSummary>> = BTreeMap::new();
         for a in &allocs {
             let on_bridge = links.get(&a.host_veth).is_some_and(|l| l.master.is_some());
             if fate(a, facts, on_bridge, false) != Fate::Keep {
                 return Ok(None);
             }
             owned.insert(a.host_veth.as_str());
-            networks.insert(a.network.as_str(), ());
+            networks.entry(a.network.as_str()).or_default().push(a);
         }
         let orphan = links
             .keys()
@@ -235,12 +248,23 @@ impl<N: Netlink, S: Store> Engine<N, S> {
         if orphan || !self.held.all(|veth| links.contains_key(veth)) {
             return Ok(None);
         }
-        for network in networks.into_keys() {
+        for (network, members) in networks {
             let Some(record) = self.store.network(network)? else {
                 continue;
             };
-            if !links.contains_key(&record.bridge) {
+            let Some(root) = links.get(&record.bridge) else {
                 return Ok(None);
+            };
+            // Each sub-bridge in use, with its trunk on the network's bridge.
+            let slots: BTreeSet<u32> = members.iter().map(|a| slot_in(&record, a)).collect();
+            for slot in slots.into_iter().filter(|s| *s > 0) {
+                let sub = bridges::sub_bridge(&record.bridge, slot, record.mtu, root.index);
+                let joined = links
+                    .get(&sub.trunk)
+                    .is_some_and(|t| t.master == Some(root.index) && t.up);
+                if !joined || !links.get(&sub.name).is_some_and(|b| b.up) {
+                    return Ok(None);
+                }
             }
             self.ensure_bridge(bridge_spec(&record)).await?;
         }
@@ -396,19 +420,46 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                 }
             };
             s.bridges += 1;
+            // The sub-bridges in use (see `crate::bridges`), with whether each had to be made.
+            let mut subs: HashMap<u32, Result<(LinkState, bool), ()>> = HashMap::new();
+            for slot in members.iter().map(|a| slot_in(&record, a)) {
+                if slot == 0 || subs.contains_key(&slot) {
+                    continue;
+                }
+                let spec = bridges::sub_bridge(&record.bridge, slot, record.mtu, bridge.index);
+                let was_gone = !links.contains_key(&spec.name);
+                let name = spec.name.clone();
+                let made = match self.ensure_sub_bridge(spec).await {
+                    Ok(b) => {
+                        s.bridges += 1;
+                        Ok((b, was_gone))
+                    }
+                    Err(e) => {
+                        s.failures.push(format!("bridge {name} of network {network}: {e}"));
+                        Err(())
+                    }
+                };
+                subs.insert(slot, made);
+            }
             for a in members {
+                let slot = slot_in(&record, a);
+                let (port, port_was_gone) = match subs.get(&slot) {
+                    None => (&bridge, bridge_was_gone),
+                    Some(Ok((b, gone))) => (b, *gone),
+                    Some(Err(())) => continue,
+                };
                 // Only a veth that is on no bridge at all (its bridge was deleted) is put back; one
                 // on another bridge was put there by someone on purpose. Without a link's details
                 // (at start), every kept veth of a bridge that had to be created is on none.
                 let masterless = match links.get(&a.host_veth) {
                     Some(Some(l)) => l.master.is_none(),
-                    Some(None) => bridge_was_gone,
+                    Some(None) => port_was_gone,
                     None => false,
                 };
                 if masterless {
                     match self
                         .nl
-                        .enslave(&a.host_veth, bridge.index, record.hairpin)
+                        .enslave(&a.host_veth, port.index, record.hairpin)
                         .await
                     {
                         Ok(()) => s.reattached += 1,
@@ -550,6 +601,52 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[tokio::test]
+    async fn a_sub_bridge_that_went_away_is_made_again_and_its_ports_put_back() {
+        let e = engine();
+        let mut c = conf();
+        c["ipam"] = json!({"subnet": "10.87.0.0/16"});
+        for (id, ip) in [("a", "10.87.0.5"), ("b", "10.87.3.5")] {
+            let mut r = req(Command::Add, id, c.clone());
+            r.args = format!("IP={ip}");
+            e.exec(&r).await.unwrap();
+        }
+        let root = e.nl.links.lock().unwrap()["flatnet-br0"].index;
+        let sub = bridges::sub_bridge("flatnet-br0", 3, None, root);
+        let b = veth_name("b", "eth0");
+        // Nothing to do: the periodic pass only looks.
+        e.sweep(Pass::Periodic, None).await.unwrap();
+        let before = e.nl.ops().len();
+        e.sweep(Pass::Periodic, None).await.unwrap();
+        assert!(
+            !e.nl.ops()[before..].iter().any(|o| o.starts_with("ensure_sub_bridge") || o.starts_with("enslave")),
+            "{:?}",
+            &e.nl.ops()[before..]
+        );
+        // Someone deletes the sub-bridge (its port is left on no bridge) and its trunk.
+        for name in [&sub.name, &sub.trunk, &sub.trunk_peer] {
+            e.nl.remove_link(name);
+        }
+        e.nl.links.lock().unwrap().get_mut(&b).unwrap().master = None;
+        let s = e.sweep(Pass::Periodic, None).await.unwrap();
+        assert!(s.failures.is_empty(), "{s:?}");
+        assert_eq!((s.kept, s.reattached, s.bridges), (2, 1, 2), "{s:?}");
+        let links = e.nl.links.lock().unwrap().clone();
+        let made = links[&sub.name].index;
+        assert_eq!(links[&b].master, Some(made));
+        assert_eq!(links[&sub.trunk].master, Some(root));
+        assert_eq!(links[&sub.trunk_peer].master, Some(made));
+        assert_eq!(links[&veth_name("a", "eth0")].master, Some(root));
+        // At start, with names only: a veth of a sub-bridge that had to be made is put back.
+        for name in [&sub.name, &sub.trunk, &sub.trunk_peer] {
+            e.nl.remove_link(name);
+        }
+        e.nl.links.lock().unwrap().get_mut(&b).unwrap().master = None;
+        let s = e.sweep(Pass::Startup, None).await.unwrap();
+        assert_eq!((s.kept, s.reattached), (2, 1), "{s:?}");
+        assert_eq!(e.nl.master_of(&b), Some(e.nl.links.lock().unwrap()[&sub.name].index));
     }
 
     #[tokio::test]

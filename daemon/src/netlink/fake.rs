@@ -79,6 +79,25 @@ impl Netlink for FakeNetlink {
         }
         Ok(self.add_link(&spec.name, None))
     }
+    async fn ensure_sub_bridge(&self, spec: &SubBridgeSpec) -> Result<LinkState, NetlinkError> {
+        self.record("ensure_sub_bridge", spec.name.clone())?;
+        let existing = self.links.lock().unwrap().get(&spec.name).cloned();
+        let sub = match existing {
+            Some(l) => l,
+            None => self.add_link(&spec.name, None),
+        };
+        if !self.has_link(&spec.trunk) {
+            self.add_link(&spec.trunk, Some(spec.root_index));
+            self.add_link(&spec.trunk_peer, Some(sub.index));
+        }
+        let mut links = self.links.lock().unwrap();
+        for (end, master) in [(&spec.trunk, spec.root_index), (&spec.trunk_peer, sub.index)] {
+            if let Some(l) = links.get_mut(end) {
+                l.master = Some(master);
+            }
+        }
+        Ok(sub)
+    }
     async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
         self.record("create_veth", spec.host.clone())?;
         if self.has_link(&spec.host) {

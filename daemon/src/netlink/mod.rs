@@ -159,6 +159,20 @@ pub struct BridgeSpec {
     pub gateway6: Option<Ipv6Network>,
 }
 
+/// A sub-bridge of a network (see [`crate::bridges`]) and the trunk that joins it to the
+/// network's bridge.
+#[derive(Debug, Clone)]
+pub struct SubBridgeSpec {
+    pub name: String,
+    /// The network's bridge, and its index.
+    pub root: String,
+    pub root_index: u32,
+    /// The trunk: a veth pair, `trunk` on the network's bridge, `trunk_peer` on the sub-bridge.
+    pub trunk: String,
+    pub trunk_peer: String,
+    pub mtu: Option<u32>,
+}
+
 /// A veth pair: `host` on the bridge, the peer created directly inside `netns` as `ifname`.
 #[derive(Debug)]
 pub struct VethSpec<'a> {
@@ -214,6 +228,12 @@ pub trait Netlink: Send + Sync + 'static {
     fn ensure_bridge(
         &self,
         spec: &BridgeSpec,
+    ) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
+    /// Makes sure the sub-bridge exists and is up, and that its trunk exists, is up and joins it
+    /// to the network's bridge.
+    fn ensure_sub_bridge(
+        &self,
+        spec: &SubBridgeSpec,
     ) -> impl Future<Output = Result<LinkState, NetlinkError>> + Send;
     /// Opens the way into `netns` that [`Netlink::configure_container`] takes. It does not depend
     /// on the veth, so an ADD opens it while the pair is being created.

@@ -262,6 +262,87 @@ impl Netlink for RtNetlink {
         .await
     }
 
+    async fn ensure_sub_bridge(&self, spec: &SubBridgeSpec) -> Result<LinkState, NetlinkError> {
+        let sub = self
+            .ensure_bridge(&BridgeSpec {
+                name: spec.name.clone(),
+                mtu: spec.mtu,
+                gateway: None,
+                gateway6: None,
+            })
+            .await?;
+        bounded(
+            || format!("joining bridge {} to {}", spec.name, spec.root),
+            async {
+                let handle = &self.main.handle;
+                if get_link(handle, &spec.trunk).await?.is_none() {
+                    // Both ends in this namespace; the kernel puts only the first on a bridge.
+                    let mut peer = LinkUnspec::new_with_name(&spec.trunk_peer)
+                        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+                        .append_extra_attribute(LinkAttribute::NumRxQueues(1));
+                    let mut end = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                        .name(spec.trunk.clone())
+                        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+                        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+                        .controller(spec.root_index);
+                    if let Some(mtu) = spec.mtu {
+                        peer = peer.mtu(mtu);
+                        end = end.mtu(mtu);
+                    }
+                    let msg = end
+                        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+                        .build();
+                    exists_ok(handle.link().add(msg).execute().await.map_err(kernel(format!(
+                        "creating trunk {} / {}",
+                        spec.trunk, spec.trunk_peer
+                    ))))?;
+                }
+                for (end, master, bridge) in [
+                    (&spec.trunk, spec.root_index, &spec.root),
+                    (&spec.trunk_peer, sub.index, &spec.name),
+                ] {
+                    let state = get_link(handle, end).await?.ok_or_else(|| {
+                        NetlinkError::Gone(format!("trunk end {end} vanished right after it was made"))
+                    })?;
+                    if state.kind.as_deref() != Some("veth") {
+                        return Err(NetlinkError::WrongKind(format!(
+                            "link {end} exists but is not a veth: flatnet names the trunks of \
+                             bridge {} so; remove it",
+                            spec.root
+                        )));
+                    }
+                    match state.master {
+                        Some(m) if m == master => {}
+                        Some(_) => {
+                            return Err(NetlinkError::WrongKind(format!(
+                                "trunk end {end} is on another bridge than {bridge}: remove it, \
+                                 or give bridge {} another name",
+                                spec.root
+                            )))
+                        }
+                        None => handle
+                            .link()
+                            .change(LinkUnspec::new_with_index(state.index).controller(master).build())
+                            .execute()
+                            .await
+                            .map_err(kernel(format!("putting {end} on bridge {bridge}")))?,
+                    }
+                    if !state.up {
+                        port_ipv6_off(&self.ipv6_conf, end).await;
+                        handle
+                            .link()
+                            .change(LinkUnspec::new_with_index(state.index).up().build())
+                            .execute()
+                            .await
+                            .map_err(kernel(format!("bringing {end} up")))?;
+                    }
+                }
+                Ok(sub)
+            },
+        )
+        .await
+    }
+
     async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
         bounded(|| format!("creating veth {}", spec.host), async {
             // The peer is brought up from inside its namespace (configure_container): asking for IFF_UP

@@ -443,6 +443,11 @@ mod tests {
                 "choose another",
             ),
             (
+                "sub-bridge name",
+                json!({"options": {"bridge": "fnb-612493-3"}}),
+                "sub-bridges",
+            ),
+            (
                 "long bridge",
                 json!({"options": {"bridge": "a-very-long-bridge-name"}}),
                 "1 to 15",

@@ -206,6 +206,12 @@ impl FlatnetNetwork {
                 "bridge name {bridge}: names starting with fn- are Flatnet's veths: choose another"
             ));
         }
+        if ["fnb-", "fnt-", "fnp-"].iter().any(|p| bridge.starts_with(p)) {
+            return Err(format!(
+                "bridge name {bridge}: names starting with fnb-, fnt- or fnp- are the sub-bridges \
+                 of Flatnet's large networks and their trunks: choose another"
+            ));
+        }
 
         let subnets = match net.get("subnets") {
             None | Some(Value::Null) => Vec::new(),
