@@ -100,7 +100,10 @@ mod tests {
         let six = Some(("fd87::/64".parse().unwrap(), "fd87::305".parse().unwrap()));
         assert_eq!(slot(None, six), 3);
         assert_eq!(slot(v4("10.87.1.0/24", "10.87.1.9"), six), 0);
-        let far = Some(("fd87::/64".parse().unwrap(), "fd87::1:0:0:0".parse().unwrap()));
+        let far = Some((
+            "fd87::/64".parse().unwrap(),
+            "fd87::1:0:0:0".parse().unwrap(),
+        ));
         assert!(slot(None, far) <= MAX_SUB_BRIDGES);
     }
 

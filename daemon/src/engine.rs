@@ -547,7 +547,10 @@ impl<N: Netlink, S: Store> Engine<N, S> {
     }
 
     /// Makes sure a sub-bridge and its trunk are there and caches what the sub-bridge is.
-    async fn ensure_sub_bridge(&self, spec: crate::netlink::SubBridgeSpec) -> Result<LinkState, Error> {
+    async fn ensure_sub_bridge(
+        &self,
+        spec: crate::netlink::SubBridgeSpec,
+    ) -> Result<LinkState, Error> {
         let _setup = self.bridge_setup.lock().await;
         let state = self.nl.ensure_sub_bridge(&spec).await?;
         self.sub_bridges
@@ -1079,7 +1082,11 @@ pub(crate) mod tests {
         }
         assert_eq!(links[&sub.trunk].master, Some(root));
         assert_eq!(links[&sub.trunk_peer].master, Some(sub_index));
-        let ensured = e.nl.ops().iter().filter(|o| o.starts_with("ensure_sub_bridge")).count();
+        let ensured =
+            e.nl.ops()
+                .iter()
+                .filter(|o| o.starts_with("ensure_sub_bridge"))
+                .count();
         assert_eq!(ensured, 1, "made sure of once, then cached");
 
         // GC looks at the sub-bridges too.
@@ -1093,7 +1100,10 @@ pub(crate) mod tests {
             {"containerID": "c", "ifname": "eth0"}
         ]);
         e.exec(&req(Command::Gc, "", gc)).await.unwrap();
-        assert!(!e.nl.has_link("fn-0badc0de"), "orphan on a sub-bridge survived GC");
+        assert!(
+            !e.nl.has_link("fn-0badc0de"),
+            "orphan on a sub-bridge survived GC"
+        );
         assert_eq!(e.store().list(None).unwrap().len(), 3);
 
         // The sub-bridge was deleted behind the daemon's back: the next ADD in its block makes

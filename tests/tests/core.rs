@@ -250,6 +250,148 @@ fn containers_reach_each_other_and_the_host() {
     httpd.assert_running();
 }
 
+/// Runs `ip args…` inside `ns`, which must succeed.
+fn ip_in(ns: &Netns, args: &[&str]) {
+    let mut argv = vec!["ip"];
+    argv.extend_from_slice(args);
+    let out = ns.exec(&argv);
+    assert!(
+        out.status.success(),
+        "ip {args:?} in {}: {}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether `from` gets an answer to one ping of `ip` (retried for up to 5 s).
+fn pings(from: &Netns, ip: &str) -> bool {
+    poll(Duration::from_secs(5), || {
+        from.exec(&["busybox", "timeout", "2", "busybox", "ping", "-c", "1", ip])
+            .status
+            .success()
+    })
+}
+
+#[test]
+fn a_large_network_spreads_its_ports_over_bridges_joined_to_its_own() {
+    let host = host();
+    let hns = host.netns().name().to_string();
+    let conf = host.conf(json!({
+        "ipam": {"subnet": "10.87.0.0/16", "routes": [{"dst": "0.0.0.0/0"}]},
+    }));
+    // One container in the first /24 block, two in block 2, one in block 5.
+    let placed = [
+        ("a", "10.87.0.20", 0),
+        ("b", "10.87.2.20", 2),
+        ("c", "10.87.2.21", 2),
+        ("d", "10.87.5.20", 5),
+    ];
+    let mut containers = Vec::new();
+    for (label, ip, block) in placed {
+        let c = host.container(label);
+        let r = host.add_with_args(&c, &format!("IP={ip}"), &conf).result();
+        assert_eq!(result_ip(&r), ip, "{r:#}");
+        assert_eq!(r["interfaces"][0]["name"], "flatnet-br0", "{r:#}");
+        containers.push((c, r, block));
+    }
+    // Exactly one sub-bridge per block beyond the first, each joined to flatnet-br0 by its trunk.
+    let subs = links_with_prefix(&hns, "fnb-");
+    assert_eq!(
+        subs.len(),
+        2,
+        "sub-bridges: {subs:?}; links: {:#?}",
+        links(&hns)
+    );
+    let sub_of = |block: u32| -> String {
+        if block == 0 {
+            return "flatnet-br0".into();
+        }
+        subs.iter()
+            .find(|s| s.ends_with(&format!("-{block}")))
+            .unwrap_or_else(|| panic!("no sub-bridge for block {block}: {subs:?}"))
+            .clone()
+    };
+    for block in [2, 5] {
+        let sub = sub_of(block);
+        let trunk = sub.replacen("fnb-", "fnt-", 1);
+        let peer = sub.replacen("fnb-", "fnp-", 1);
+        assert_eq!(
+            master_of(&hns, &trunk).as_deref(),
+            Some("flatnet-br0"),
+            "{trunk}"
+        );
+        assert_eq!(
+            master_of(&hns, &peer).as_deref(),
+            Some(sub.as_str()),
+            "{peer}"
+        );
+        for l in [&sub, &trunk, &peer] {
+            assert!(is_up(&hns, l), "{l} should be up");
+        }
+        for end in [&trunk, &peer] {
+            assert!(ipv6_disabled(&hns, end), "IPv6 should be off on {end}");
+        }
+        assert_eq!(
+            mcast_snooping(&hns, &sub),
+            Some(0),
+            "{sub} should not snoop multicast"
+        );
+    }
+    for (c, r, block) in &containers {
+        let veth = result_host_veth(r);
+        assert_eq!(
+            master_of(&hns, &veth).as_deref(),
+            Some(sub_of(*block).as_str()),
+            "{veth} of {}",
+            c.label()
+        );
+        host.check(c, &with_prev_result(&conf, r)).assert_ok_empty();
+    }
+    // One layer 2 segment: the host reaches every container, and containers reach each other
+    // on one sub-bridge, across two, and between a sub-bridge and the network's bridge.
+    let ip = |i: usize| result_ip(&containers[i].1);
+    for i in 0..4 {
+        assert!(pings(host.netns(), &ip(i)), "host -> {}", ip(i));
+    }
+    for (from, to) in [(1, 2), (1, 3), (3, 0), (0, 2)] {
+        assert!(
+            pings(&containers[from].0, &ip(to)),
+            "{} -> {}",
+            ip(from),
+            ip(to)
+        );
+    }
+
+    // A veth on another bridge than its block's fails CHECK, naming the bridge it belongs on.
+    let (b, rb, _) = &containers[1];
+    let vb = result_host_veth(rb);
+    ip_in(host.netns(), &["link", "set", &vb, "master", "flatnet-br0"]);
+    let out = host.check(b, &with_prev_result(&conf, rb));
+    out.assert_cni_error();
+    assert!(out.stdout.contains(&sub_of(2)), "{out}");
+    ip_in(host.netns(), &["link", "set", &vb, "master", &sub_of(2)]);
+    host.check(b, &with_prev_result(&conf, rb))
+        .assert_ok_empty();
+
+    // A sub-bridge deleted while flatnetd is down is made again at start, with its port.
+    host.stop_daemon();
+    ip_in(host.netns(), &["link", "del", &sub_of(5)]);
+    host.start_daemon_again();
+    let (d, rd, _) = &containers[3];
+    assert_eq!(
+        master_of(&hns, &result_host_veth(rd)).as_deref(),
+        Some(sub_of(5).as_str())
+    );
+    host.check(d, &with_prev_result(&conf, rd))
+        .assert_ok_empty();
+    assert!(pings(&containers[0].0, &ip(3)), "a -> d after the restart");
+
+    for (c, r, _) in &containers {
+        host.del(c, &with_prev_result(&conf, r)).assert_ok_empty();
+    }
+    assert_eq!(host.host_veths_eventually(&[]), Vec::<String>::new());
+}
+
 #[test]
 fn fixed_ip_and_mac_from_cni_args() {
     let host = host();

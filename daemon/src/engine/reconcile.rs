@@ -435,7 +435,8 @@ impl<N: Netlink, S: Store> Engine<N, S> {
                         Ok((b, was_gone))
                     }
                     Err(e) => {
-                        s.failures.push(format!("bridge {name} of network {network}: {e}"));
+                        s.failures
+                            .push(format!("bridge {name} of network {network}: {e}"));
                         Err(())
                     }
                 };
@@ -621,7 +622,9 @@ mod tests {
         let before = e.nl.ops().len();
         e.sweep(Pass::Periodic, None).await.unwrap();
         assert!(
-            !e.nl.ops()[before..].iter().any(|o| o.starts_with("ensure_sub_bridge") || o.starts_with("enslave")),
+            !e.nl.ops()[before..]
+                .iter()
+                .any(|o| o.starts_with("ensure_sub_bridge") || o.starts_with("enslave")),
             "{:?}",
             &e.nl.ops()[before..]
         );
@@ -646,7 +649,10 @@ mod tests {
         e.nl.links.lock().unwrap().get_mut(&b).unwrap().master = None;
         let s = e.sweep(Pass::Startup, None).await.unwrap();
         assert_eq!((s.kept, s.reattached), (2, 1), "{s:?}");
-        assert_eq!(e.nl.master_of(&b), Some(e.nl.links.lock().unwrap()[&sub.name].index));
+        assert_eq!(
+            e.nl.master_of(&b),
+            Some(e.nl.links.lock().unwrap()[&sub.name].index)
+        );
     }
 
     #[tokio::test]

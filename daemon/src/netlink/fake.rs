@@ -91,7 +91,10 @@ impl Netlink for FakeNetlink {
             self.add_link(&spec.trunk_peer, Some(sub.index));
         }
         let mut links = self.links.lock().unwrap();
-        for (end, master) in [(&spec.trunk, spec.root_index), (&spec.trunk_peer, sub.index)] {
+        for (end, master) in [
+            (&spec.trunk, spec.root_index),
+            (&spec.trunk_peer, sub.index),
+        ] {
             if let Some(l) = links.get_mut(end) {
                 l.master = Some(master);
             }

@@ -280,11 +280,12 @@ impl Netlink for RtNetlink {
                     let mut peer = LinkUnspec::new_with_name(&spec.trunk_peer)
                         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
                         .append_extra_attribute(LinkAttribute::NumRxQueues(1));
-                    let mut end = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                        .name(spec.trunk.clone())
-                        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
-                        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
-                        .controller(spec.root_index);
+                    let mut end =
+                        LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                            .name(spec.trunk.clone())
+                            .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+                            .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+                            .controller(spec.root_index);
                     if let Some(mtu) = spec.mtu {
                         peer = peer.mtu(mtu);
                         end = end.mtu(mtu);
@@ -292,17 +293,26 @@ impl Netlink for RtNetlink {
                     let msg = end
                         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
                         .build();
-                    exists_ok(handle.link().add(msg).execute().await.map_err(kernel(format!(
-                        "creating trunk {} / {}",
-                        spec.trunk, spec.trunk_peer
-                    ))))?;
+                    exists_ok(
+                        handle
+                            .link()
+                            .add(msg)
+                            .execute()
+                            .await
+                            .map_err(kernel(format!(
+                                "creating trunk {} / {}",
+                                spec.trunk, spec.trunk_peer
+                            ))),
+                    )?;
                 }
                 for (end, master, bridge) in [
                     (&spec.trunk, spec.root_index, &spec.root),
                     (&spec.trunk_peer, sub.index, &spec.name),
                 ] {
                     let state = get_link(handle, end).await?.ok_or_else(|| {
-                        NetlinkError::Gone(format!("trunk end {end} vanished right after it was made"))
+                        NetlinkError::Gone(format!(
+                            "trunk end {end} vanished right after it was made"
+                        ))
                     })?;
                     if state.kind.as_deref() != Some("veth") {
                         return Err(NetlinkError::WrongKind(format!(
@@ -322,7 +332,11 @@ impl Netlink for RtNetlink {
                         }
                         None => handle
                             .link()
-                            .change(LinkUnspec::new_with_index(state.index).controller(master).build())
+                            .change(
+                                LinkUnspec::new_with_index(state.index)
+                                    .controller(master)
+                                    .build(),
+                            )
                             .execute()
                             .await
                             .map_err(kernel(format!("putting {end} on bridge {bridge}")))?,

@@ -206,7 +206,10 @@ impl FlatnetNetwork {
                 "bridge name {bridge}: names starting with fn- are Flatnet's veths: choose another"
             ));
         }
-        if ["fnb-", "fnt-", "fnp-"].iter().any(|p| bridge.starts_with(p)) {
+        if ["fnb-", "fnt-", "fnp-"]
+            .iter()
+            .any(|p| bridge.starts_with(p))
+        {
             return Err(format!(
                 "bridge name {bridge}: names starting with fnb-, fnt- or fnp- are the sub-bridges \
                  of Flatnet's large networks and their trunks: choose another"
