@@ -3,7 +3,8 @@
 //! `netlink` are its parts; `error` is the one place a CNI code is chosen; `spool` reads the DELs
 //! the shim recorded while the daemon was away; `server` and `inspect` are the gRPC edge; `events` announces allocation changes (for
 //! `Inspect.Watch`), `routes` is the route table the HTTP gateway follows, and `metrics` counts requests for Prometheus; `veth` names the host veth ends, `bridges` the bridges they go on,
-//! and `host` reads the boot id, the clock and IPv4 forwarding.
+//! `host` reads the boot id, the clock and IPv4 forwarding, and `trim` gives freed memory back
+//! after a burst of work.
 
 pub mod bridges;
 pub mod config;
@@ -21,4 +22,5 @@ pub mod result;
 pub mod routes;
 pub mod server;
 pub mod spool;
+pub mod trim;
 pub mod veth;

@@ -22,6 +22,7 @@ use flatnet_daemon::metrics::{self, Gauges, Metrics, NetworkGauge};
 use flatnet_daemon::netlink::RtNetlink;
 use flatnet_daemon::server::{CniService, REQUEST_TIMEOUT};
 use flatnet_daemon::spool::Spool;
+use flatnet_daemon::trim::{self, Trimmer};
 use flatnet_proto::v1::cni_server::CniServer;
 use flatnet_proto::v1::inspect_server::InspectServer;
 use std::net::SocketAddr;
@@ -409,6 +410,14 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         ))
     });
 
+    // The start-up pass read every allocation: what it freed goes back once things are quiet.
+    let trimmer = Arc::new(Trimmer::default());
+    trimmer.worked();
+    tokio::spawn(
+        trimmer
+            .clone()
+            .run(trim::malloc_trim, trim::QUIET, stop_rx.clone()),
+    );
     let healing = tokio::spawn(firewall_healer(engine.clone(), stop_rx.clone()));
 
     let metrics = Arc::new(Metrics::default());
@@ -467,7 +476,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(
-            CniServer::new(CniService::new(engine.clone(), metrics.clone()))
+            CniServer::new(CniService::new(engine.clone(), metrics.clone()).with_trimmer(trimmer))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::ipam::{AllocKey, Store};
 use crate::metrics::Metrics;
 use crate::netlink::Netlink;
+use crate::trim::Trimmer;
 use flatnet_proto::cni::Code;
 use flatnet_proto::v1::{self, cni_reply::Outcome, CniReply, CniRequest};
 use std::sync::Arc;
@@ -76,11 +77,23 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 pub struct CniService<N, S> {
     engine: Arc<Engine<N, S>>,
     metrics: Arc<Metrics>,
+    /// Told of every request the engine handled (see [`crate::trim`]).
+    trimmer: Option<Arc<Trimmer>>,
 }
 
 impl<N, S> CniService<N, S> {
     pub fn new(engine: Arc<Engine<N, S>>, metrics: Arc<Metrics>) -> Self {
-        CniService { engine, metrics }
+        CniService {
+            engine,
+            metrics,
+            trimmer: None,
+        }
+    }
+
+    /// Tells `trimmer` of every request handled.
+    pub fn with_trimmer(mut self, trimmer: Arc<Trimmer>) -> Self {
+        self.trimmer = Some(trimmer);
+        self
     }
 
     /// The answer to a request refused before the engine saw it (counted like any other).
@@ -182,6 +195,9 @@ impl<N: Netlink, S: Store> v1::cni_server::Cni for CniService<N, S> {
                 return Ok(self.refuse(verb, started, Error::Internal(msg)));
             }
         };
+        if let Some(t) = &self.trimmer {
+            t.worked();
+        }
         let took = started.elapsed();
         let duration_ms = took.as_secs_f64() * 1000.0;
         let reply = match outcome {
