@@ -165,3 +165,121 @@ fn three_hundred_adds_and_dels_32_at_a_time() {
         );
     }
 }
+
+/// More attachments on one network than one Linux bridge takes (1,023 ports): 1,100 interfaces,
+/// 100 in each of 11 container namespaces, on a /21. Each /24 block's ports are on a bridge of
+/// their own, all joined to the network's bridge.
+#[test]
+fn a_network_holds_more_containers_than_one_bridge_takes() {
+    const NETNS: usize = 11;
+    const PER_NETNS: usize = 100;
+    require_root();
+    let host = Host::start();
+    let hns = host.netns().name().to_string();
+    let conf = host.conf(json!({
+        "ipam": {"subnet": "10.87.8.0/21", "routes": []},
+    }));
+    let containers: Vec<Netns> = (0..NETNS)
+        .map(|i| host.container(&format!("many{i}")))
+        .collect();
+    let jobs: Vec<(usize, usize)> = (0..NETNS)
+        .flat_map(|c| (0..PER_NETNS).map(move |k| (c, k)))
+        .collect();
+    let started = Instant::now();
+    let failures = Mutex::new(Vec::new());
+    let cni = |command: &str, (c, k): &(usize, usize)| {
+        let c = &containers[*c];
+        let out = host.cni(
+            command,
+            Some(c),
+            c.container_id(),
+            &format!("eth{k}"),
+            // Without names: flatnetd then has no route to try for them, so the host does not
+            // resolve 1,100 neighbours (the kernel's neighbour table, shared by every namespace,
+            // holds 1,024 by default; see README.md).
+            "IgnoreUnknown=1",
+            &conf,
+        );
+        if out.status != 0 {
+            failures
+                .lock()
+                .expect("no panic while held")
+                .push(out.to_string());
+        }
+    };
+    for_each_parallel(&jobs, 8, |j| cni("ADD", j));
+    eprintln!(
+        "{} ADDs on one network: {:.2?}",
+        jobs.len(),
+        started.elapsed()
+    );
+    let failed = std::mem::take(&mut *failures.lock().expect("no panic while held"));
+    assert!(
+        failed.is_empty(),
+        "{} of {} ADDs failed:\n{}",
+        failed.len(),
+        jobs.len(),
+        failed
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Every veth on one of the network's bridges, none with more than a block's ports.
+    let all = links(&hns);
+    let master = |l: &Value| l["master"].as_str().unwrap_or_default().to_string();
+    let mut ports: std::collections::HashMap<String, usize> = Default::default();
+    for l in all
+        .iter()
+        .filter(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with("fn-")))
+    {
+        *ports.entry(master(l)).or_default() += 1;
+    }
+    assert_eq!(ports.values().sum::<usize>(), jobs.len(), "{ports:?}");
+    let subs = links_with_prefix(&hns, "fnb-");
+    assert_eq!(subs.len(), 4, "the /21's blocks 1 to 4 in use: {subs:?}");
+    for (bridge, n) in &ports {
+        assert!(
+            bridge == "flatnet-br0" || subs.contains(bridge),
+            "a veth on {bridge:?}: {ports:?}"
+        );
+        assert!(*n <= 256, "{bridge} holds {n} ports");
+    }
+    for sub in &subs {
+        let trunk = sub.replacen("fnb-", "fnt-", 1);
+        assert_eq!(
+            master_of(&hns, &trunk).as_deref(),
+            Some("flatnet-br0"),
+            "{trunk}"
+        );
+    }
+    // Still one segment: two more containers, each alone in its namespace, in blocks 6 and 7
+    // (two new sub-bridges), reach each other and the host on the network's bridge.
+    let x = host.container("many-x");
+    let y = host.container("many-y");
+    let rx = host.add_with_args(&x, "IP=10.87.15.10", &conf).result();
+    let ry = host.add_with_args(&y, "IP=10.87.14.10", &conf).result();
+    assert_eq!(links_with_prefix(&hns, "fnb-").len(), 6);
+    for (from, to) in [(&x, "10.87.14.10"), (&y, "10.87.15.10"), (&x, "10.87.8.1")] {
+        assert!(
+            poll(std::time::Duration::from_secs(5), || {
+                from.exec(&["busybox", "timeout", "2", "busybox", "ping", "-c", "1", to])
+                    .status
+                    .success()
+            }),
+            "{} cannot reach {to}",
+            from.label()
+        );
+    }
+    host.del(&x, &with_prev_result(&conf, &rx))
+        .assert_ok_empty();
+    host.del(&y, &with_prev_result(&conf, &ry))
+        .assert_ok_empty();
+
+    for_each_parallel(&jobs, 8, |j| cni("DEL", j));
+    let failed = failures.into_inner().expect("workers finished");
+    assert!(failed.is_empty(), "DELs failed:\n{}", failed.join("\n"));
+    assert_eq!(ctl::allocations(&host, &[]), Vec::<Value>::new());
+    assert_eq!(host.host_veths_eventually(&[]), Vec::<String>::new());
+}

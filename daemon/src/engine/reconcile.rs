@@ -19,7 +19,8 @@
 //!    yet, so nothing can be in flight. At start, the route table (memory only) is made from the
 //!    allocations kept, from these same summaries.
 //! 3. The bridge and gateway address of every network that keeps allocations is recreated from
-//!    the remembered network parameters, and kept veths that lost their bridge are put back on it.
+//!    the remembered network parameters, with the sub-bridges its allocations use and their trunks
+//!    (see [`crate::bridges`]), and kept veths that lost their bridge are put back on theirs.
 //!    At start, without each link's bridge, that means every kept veth of a bridge that was gone;
 //!    a veth taken off a bridge that still exists is put back by the first periodic pass.
 //! 4. `fn-<8 hex>` links that no allocation owns are deleted (a crash between creating a veth and

@@ -93,7 +93,8 @@ pub fn document(
          namespace of their own on the first network, each verified and DELeted (untimed, \
          verified) before the next, then {allocs} real attachments made through the shim by 8 \
          workers ({per} interfaces `eth0`… in each of {netns} container namespaces, spread over \
-         {memory_networks} networks because a Linux bridge takes at most 1024 ports), VmRSS \
+         {memory_networks} networks of a /20 each, whose ports flatnetd puts on a bridge per /24 \
+         block), VmRSS \
          0.5 s after the last ADD, the {sequential} sequential ADDs again, then {restarts} \
          restarts (SIGTERM, wait until the machine is quiet, start on the same state dir, \
          flatnetd logging its start-up steps at debug level, read back for the steps' rows); \
