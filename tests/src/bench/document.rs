@@ -63,9 +63,11 @@ pub fn document(
          that name and the address is on no interface. Failed calls and failed checks are \
          counted; any makes the run fail.\n\
          - Latency: {n} containers per plugin, all namespaces made before timing, 3 untimed \
-         warm-up rounds; all ADDs (alternating which plugin goes first), then all CHECKs \
-         (with `prevResult`), then all DELs (with `prevResult`), so up to {n} attachments of \
-         each plugin exist at once. Percentiles are nearest-rank. flatnetd logs at \
+         warm-up rounds; all ADDs, then all CHECKs (with `prevResult`), then all DELs (with \
+         `prevResult`), so up to {n} attachments of each plugin exist at once; each in blocks \
+         of half the containers, ordered Flatnet, reference, reference, Flatnet (taking turns \
+         call by call, each plugin's calls paid for the kernel work the other's previous call \
+         left behind: see `tests/src/bench/sequential.rs`). Percentiles are nearest-rank. flatnetd logs at \
          `info,flatnet_daemon::engine::add=debug` throughout (one line per request and one \
          with each ADD's phases).\n\
          - Where an ADD's time goes: up to 100 more Flatnet ADDs one after another, each in a \
