@@ -260,10 +260,15 @@ impl<N: Netlink, S: Store> Engine<N, S> {
             let slots: BTreeSet<u32> = members.iter().map(|a| slot_in(&record, a)).collect();
             for slot in slots.into_iter().filter(|s| *s > 0) {
                 let sub = bridges::sub_bridge(&record.bridge, slot, record.mtu, root.index);
-                let joined = links
-                    .get(&sub.trunk)
-                    .is_some_and(|t| t.master == Some(root.index) && t.up);
-                if !joined || !links.get(&sub.name).is_some_and(|b| b.up) {
+                let Some(bridge) = links.get(&sub.name).filter(|b| b.up) else {
+                    return Ok(None);
+                };
+                let on = |end: &str, master: u32| {
+                    links
+                        .get(end)
+                        .is_some_and(|t| t.master == Some(master) && t.up)
+                };
+                if !on(&sub.trunk, root.index) || !on(&sub.trunk_peer, bridge.index) {
                     return Ok(None);
                 }
             }
@@ -629,6 +634,16 @@ mod tests {
             "{:?}",
             &e.nl.ops()[before..]
         );
+        // The sub-bridge's end of the trunk taken off it: put back.
+        e.nl.links
+            .lock()
+            .unwrap()
+            .get_mut(&sub.trunk_peer)
+            .unwrap()
+            .master = None;
+        e.sweep(Pass::Periodic, None).await.unwrap();
+        let sub_index = e.nl.links.lock().unwrap()[&sub.name].index;
+        assert_eq!(e.nl.master_of(&sub.trunk_peer), Some(sub_index));
         // Someone deletes the sub-bridge (its port is left on no bridge) and its trunk.
         for name in [&sub.name, &sub.trunk, &sub.trunk_peer] {
             e.nl.remove_link(name);
