@@ -46,10 +46,11 @@ pub fn version(ctx: &Ctx, plugins: [&Plugin; 2], runs: usize) -> [Option<Summary
 /// The order of the timed ADDs, CHECKs and DELs of `n` containers per plugin: which plugin and
 /// which container. In blocks of half each, Flatnet (0), reference (1), reference, Flatnet, as the
 /// cycles are: taking turns call by call made each plugin's calls pay for the kernel work the
-/// other one's previous call left behind (the reference's veths and containers have IPv6 on, so
-/// address detection and multicast reports follow each of its ADDs under the kernel's RTNL
-/// lock): Flatnet's ADD p50 measured 1.15–1.16 ms that way and 1.01–1.02 ms in blocks, the
-/// reference's 5.12–5.21 ms and 5.11–5.13 ms.
+/// other one's previous call left behind. Measured both ways on one machine, the code otherwise
+/// the same: Flatnet's ADD p50 1.15–1.16 ms call by call and 1.01–1.02 ms in blocks, the
+/// reference's 5.12–5.21 ms and 5.11–5.13 ms. (Likely, not measured apart: the reference's veths
+/// and containers have IPv6 on, so address detection and multicast reports follow each of its
+/// ADDs, partly under the RTNL lock every link change waits for.)
 pub fn blocks(n: usize) -> Vec<(usize, usize)> {
     let half = n / 2;
     let block = |p: usize, range: std::ops::Range<usize>| range.map(move |i| (p, i));
