@@ -66,7 +66,9 @@ pub fn is_sub_bridge_of(name: &str, bridge: &str) -> bool {
 /// Whether a bridge name has the shape of the links this module names (`fnb-`, `fnt-`, `fnp-`):
 /// reserved, like `fn-`.
 pub fn is_reserved(name: &str) -> bool {
-    ["fnb-", "fnt-", "fnp-"].iter().any(|p| name.starts_with(p))
+    flatnet_proto::cni::SUB_BRIDGE_PREFIXES
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 #[cfg(test)]

@@ -15,6 +15,10 @@ pub const LATEST_VERSION: &str = "1.1.0";
 /// limit keeps a runaway writer from making the shim or the daemon buffer without end.
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
+/// The name prefixes of the links flatnetd makes for a large network (its sub-bridges and their
+/// trunk ends): no configured bridge may use them.
+pub const SUB_BRIDGE_PREFIXES: [&str; 3] = ["fnb-", "fnt-", "fnp-"];
+
 /// CNI error codes: 1–11 and 50/51 are the spec's, 100 and up are Flatnet's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {

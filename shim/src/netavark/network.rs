@@ -206,7 +206,7 @@ impl FlatnetNetwork {
                 "bridge name {bridge}: names starting with fn- are Flatnet's veths: choose another"
             ));
         }
-        if ["fnb-", "fnt-", "fnp-"]
+        if flatnet_proto::cni::SUB_BRIDGE_PREFIXES
             .iter()
             .any(|p| bridge.starts_with(p))
         {
