@@ -1,20 +1,17 @@
-//! The one RPC: connects to flatnetd over its Unix socket, runs `flatnet.v1.Cni/Exec`, and turns
-//! every way that can fail (no daemon, a gRPC status, a malformed reply) into the CNI error to print.
+//! The one RPC: connects to flatnetd over its Unix socket, runs `flatnet.v1.Cni/Exec` (see
+//! `grpc`), and turns every way that can fail (no daemon, a gRPC status, a malformed reply) into
+//! the CNI error to print.
 
-use std::error::Error as StdError;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flatnet_proto::cni::{CniError, Code, LATEST_VERSION};
-use flatnet_proto::v1::cni_client::CniClient;
 use flatnet_proto::v1::cni_reply::Outcome;
-use flatnet_proto::v1::inspect_client::InspectClient;
 use flatnet_proto::v1::{self, CniReply, CniRequest};
 use flatnet_proto::REQUEST_ID_HEADER;
-use tonic::codegen::http::Uri;
-use tonic::metadata::MetadataValue;
+use prost::Message;
 
-use crate::conn;
+use crate::grpc::{self, code, Failure};
 use crate::request::Request;
 use crate::timings::Timings;
 
@@ -25,31 +22,25 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The whole call's deadline, sent to the daemon as `grpc-timeout` too so it can give up in step.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Runs `req` on flatnetd: `Ok(result_json)` (empty for DEL, GC and STATUS) or the CNI error.
-/// Marks the phases `runtime`, `connect`, `handshake` and `call` in `timings`.
-pub fn exec(req: &Request, request_id: &str, timings: &mut Timings) -> Result<String, CniError> {
-    let rt = runtime(&req.cni_version)?;
-    timings.mark("runtime");
-    let outcome = rt.block_on(call(req, request_id, timings));
-    // The process ends right after the answer is printed, and the kernel closes the connection
-    // then: shutting the runtime and its connection task down first would only take time.
-    std::mem::forget(rt);
-    outcome
-}
+const EXEC: &str = "/flatnet.v1.Cni/Exec";
+const LIST_NETWORKS: &str = "/flatnet.v1.Inspect/ListNetworks";
 
-/// One container start, one call: a current-thread runtime starts fastest and needs no threads.
-fn runtime(cni_version: &str) -> Result<tokio::runtime::Runtime, CniError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| {
-            CniError::new(
-                cni_version,
-                Code::Io,
-                format!("cannot start the shim's I/O runtime: {e}"),
-            )
-        })
+/// Runs `req` on flatnetd: `Ok(result_json)` (empty for DEL, GC and STATUS) or the CNI error.
+/// Marks the phases `connect` and `call` in `timings`.
+pub fn exec(req: &Request, request_id: &str, timings: &mut Timings) -> Result<String, CniError> {
+    let message = CniRequest {
+        command: req.command.into(),
+        container_id: req.container_id.clone(),
+        netns: req.netns.clone(),
+        ifname: req.ifname.clone(),
+        args: req.args.clone(),
+        path: req.path.clone(),
+        config: req.config.clone(),
+    }
+    .encode_to_vec();
+    let reply = unary(req, EXEC, request_id, &message, timings)?;
+    let reply = CniReply::decode(&reply[..]).map_err(|e| undecodable(req, &e))?;
+    from_reply(req, reply)
 }
 
 /// The networks flatnetd serves (`Inspect/ListNetworks`), for the netavark plugin's `create`.
@@ -65,54 +56,42 @@ pub fn networks(socket: &str, request_id: &str) -> Result<Vec<v1::Network>, CniE
         path: String::new(),
         config: Vec::new(),
     };
-    runtime(LATEST_VERSION)?.block_on(async {
-        let (conn, _) = conn::dial(socket, CONNECT_TIMEOUT).await;
-        let conn = conn.map_err(|e| unreachable(&probe, &*e))?;
-        let mut grpc = tonic::Request::new(v1::ListNetworksRequest {});
-        grpc.set_timeout(DEADLINE);
-        if let Ok(id) = MetadataValue::try_from(request_id) {
-            grpc.metadata_mut().insert(REQUEST_ID_HEADER, id);
-        }
-        InspectClient::with_origin(conn, Uri::from_static(conn::ORIGIN))
-            .list_networks(grpc)
-            .await
-            .map(|r| r.into_inner().networks)
-            .map_err(|status| from_status(&probe, &status))
-    })
+    let message = v1::ListNetworksRequest {}.encode_to_vec();
+    let mut timings = Timings::new(false);
+    let reply = unary(&probe, LIST_NETWORKS, request_id, &message, &mut timings)?;
+    v1::ListNetworksResponse::decode(&reply[..])
+        .map(|r| r.networks)
+        .map_err(|e| undecodable(&probe, &e))
 }
 
-async fn call(req: &Request, request_id: &str, timings: &mut Timings) -> Result<String, CniError> {
-    let (conn, dialled) = conn::dial(&req.socket, CONNECT_TIMEOUT).await;
-    let conn = conn.map_err(|e| unreachable(req, &*e))?;
-    timings.split("connect", dialled);
-    timings.mark("handshake");
-    let mut grpc = tonic::Request::new(CniRequest {
-        command: req.command.into(),
-        container_id: req.container_id.clone(),
-        netns: req.netns.clone(),
-        ifname: req.ifname.clone(),
-        args: req.args.clone(),
-        path: req.path.clone(),
-        config: req.config.clone(),
-    });
-    grpc.set_timeout(DEADLINE);
-    // The id is hex and so always a valid header value; were it not, the call would still work
-    // without it, which is better than failing the container. `insert` panics only on an invalid
-    // key, and REQUEST_ID_HEADER is a fixed lower-case ASCII name.
-    if let Ok(id) = MetadataValue::try_from(request_id) {
-        grpc.metadata_mut().insert(REQUEST_ID_HEADER, id);
-    }
-    let reply = CniClient::with_origin(conn, Uri::from_static(conn::ORIGIN))
-        .exec(grpc)
-        .await
-        .map_err(|status| from_status(req, &status))?;
+/// Connects and makes one call: the reply message, or the CNI error for whatever went wrong.
+fn unary(
+    req: &Request,
+    path: &str,
+    request_id: &str,
+    message: &[u8],
+    timings: &mut Timings,
+) -> Result<Vec<u8>, CniError> {
+    let deadline = Instant::now() + DEADLINE;
+    let stream = grpc::connect(&req.socket, CONNECT_TIMEOUT).map_err(|e| unreachable(req, &e))?;
+    timings.mark("connect");
+    // The id is hex and a dash, so always a valid header value; were it not, the call would still
+    // work without it, which is better than failing the container.
+    let id_ok = !request_id.is_empty() && request_id.bytes().all(|b| b.is_ascii_graphic());
+    let metadata = [(REQUEST_ID_HEADER, request_id)];
+    let call = grpc::Call {
+        path,
+        metadata: if id_ok { &metadata } else { &[] },
+        message,
+    };
+    let reply = grpc::call(stream, &call, deadline).map_err(|f| from_failure(req, f))?;
     timings.mark("call");
-    from_reply(req, reply.into_inner())
+    Ok(reply)
 }
 
 /// Code 11 for a daemon that cannot be reached: names the socket and how to start the daemon.
-fn unreachable(req: &Request, err: &(dyn StdError + Send + Sync + 'static)) -> CniError {
-    let why = find_io_error(err).map_or_else(|| error_chain(err), describe_io);
+fn unreachable(req: &Request, err: &io::Error) -> CniError {
+    let why = describe_io(err);
     let socket = &req.socket;
     CniError::new(
         &req.cni_version,
@@ -123,42 +102,74 @@ fn unreachable(req: &Request, err: &(dyn StdError + Send + Sync + 'static)) -> C
     )
 }
 
-/// Maps a gRPC status to a CNI error. Statuses that mean "not now" (overload, deadline, a broken
-/// connection) become 11 so the runtime retries; anything else is an I/O failure (5).
-fn from_status(req: &Request, status: &tonic::Status) -> CniError {
-    use tonic::Code as G;
+/// Maps a failed call to a CNI error. What means "not now" (overload, the deadline, a broken
+/// connection) becomes 11 so the runtime retries; anything else is an I/O failure (5).
+fn from_failure(req: &Request, failure: Failure) -> CniError {
     let command = req.command.cni_name();
     let socket = &req.socket;
-    let grpc = status.code();
-    let what = status_text(status);
-    let (code, msg) = match grpc {
-        G::DeadlineExceeded | G::Cancelled => (
+    match failure {
+        Failure::Status { code, message } => from_status(req, code, &message),
+        Failure::Deadline => from_status(
+            req,
+            code::DEADLINE_EXCEEDED,
+            "no complete reply within the deadline",
+        ),
+        Failure::Broken(err) => CniError::new(
+            &req.cni_version,
             Code::TryAgainLater,
             format!(
-                "flatnetd gave up on {command} or did not finish it within the {} s deadline ({grpc:?}: {what}): see `journalctl -u flatnetd` for what it is waiting on, then retry",
+                "the connection to flatnetd at {socket} broke during {command} ({}): check `systemctl status flatnetd`, then retry",
+                describe_io(&err)
+            ),
+        ),
+        Failure::Protocol(what) => CniError::new(
+            &req.cni_version,
+            Code::Io,
+            format!(
+                "flatnetd answered {command} with {what} (is the daemon a different version than the shim?)"
+            ),
+        ),
+    }
+}
+
+/// Maps a gRPC status to a CNI error: 11 for the statuses that mean "not now", else 5.
+fn from_status(req: &Request, grpc: i32, message: &str) -> CniError {
+    let command = req.command.cni_name();
+    let socket = &req.socket;
+    let name = grpc::code_name(grpc);
+    let what = if message.is_empty() { name } else { message };
+    let (code, msg) = match grpc {
+        code::DEADLINE_EXCEEDED | code::CANCELLED => (
+            Code::TryAgainLater,
+            format!(
+                "flatnetd gave up on {command} or did not finish it within the {} s deadline ({name}: {what}): see `journalctl -u flatnetd` for what it is waiting on, then retry",
                 DEADLINE.as_secs()
             ),
         ),
-        G::Unavailable | G::ResourceExhausted => (
+        code::UNAVAILABLE | code::RESOURCE_EXHAUSTED => (
             Code::TryAgainLater,
             format!(
-                "flatnetd at {socket} cannot take {command} now ({grpc:?}: {what}): check `systemctl status flatnetd`, then retry"
-            ),
-        ),
-        // A status built on this side from a failed connection (the daemon went away mid-call)
-        // carries its cause; one sent by the daemon does not.
-        G::Unknown if status.source().is_some() => (
-            Code::TryAgainLater,
-            format!(
-                "the connection to flatnetd at {socket} broke during {command} ({what}): check `systemctl status flatnetd`, then retry"
+                "flatnetd at {socket} cannot take {command} now ({name}: {what}): check `systemctl status flatnetd`, then retry"
             ),
         ),
         _ => (
             Code::Io,
-            format!("flatnetd failed {command} with gRPC status {grpc:?}: {what}"),
+            format!("flatnetd failed {command} with gRPC status {name}: {what}"),
         ),
     };
     CniError::new(&req.cni_version, code, msg)
+}
+
+/// A reply message that is not the protobuf it should be.
+fn undecodable(req: &Request, err: &prost::DecodeError) -> CniError {
+    CniError::new(
+        &req.cni_version,
+        Code::Io,
+        format!(
+            "flatnetd answered {} with a message that cannot be decoded ({err}): is the daemon a different version than the shim?",
+            req.command.cni_name()
+        ),
+    )
 }
 
 /// Success → the result JSON; a CNI error from the daemon → that error, code unchanged.
@@ -197,18 +208,6 @@ fn from_reply(req: &Request, reply: CniReply) -> Result<String, CniError> {
     }
 }
 
-/// The first `io::Error` in an error's source chain: the connector's own error.
-fn find_io_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(io);
-        }
-        next = e.source();
-    }
-    None
-}
-
 /// "Connection refused" rather than "Connection refused (os error 111)". A missing socket is said
 /// in words of its own: Podman 5 reads "No such file or directory" in a plugin's message as
 /// "command not found" and exits 127 instead of 126.
@@ -224,37 +223,6 @@ fn describe_io(err: &io::Error) -> String {
     match text.rfind(" (os error ") {
         Some(at) if text.ends_with(')') => text[..at].to_string(),
         _ => text,
-    }
-}
-
-/// "outer: inner: innermost", leaving out a level that repeats one already said.
-fn error_chain(err: &(dyn StdError + 'static)) -> String {
-    chain_from(Vec::new(), err)
-}
-
-/// Appends `err` and its sources to `parts`, skipping repeats, and joins them.
-fn chain_from(mut parts: Vec<String>, err: &(dyn StdError + 'static)) -> String {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !parts.contains(&text) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
-}
-
-/// A status's message plus, for a status made on this side, its cause.
-fn status_text(status: &tonic::Status) -> String {
-    let message = if status.message().is_empty() {
-        status.code().description().to_string()
-    } else {
-        status.message().to_string()
-    };
-    match status.source() {
-        Some(source) => chain_from(vec![message], source),
-        None => message,
     }
 }
 
@@ -279,44 +247,57 @@ mod tests {
 
     #[test]
     fn statuses_map_to_cni_codes() {
-        use tonic::Code as G;
         for (grpc, code) in [
-            (G::DeadlineExceeded, 11),
-            (G::Cancelled, 11),
-            (G::Unavailable, 11),
-            (G::ResourceExhausted, 11),
-            (G::PermissionDenied, 5),
-            (G::Internal, 5),
-            (G::Unimplemented, 5),
-            (G::Unknown, 5),
-            (G::InvalidArgument, 5),
+            (code::DEADLINE_EXCEEDED, 11),
+            (code::CANCELLED, 11),
+            (code::UNAVAILABLE, 11),
+            (code::RESOURCE_EXHAUSTED, 11),
+            (code::PERMISSION_DENIED, 5),
+            (code::INTERNAL, 5),
+            (code::UNIMPLEMENTED, 5),
+            (code::UNKNOWN, 5),
+            (3, 5),
         ] {
-            let err = from_status(&request(), &tonic::Status::new(grpc, "why"));
-            assert_eq!(err.code, code, "{grpc:?}: {}", err.msg);
+            let err = from_status(&request(), grpc, "why");
+            assert_eq!(err.code, code, "{grpc}: {}", err.msg);
             assert_eq!(err.cni_version, "1.0.0");
             assert!(err.msg.contains("why"), "{}", err.msg);
         }
-        let err = from_status(&request(), &tonic::Status::new(G::PermissionDenied, "no"));
+        let err = from_status(&request(), code::PERMISSION_DENIED, "no");
         assert!(err.msg.contains("PermissionDenied"), "{}", err.msg);
-        let err = from_status(&request(), &tonic::Status::new(G::Unavailable, "gone"));
+        let err = from_status(&request(), code::UNAVAILABLE, "gone");
         assert!(err.msg.contains("/run/test/flatnetd.sock"), "{}", err.msg);
+        // A status without a message is said by its name.
+        let err = from_status(&request(), code::INTERNAL, "");
+        assert!(err.msg.ends_with("Internal: Internal"), "{}", err.msg);
+        let err = from_status(&request(), 99, "odd");
+        assert!(err.msg.contains("an unknown code: odd"), "{}", err.msg);
     }
 
     #[test]
-    fn a_local_transport_failure_is_try_again() {
-        let broken = io::Error::from(io::ErrorKind::ConnectionReset);
-        let status = tonic::Status::from_error(Box::new(broken));
-        assert_eq!(status.code(), tonic::Code::Unknown);
-        let err = from_status(&request(), &status);
-        assert_eq!(err.code, 11, "{}", err.msg);
-        assert!(err.msg.contains("connection reset"), "{}", err.msg);
-    }
-
-    #[test]
-    fn repeated_causes_are_said_once() {
-        let status = tonic::Status::from_error(Box::new(io::Error::other("Timeout expired")));
-        let err = from_status(&request(), &status);
-        assert_eq!(err.msg.matches("Timeout expired").count(), 1, "{}", err.msg);
+    fn failures_on_this_side_map_to_cni_codes() {
+        let req = request();
+        let broken = from_failure(
+            &req,
+            Failure::Broken(io::Error::from(io::ErrorKind::ConnectionReset)),
+        );
+        assert_eq!(broken.code, 11, "{}", broken.msg);
+        assert!(broken.msg.contains("connection reset"), "{}", broken.msg);
+        assert!(
+            broken.msg.contains("/run/test/flatnetd.sock"),
+            "{}",
+            broken.msg
+        );
+        let late = from_failure(&req, Failure::Deadline);
+        assert_eq!(late.code, 11, "{}", late.msg);
+        assert!(late.msg.contains("DeadlineExceeded"), "{}", late.msg);
+        let bad = from_failure(&req, Failure::Protocol("a frame of 99999 bytes".into()));
+        assert_eq!(bad.code, 5, "{}", bad.msg);
+        assert!(
+            bad.msg.contains("ADD with a frame of 99999 bytes"),
+            "{}",
+            bad.msg
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod client;
-mod conn;
+mod grpc;
+mod hpack;
 mod netavark;
 mod request;
 mod spool;

@@ -159,6 +159,18 @@ fn the_rpc_path_end_to_end() {
         "grpc-timeout {deadline:?}"
     );
 
+    // A config larger than HTTP/2's initial flow-control window (65,535 bytes) goes out in parts
+    // as the daemon opens the window, and the echo of it comes back over many DATA frames.
+    let mut large: Value = serde_json::from_slice(&stdin).expect("config is JSON");
+    large["padding"] = "x".repeat(300_000).into();
+    let large = large.to_string().into_bytes();
+    let echoed = run(&[], &large);
+    assert_eq!(echoed.code, Some(0), "stderr {:?}", echoed.stderr);
+    assert_eq!(
+        echoed.json()["config"].as_str().map(str::as_bytes),
+        Some(&large[..])
+    );
+
     // DEL and CHECK carry their command; DEL without a namespace still goes through.
     let del = run(&[("CNI_COMMAND", Some("DEL")), ("CNI_NETNS", None)], &stdin);
     assert_eq!(

@@ -344,7 +344,7 @@ fn shim_writes_its_phase_times_only_when_asked() {
                 .parse()
                 .unwrap_or_else(|e| panic!("{name} in {line}: {e}"))
         };
-        let phases = ["parse", "runtime", "connect", "handshake", "call", "print"];
+        let phases = ["parse", "connect", "call", "print"];
         let sum: f64 = phases.iter().map(|p| value(p)).sum();
         assert!(phases.iter().all(|p| value(p) >= 0.0), "{line}");
         // The phases follow one another inside main, so together they are at most main.

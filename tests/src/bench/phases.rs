@@ -16,13 +16,11 @@ pub struct Sample {
 }
 
 /// The parts, in the order they are shown, with what each is.
-pub const PARTS: [&str; 13] = [
+pub const PARTS: [&str; 11] = [
     "whole ADD, spawn → exit",
     "process start and exit (spawn → exit less the shim's main)",
     "shim: reading the environment and stdin",
-    "shim: starting its I/O runtime",
     "shim: connecting the socket",
-    "shim: HTTP/2 handshake",
     "shim: request → reply",
     "shim: writing the result",
     "flatnetd: the request, as it logs it (`duration_ms`)",
@@ -132,7 +130,7 @@ pub fn breakdown(samples: &[Sample], daemon_log: &str) -> Breakdown {
             continue;
         };
         parts[1].push(s.wall.saturating_sub(shim["main"]));
-        for (i, phase) in ["parse", "runtime", "connect", "handshake", "call", "print"]
+        for (i, phase) in ["parse", "connect", "call", "print"]
             .into_iter()
             .enumerate()
         {
@@ -145,13 +143,13 @@ pub fn breakdown(samples: &[Sample], daemon_log: &str) -> Breakdown {
         };
         if let (Some(handled), Some(call)) = (d.handled, shim.get("call")) {
             joined += 1;
-            parts[8].push(handled);
-            parts[9].push(call.saturating_sub(handled));
+            parts[6].push(handled);
+            parts[7].push(call.saturating_sub(handled));
         }
         if let (Some(lock), Some(recorded), Some(attached)) = (d.lock, d.recorded, d.attached) {
-            parts[10].push(lock);
-            parts[11].push(recorded.saturating_sub(lock));
-            parts[12].push(attached.saturating_sub(recorded));
+            parts[8].push(lock);
+            parts[9].push(recorded.saturating_sub(lock));
+            parts[10].push(attached.saturating_sub(recorded));
             if let Some(flushed) = d.flushed {
                 flush.push(flushed.saturating_sub(recorded));
             }
@@ -248,18 +246,18 @@ mod tests {
 
     #[test]
     fn shim_and_daemon_lines_are_joined_by_container() {
-        let line = "flatnet timings [request 1a-2b]: parse=0.010 runtime=0.020 connect=0.030 handshake=0.040 call=2.000 print=0.005 main=2.200\n";
+        let line = "flatnet timings [request 1a-2b]: parse=0.010 connect=0.030 call=2.000 print=0.005 main=2.200\n";
         let b = breakdown(&[sample("c1", line)], LOG);
         assert_eq!((b.samples, b.joined), (1, 1));
         assert!(close(p50(&b, 0), 3.0));
         assert!(close(p50(&b, 1), 0.8));
-        assert!(close(p50(&b, 6), 2.0));
+        assert!(close(p50(&b, 4), 2.0));
         // The DEL's duration is not taken for the ADD's.
-        assert!(close(p50(&b, 8), 1.7));
-        assert!(close(p50(&b, 9), 0.3));
-        assert!(close(p50(&b, 10), 0.0125));
-        assert!(close(p50(&b, 11), 0.0675));
-        assert!(close(p50(&b, 12), 1.5));
+        assert!(close(p50(&b, 6), 1.7));
+        assert!(close(p50(&b, 7), 0.3));
+        assert!(close(p50(&b, 8), 0.0125));
+        assert!(close(p50(&b, 9), 0.0675));
+        assert!(close(p50(&b, 10), 1.5));
         assert!(b
             .flush
             .is_some_and(|f| (f.p50.as_secs_f64() * 1e3 - 0.82).abs() < 1e-6));
@@ -270,12 +268,12 @@ mod tests {
         let b = breakdown(&[sample("c2", "something else\n")], LOG);
         assert_eq!((b.samples, b.joined), (1, 0));
         assert!(close(p50(&b, 0), 3.0));
-        assert!(p50(&b, 1).is_none() && p50(&b, 8).is_none());
+        assert!(p50(&b, 1).is_none() && p50(&b, 6).is_none());
         let line = "flatnet timings [request x]: parse=0.010 call=1.000 main=1.100\n";
         let b = breakdown(&[sample("c2", line)], LOG);
         assert_eq!(b.joined, 0);
-        assert!(close(p50(&b, 6), 1.0));
-        assert!(p50(&b, 8).is_none());
+        assert!(close(p50(&b, 4), 1.0));
+        assert!(p50(&b, 6).is_none());
     }
 
     #[test]
