@@ -5,6 +5,7 @@ pub mod cni;
 pub mod fnv;
 pub mod spool;
 pub mod uds;
+pub mod unary;
 
 /// Generated from `proto/flatnet.proto`.
 pub mod v1 {

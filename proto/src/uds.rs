@@ -1,4 +1,5 @@
-//! gRPC over flatnetd's Unix socket, for every client (the shim, flatnetctl).
+//! gRPC over flatnetd's Unix socket through tonic, for the clients that make more than one call
+//! (flatnetctl, the tests); the shim's single call is `unary`.
 
 use hyper_util::rt::TokioIo;
 use std::sync::{Arc, Mutex};

@@ -1,17 +1,17 @@
 //! The one RPC: connects to flatnetd over its Unix socket, runs `flatnet.v1.Cni/Exec` (see
-//! `grpc`), and turns every way that can fail (no daemon, a gRPC status, a malformed reply) into
+//! `flatnet_proto::unary`), and turns every way that can fail (no daemon, a gRPC status, a malformed reply) into
 //! the CNI error to print.
 
 use std::io;
 use std::time::{Duration, Instant};
 
 use flatnet_proto::cni::{CniError, Code, LATEST_VERSION};
+use flatnet_proto::unary::{self, code, Failure};
 use flatnet_proto::v1::cni_reply::Outcome;
 use flatnet_proto::v1::{self, CniReply, CniRequest};
 use flatnet_proto::REQUEST_ID_HEADER;
 use prost::Message;
 
-use crate::grpc::{self, code, Failure};
 use crate::request::Request;
 use crate::timings::Timings;
 
@@ -73,18 +73,18 @@ fn unary(
     timings: &mut Timings,
 ) -> Result<Vec<u8>, CniError> {
     let deadline = Instant::now() + DEADLINE;
-    let stream = grpc::connect(&req.socket, CONNECT_TIMEOUT).map_err(|e| unreachable(req, &e))?;
+    let stream = unary::connect(&req.socket, CONNECT_TIMEOUT).map_err(|e| unreachable(req, &e))?;
     timings.mark("connect");
     // The id is hex and a dash, so always a valid header value; were it not, the call would still
     // work without it, which is better than failing the container.
     let id_ok = !request_id.is_empty() && request_id.bytes().all(|b| b.is_ascii_graphic());
     let metadata = [(REQUEST_ID_HEADER, request_id)];
-    let call = grpc::Call {
+    let call = unary::Call {
         path,
         metadata: if id_ok { &metadata } else { &[] },
         message,
     };
-    let reply = grpc::call(stream, &call, deadline).map_err(|f| from_failure(req, f))?;
+    let reply = unary::call(stream, &call, deadline).map_err(|f| from_failure(req, f))?;
     timings.mark("call");
     Ok(reply)
 }
@@ -136,7 +136,7 @@ fn from_failure(req: &Request, failure: Failure) -> CniError {
 fn from_status(req: &Request, grpc: i32, message: &str) -> CniError {
     let command = req.command.cni_name();
     let socket = &req.socket;
-    let name = grpc::code_name(grpc);
+    let name = unary::code_name(grpc);
     let what = if message.is_empty() { name } else { message };
     let (code, msg) = match grpc {
         code::DEADLINE_EXCEEDED | code::CANCELLED => (

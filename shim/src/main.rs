@@ -13,8 +13,6 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod client;
-mod grpc;
-mod hpack;
 mod netavark;
 mod request;
 mod spool;

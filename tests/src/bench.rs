@@ -256,6 +256,7 @@ pub fn main() -> ExitCode {
         latency6: None,
         cycles_total: opts.cycles,
         cycles: Vec::new(),
+        cycles_without_process: Vec::new(),
         podman_runs: opts.podman_runs,
         podman: podman_run::Outcome::NotRun("skipped (--no-podman)".into()),
         podman5: podman_run::Outcome::NotRun("skipped (--no-podman)".into()),
@@ -354,6 +355,20 @@ pub fn main() -> ExitCode {
                 rates[1].per_second()
             ));
             res.cycles.push((threads, rates));
+            ctx.settle();
+            ctx.progress(&format!(
+                "attach+detach cycles without a plugin process, P={threads}, {}",
+                opts.cycles
+            ));
+            let rate = throughput::cycles_without_process(
+                &ctx,
+                plugins[0],
+                confs[0],
+                threads,
+                opts.cycles,
+            );
+            ctx.progress(&format!("  {:.1}/s", rate.per_second()));
+            res.cycles_without_process.push((threads, rate));
         }
 
         if opts.podman {

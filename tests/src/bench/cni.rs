@@ -4,8 +4,9 @@
 //! verification that follows every timed ADD and DEL (outside the timed region), and the failure
 //! counts that must stay at zero.
 
-use super::sys;
+use super::{grpc, sys};
 use crate::Shim;
+use flatnet_proto::v1::Command as CniCommand;
 use serde_json::Value;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -307,6 +308,54 @@ impl Plugin {
             self.verify_deleted(a, &added);
         }
         Some((took, stderr))
+    }
+
+    /// ADD as the shim would send it, made by the calling thread itself over flatnetd's gRPC at
+    /// `socket` (no plugin process); `None` (counted) on failure.
+    pub fn add_without_process(&self, socket: &str, a: &Attachment, conf: &[u8]) -> Option<Added> {
+        self.tally.calls.fetch_add(1, Ordering::SeqCst);
+        let parsed = grpc::exec(socket, CniCommand::Add, &self.cni_env(a), conf).and_then(|json| {
+            let result: Value =
+                serde_json::from_str(&json).map_err(|e| format!("result is not JSON: {e}"))?;
+            Added::parse(result)
+        });
+        parsed
+            .map_err(|why| {
+                self.tally.fail(format!(
+                    "{} ADD {}/{} (gRPC): {why}",
+                    self.label, a.name, a.ifname
+                ))
+            })
+            .ok()
+    }
+
+    /// DEL the same way; `false` (counted) unless it succeeded with an empty result.
+    pub fn del_without_process(&self, socket: &str, a: &Attachment, conf: &[u8]) -> bool {
+        self.tally.calls.fetch_add(1, Ordering::SeqCst);
+        match grpc::exec(socket, CniCommand::Del, &self.cni_env(a), conf) {
+            Ok(json) if json.is_empty() => true,
+            other => {
+                self.tally.fail(format!(
+                    "{} DEL {}/{} (gRPC): {other:?}",
+                    self.label, a.name, a.ifname
+                ));
+                false
+            }
+        }
+    }
+
+    fn cni_env(&self, a: &Attachment) -> grpc::CniEnv {
+        grpc::CniEnv {
+            container_id: a.container_id.clone(),
+            netns: a
+                .netns
+                .to_str()
+                .expect("namespace paths are UTF-8")
+                .to_string(),
+            ifname: a.ifname.clone(),
+            args: format!("IgnoreUnknown=1;K8S_POD_NAME={}", a.name),
+            path: self.cni_path.clone(),
+        }
     }
 
     /// Timed CHECK or DEL (exit 0, nothing on stdout); `None` (counted) otherwise.

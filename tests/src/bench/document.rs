@@ -79,7 +79,10 @@ pub fn document(
          - Cycles: one cycle is ADD then DEL of a fresh container namespace (with both \
          checks, about 0.1 ms each, inside the cycle); {cycles} cycles per plugin and \
          parallelism, in blocks ordered Flatnet, reference, reference, Flatnet; cycles per \
-         second = completed cycles ÷ wall time of that plugin's blocks.\n\
+         second = completed cycles ÷ wall time of that plugin's blocks. The same cycles \
+         are then made without a plugin process: the benchmark's threads send flatnetd the \
+         gRPC calls the shim would (Flatnet's own client), with the same checks, which shows \
+         what flatnetd and the kernel manage by themselves.\n\
          - Podman: `podman run --rm <busybox image> true` with `--network flatnet`, the \
          reference network and `--network none`, {podman} timed runs of each after one \
          untimed, in rotating order; Podman {podman_version} with the CNI backend and runc, \

@@ -24,6 +24,8 @@ pub struct Results {
     pub latency6: Option<(usize, Latency)>,
     pub cycles_total: usize,
     pub cycles: Vec<(usize, [Rate; 2])>,
+    /// Flatnet's cycles with the benchmark calling flatnetd's gRPC itself (no plugin process).
+    pub cycles_without_process: Vec<(usize, Rate)>,
     pub podman_runs: usize,
     pub podman: Outcome,
     /// The same on Podman 5: none, flatnet (netavark plugin), netavark's bridge network.
@@ -286,6 +288,16 @@ pub fn rows(res: &Results) -> Vec<Row> {
             };
         }
         rows.push(row);
+    }
+    for (threads, rate) in &res.cycles_without_process {
+        rows.push(row(
+            format!(
+                "attach+detach cycles/s, P={threads}, without a plugin process (the benchmark's threads call flatnetd's gRPC; {} cycles)",
+                res.cycles_total
+            ),
+            format!("{:.1}/s", rate.per_second()),
+            "— (no daemon)".into(),
+        ));
     }
 
     podman_rows(

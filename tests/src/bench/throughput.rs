@@ -86,3 +86,47 @@ pub fn cycles(
     drop(netns);
     rates
 }
+
+/// `total` cycles at `threads` in parallel made without any plugin process: the benchmark's
+/// threads send flatnetd the gRPC calls the shim would (see [`Plugin::add_without_process`]),
+/// with the same checks after ADD and DEL. What flatnetd and the kernel manage by themselves,
+/// beside [`cycles`], where two processes start per cycle.
+pub fn cycles_without_process(
+    ctx: &Ctx,
+    plugin: &Plugin,
+    conf: &Value,
+    threads: usize,
+    total: usize,
+) -> Rate {
+    let socket = conf["socket"]
+        .as_str()
+        .expect("Flatnet's config names its socket");
+    let names: Vec<String> = (0..total)
+        .map(|i| format!("{}t{threads}g-{i}", ctx.tag))
+        .collect();
+    let netns = NetnsSet::create(names);
+    let add_conf: Vec<u8> = conf.to_string().into();
+    let attachments: Vec<Attachment> = netns
+        .names()
+        .iter()
+        .map(|name| ctx.attachment(name, "eth0"))
+        .collect();
+    let done = AtomicUsize::new(0);
+    let started = Instant::now();
+    parallel(ctx, &attachments, threads, |a| {
+        let Some(added) = plugin.add_without_process(socket, a, &add_conf) else {
+            return;
+        };
+        let ok = plugin.verify_added(a, &added);
+        let prev = with_prev_result(conf, &added.result);
+        if plugin.del_without_process(socket, a, &prev) && plugin.verify_deleted(a, &added) && ok {
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let rate = Rate {
+        cycles: done.load(Ordering::SeqCst),
+        wall: started.elapsed(),
+    };
+    drop(netns);
+    rate
+}

@@ -1,7 +1,8 @@
-//! The shim's one unary gRPC call to flatnetd: HTTP/2 over the daemon's Unix socket, written
-//! with blocking std I/O. A process that makes a single call and exits needs none of what an
-//! HTTP/2 library and an async runtime bring (tasks, wakers, connection management); leaving them
-//! out makes the shim's start-up and its call cheaper (see DEVELOPERS.md).
+//! One unary gRPC call to flatnetd: HTTP/2 over the daemon's Unix socket, written with blocking
+//! std I/O. The shim makes exactly one call per process: it needs none of what an HTTP/2 library
+//! and an async runtime bring (tasks, wakers, connection management), and leaving them out makes
+//! its start-up and its call cheaper (see DEVELOPERS.md). The benchmark calls flatnetd with it
+//! too.
 //!
 //! What is sent: the connection preface, SETTINGS (no server push; a receive window as large as
 //! the largest reply), a WINDOW_UPDATE for the connection to match, the request's HEADERS and its
@@ -13,9 +14,9 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use flatnet_proto::MAX_MESSAGE_BYTES;
+use crate::MAX_MESSAGE_BYTES;
 
-use crate::hpack;
+mod hpack;
 
 /// Why a call brought no reply message.
 #[derive(Debug)]
