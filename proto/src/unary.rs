@@ -32,7 +32,7 @@ pub enum Failure {
     Protocol(String),
 }
 
-/// gRPC status codes the shim itself produces.
+/// gRPC status codes this client itself produces.
 pub mod code {
     pub const CANCELLED: i32 = 1;
     pub const UNKNOWN: i32 = 2;
@@ -172,8 +172,8 @@ const DEFAULT_FRAME: usize = 16_384;
 /// gRPC prefix.
 const MAX_BODY: usize = MAX_MESSAGE_BYTES + 5;
 
-/// The receive window the shim opens, for the stream and the connection: room for the largest
-/// reply, so the shim never has to send WINDOW_UPDATE while it reads.
+/// The receive window the client opens, for the stream and the connection: room for the largest
+/// reply, so it never has to send WINDOW_UPDATE while it reads.
 const RECEIVE_WINDOW: u32 = 2 * MAX_BODY as u32;
 
 struct Conn {
@@ -182,7 +182,7 @@ struct Conn {
     /// Bytes read and not yet taken as frames.
     input: Vec<u8>,
     decoder: hpack::Decoder,
-    /// The request body not yet sent, and how far the daemon lets the shim send.
+    /// The request body not yet sent, and how far the daemon lets this side send.
     body: Vec<u8>,
     sent: usize,
     conn_window: i64,
@@ -190,7 +190,7 @@ struct Conn {
     /// The daemon's initial stream window (SETTINGS_INITIAL_WINDOW_SIZE).
     initial_window: i64,
     max_frame: usize,
-    /// The reply so far.
+    /// Whether the reply's headers (with `:status`) came, and its body so far.
     status_seen: bool,
     reply: Vec<u8>,
 }
@@ -475,7 +475,7 @@ impl Conn {
             Some(0) => {}
             Some(_) => {
                 return Err(Failure::Protocol(
-                    "a compressed reply, which the shim did not ask for".into(),
+                    "a compressed reply, which this client did not ask for".into(),
                 ))
             }
             None => return Err(Failure::Protocol("no reply message".into())),
@@ -668,8 +668,8 @@ mod tests {
         fn fill(&mut self, n: usize) {
             let mut chunk = [0u8; 4096];
             while self.input.len() < n {
-                let got = self.stream.read(&mut chunk).expect("read from the shim");
-                assert!(got > 0, "the shim closed the connection");
+                let got = self.stream.read(&mut chunk).expect("read from the client");
+                assert!(got > 0, "the client closed the connection");
                 self.input.extend_from_slice(&chunk[..got]);
             }
         }
@@ -705,7 +705,7 @@ mod tests {
         fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
             let mut out = Vec::new();
             frame(&mut out, kind, flags, stream, payload);
-            self.stream.write_all(&out).expect("write to the shim");
+            self.stream.write_all(&out).expect("write to the client");
         }
 
         fn headers(&mut self, flags: u8, fields: &[(&str, &str)]) {

@@ -1,6 +1,6 @@
 //! The one RPC: connects to flatnetd over its Unix socket, runs `flatnet.v1.Cni/Exec` (see
-//! `flatnet_proto::unary`), and turns every way that can fail (no daemon, a gRPC status, a malformed reply) into
-//! the CNI error to print.
+//! `flatnet_proto::unary`), and turns every way that can fail (no daemon, a gRPC status, a
+//! malformed reply) into the CNI error to print.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ pub fn exec(req: &Request, request_id: &str, timings: &mut Timings) -> Result<St
         config: req.config.clone(),
     }
     .encode_to_vec();
-    let reply = unary(req, EXEC, request_id, &message, timings)?;
+    let reply = call_daemon(req, EXEC, request_id, &message, timings)?;
     let reply = CniReply::decode(&reply[..]).map_err(|e| undecodable(req, &e))?;
     from_reply(req, reply)
 }
@@ -58,14 +58,14 @@ pub fn networks(socket: &str, request_id: &str) -> Result<Vec<v1::Network>, CniE
     };
     let message = v1::ListNetworksRequest {}.encode_to_vec();
     let mut timings = Timings::new(false);
-    let reply = unary(&probe, LIST_NETWORKS, request_id, &message, &mut timings)?;
+    let reply = call_daemon(&probe, LIST_NETWORKS, request_id, &message, &mut timings)?;
     v1::ListNetworksResponse::decode(&reply[..])
         .map(|r| r.networks)
         .map_err(|e| undecodable(&probe, &e))
 }
 
 /// Connects and makes one call: the reply message, or the CNI error for whatever went wrong.
-fn unary(
+fn call_daemon(
     req: &Request,
     path: &str,
     request_id: &str,

@@ -48,7 +48,7 @@ fn encode_integer(block: &mut Vec<u8>, flags: u8, prefix: u8, value: usize) {
     block.push(rest as u8);
 }
 
-/// The size of the dynamic table the shim allows the daemon (HTTP/2's default,
+/// The size of the dynamic table this client allows the daemon (HTTP/2's default,
 /// SETTINGS_HEADER_TABLE_SIZE is not sent).
 pub const TABLE_SIZE: usize = 4096;
 
