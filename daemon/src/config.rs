@@ -3,7 +3,7 @@
 //! before any state is touched.
 
 use flatnet_proto::cni;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::{Map, Value};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -41,6 +41,58 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
         kind: ConfigKind::Invalid,
         msg: msg.into(),
     }
+}
+
+/// A range's subnet, either family: no host bits set, and room for a gateway and containers.
+fn check_subnet(subnet_str: &str, subnet: IpNetwork) -> Result<(), ConfigError> {
+    if subnet.ip() != subnet.network() {
+        return Err(invalid(format!(
+            "ipam subnet {subnet_str} has host bits set: did you mean {}/{}?",
+            subnet.network(),
+            subnet.prefix()
+        )));
+    }
+    let smallest = if subnet.is_ipv4() { 30 } else { 126 };
+    if subnet.prefix() > smallest {
+        return Err(invalid(format!(
+            "ipam subnet {subnet_str} is too small: it needs room for a gateway and containers (/{smallest} or larger)"
+        )));
+    }
+    Ok(())
+}
+
+/// A range's addresses, either family: the gateway, rangeStart and rangeEnd are among the
+/// subnet's host addresses (`hosts`), the range is in order and holds more than the gateway.
+fn check_range<T: Copy + Ord + std::fmt::Display>(
+    subnet: IpNetwork,
+    hosts: std::ops::RangeInclusive<T>,
+    gateway: T,
+    range_start: T,
+    range_end: T,
+) -> Result<(), ConfigError> {
+    if !hosts.contains(&gateway) {
+        return Err(invalid(format!(
+            "ipam gateway {gateway} is not a host address of subnet {subnet}"
+        )));
+    }
+    for (key, ip) in [("rangeStart", range_start), ("rangeEnd", range_end)] {
+        if !hosts.contains(&ip) {
+            return Err(invalid(format!(
+                "ipam {key} {ip} is not a host address of subnet {subnet}"
+            )));
+        }
+    }
+    if range_start > range_end {
+        return Err(invalid(format!(
+            "ipam rangeStart {range_start} comes after rangeEnd {range_end}"
+        )));
+    }
+    if range_start == range_end && range_start == gateway {
+        return Err(invalid(format!(
+            "ipam range {range_start}-{range_end} holds only the gateway: no address is left for containers"
+        )));
+    }
+    Ok(())
 }
 
 /// A validated flatnet network configuration.
@@ -714,6 +766,18 @@ mod tests {
                 json!({"ranges": [[{"subnet": "10.87.1.0/24"}],
                                   [{"subnet": "fd87:1::/64", "gateway": "fd87:2::1"}]]}),
                 "not a host address",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.87.1.0/24"}],
+                                  [{"subnet": "fd87:1::/64", "rangeStart": "fd87:1::20",
+                                    "rangeEnd": "fd87:1::10"}]]}),
+                "comes after rangeEnd",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.87.1.0/24"}],
+                                  [{"subnet": "fd87:1::/64", "rangeStart": "fd87:1::1",
+                                    "rangeEnd": "fd87:1::1"}]]}),
+                "holds only the gateway",
             ),
             (
                 json!({"ranges": [[{"subnet": "10.87.1.0/24"}],

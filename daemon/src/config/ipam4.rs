@@ -1,6 +1,6 @@
 //! The IPv4 range of a network: host-local's top-level keys, or the IPv4 set of `ipam.ranges`.
 
-use super::{invalid, opt_ip, opt_str, parse_cidr, ConfigError, DEFAULT_SUBNET};
+use super::{check_range, check_subnet, opt_ip, opt_str, parse_cidr, ConfigError, DEFAULT_SUBNET};
 use ipnetwork::Ipv4Network;
 use serde_json::{Map, Value};
 use std::net::Ipv4Addr;
@@ -57,47 +57,13 @@ impl Ipam4 {
 pub(super) fn parse_range4(range: &Map<String, Value>) -> Result<Ipam4, ConfigError> {
     let subnet_str = opt_str(range, "subnet")?.unwrap_or_else(|| DEFAULT_SUBNET.to_string());
     let subnet = parse_cidr("ipam subnet", &subnet_str)?;
-    if subnet.ip() != subnet.network() {
-        return Err(invalid(format!(
-            "ipam subnet {subnet_str} has host bits set: did you mean {}/{}?",
-            subnet.network(),
-            subnet.prefix()
-        )));
-    }
-    if subnet.prefix() > 30 {
-        return Err(invalid(format!(
-            "ipam subnet {subnet_str} is too small: it needs room for a gateway and containers (/30 or larger)"
-        )));
-    }
-    let first = u32::from(subnet.network()) + 1;
-    let last = u32::from(subnet.broadcast()) - 1;
-    let inside = |ip: Ipv4Addr| (first..=last).contains(&u32::from(ip));
-
-    let gateway = opt_ip(range, "gateway")?.unwrap_or(Ipv4Addr::from(first));
-    if !inside(gateway) {
-        return Err(invalid(format!(
-            "ipam gateway {gateway} is not a host address of subnet {subnet}"
-        )));
-    }
-    let range_start = opt_ip(range, "rangeStart")?.unwrap_or(Ipv4Addr::from(first));
-    let range_end = opt_ip(range, "rangeEnd")?.unwrap_or(Ipv4Addr::from(last));
-    for (key, ip) in [("rangeStart", range_start), ("rangeEnd", range_end)] {
-        if !inside(ip) {
-            return Err(invalid(format!(
-                "ipam {key} {ip} is not a host address of subnet {subnet}"
-            )));
-        }
-    }
-    if range_start > range_end {
-        return Err(invalid(format!(
-            "ipam rangeStart {range_start} comes after rangeEnd {range_end}"
-        )));
-    }
-    if range_start == range_end && range_start == gateway {
-        return Err(invalid(format!(
-            "ipam range {range_start}-{range_end} holds only the gateway: no address is left for containers"
-        )));
-    }
+    check_subnet(&subnet_str, subnet.into())?;
+    let first = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    let last = Ipv4Addr::from(u32::from(subnet.broadcast()) - 1);
+    let gateway = opt_ip(range, "gateway")?.unwrap_or(first);
+    let range_start = opt_ip(range, "rangeStart")?.unwrap_or(first);
+    let range_end = opt_ip(range, "rangeEnd")?.unwrap_or(last);
+    check_range(subnet.into(), first..=last, gateway, range_start, range_end)?;
     Ok(Ipam4 {
         subnet,
         range_start,

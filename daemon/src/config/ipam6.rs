@@ -1,7 +1,7 @@
 //! The IPv6 half of a dual-stack network: host-local's second range set
 //! (`"ranges": [[{"subnet": "10.87.1.0/24"}], [{"subnet": "fd87:1::/64"}]]`) and its routes.
 
-use super::{invalid, opt_str, ConfigError};
+use super::{check_range, check_subnet, invalid, opt_str, ConfigError};
 use ipnetwork::Ipv6Network;
 use serde_json::{Map, Value};
 use std::net::Ipv6Addr;
@@ -65,51 +65,18 @@ pub(super) fn parse_range6(
     subnet: Ipv6Network,
     obj: &Map<String, Value>,
 ) -> Result<Ipam6, ConfigError> {
-    if subnet.ip() != subnet.network() {
-        return Err(invalid(format!(
-            "ipam subnet {subnet_str} has host bits set: did you mean {}/{}?",
-            subnet.network(),
-            subnet.prefix()
-        )));
-    }
-    if subnet.prefix() > 126 {
-        return Err(invalid(format!(
-            "ipam subnet {subnet_str} is too small: it needs room for a gateway and containers (/126 or larger)"
-        )));
-    }
+    check_subnet(subnet_str, subnet.into())?;
     let base = u128::from(subnet.network());
     let size = if subnet.prefix() == 0 {
         u128::MAX
     } else {
         (1u128 << (128 - subnet.prefix())) - 1
     };
-    let (first, last) = (base + 1, base + size);
-    let inside = |ip: Ipv6Addr| (first..=last).contains(&u128::from(ip));
-    let gateway = opt_ip6(obj, "gateway")?.unwrap_or(Ipv6Addr::from(first));
-    if !inside(gateway) {
-        return Err(invalid(format!(
-            "ipam gateway {gateway} is not a host address of subnet {subnet}"
-        )));
-    }
-    let range_start = opt_ip6(obj, "rangeStart")?.unwrap_or(Ipv6Addr::from(first));
-    let range_end = opt_ip6(obj, "rangeEnd")?.unwrap_or(Ipv6Addr::from(last));
-    for (key, ip) in [("rangeStart", range_start), ("rangeEnd", range_end)] {
-        if !inside(ip) {
-            return Err(invalid(format!(
-                "ipam {key} {ip} is not a host address of subnet {subnet}"
-            )));
-        }
-    }
-    if range_start > range_end {
-        return Err(invalid(format!(
-            "ipam rangeStart {range_start} comes after rangeEnd {range_end}"
-        )));
-    }
-    if range_start == range_end && range_start == gateway {
-        return Err(invalid(format!(
-            "ipam range {range_start}-{range_end} holds only the gateway: no address is left for containers"
-        )));
-    }
+    let (first, last) = (Ipv6Addr::from(base + 1), Ipv6Addr::from(base + size));
+    let gateway = opt_ip6(obj, "gateway")?.unwrap_or(first);
+    let range_start = opt_ip6(obj, "rangeStart")?.unwrap_or(first);
+    let range_end = opt_ip6(obj, "rangeEnd")?.unwrap_or(last);
+    check_range(subnet.into(), first..=last, gateway, range_start, range_end)?;
     Ok(Ipam6 {
         subnet,
         range_start,
