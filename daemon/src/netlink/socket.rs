@@ -627,4 +627,40 @@ mod tests {
         assert!(names.contains("lo"), "{listed:?}");
         assert!(listed.iter().all(|(_, index)| *index > 0), "{listed:?}");
     }
+
+    /// Asks `opener` for a socket in the test's own namespace: the answer, within five seconds.
+    async fn open_own(opener: &Opener) -> Opened {
+        let fd = std::fs::File::open("/proc/thread-self/ns/net").expect("own namespace");
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        opener.send(fd, reply).expect("a thread takes the job");
+        tokio::time::timeout(std::time::Duration::from_secs(5), answer)
+            .await
+            .expect("an answer within 5 s")
+            .expect("the job was answered, not dropped")
+    }
+
+    /// The opener thread stops when it cannot return to the daemon's namespace; the next request
+    /// starts another, which answers it and the ones after. Entering the test's own namespace
+    /// needs CAP_SYS_ADMIN: without it the answer is setns's refusal, still an answer.
+    #[tokio::test]
+    async fn a_stopped_opener_thread_is_replaced() {
+        let opener = Opener::default();
+        // What a stopped thread leaves: a sender whose receiver is gone.
+        let (stopped, receiver) = std::sync::mpsc::channel::<OpenJob>();
+        drop(receiver);
+        *opener.jobs.lock().unwrap() = Some(stopped);
+        let first = open_own(&opener).await;
+        let second = open_own(&opener).await;
+        let root = nix::unistd::geteuid().is_root();
+        assert_eq!(first.is_ok(), root, "{:?}", first.as_ref().err());
+        assert_eq!(second.is_ok(), root, "{:?}", second.as_ref().err());
+        // The new thread's sender is the one kept.
+        let jobs = opener.jobs.lock().unwrap();
+        let (probe, _) = tokio::sync::oneshot::channel();
+        let fd = std::fs::File::open("/proc/thread-self/ns/net").expect("own namespace");
+        assert!(
+            jobs.as_ref().expect("a sender").send((fd, probe)).is_ok(),
+            "the kept sender reaches a running thread"
+        );
+    }
 }
