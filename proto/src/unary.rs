@@ -230,23 +230,7 @@ impl Conn {
         let more = RECEIVE_WINDOW - DEFAULT_WINDOW as u32;
         frame(&mut out, WINDOW_UPDATE, 0, 0, &more.to_be_bytes());
 
-        let timeout = self.remaining()?;
-        let mut block = Vec::with_capacity(256);
-        hpack::encode(&mut block, ":method", "POST");
-        hpack::encode(&mut block, ":scheme", "http");
-        hpack::encode(&mut block, ":path", call.path);
-        // As grpcurl's `-authority localhost` sends it.
-        hpack::encode(&mut block, ":authority", "localhost");
-        hpack::encode(&mut block, "content-type", "application/grpc");
-        hpack::encode(&mut block, "te", "trailers");
-        // Whole milliseconds, rounded up: at most 8 digits, as gRPC allows.
-        let millis = timeout.as_millis() + u128::from(timeout.subsec_nanos() % 1_000_000 > 0);
-        hpack::encode(&mut block, "grpc-timeout", &format!("{millis}m"));
-        for (name, value) in call.metadata {
-            hpack::encode(&mut block, name, value);
-        }
-        // Fixed names, a method path and short metadata: far below one frame.
-        debug_assert!(block.len() <= DEFAULT_FRAME);
+        let block = request_headers(call, self.remaining()?);
         frame(&mut out, HEADERS, END_HEADERS, STREAM, &block);
 
         let len = u32::try_from(call.message.len())
@@ -539,6 +523,28 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// The request's header block, with `timeout` as its `grpc-timeout`.
+fn request_headers(call: &Call, timeout: Duration) -> Vec<u8> {
+    let mut block = Vec::with_capacity(256);
+    hpack::encode(&mut block, ":method", "POST");
+    hpack::encode(&mut block, ":scheme", "http");
+    hpack::encode(&mut block, ":path", call.path);
+    // As grpcurl's `-authority localhost` sends it.
+    hpack::encode(&mut block, ":authority", "localhost");
+    hpack::encode(&mut block, "content-type", "application/grpc");
+    hpack::encode(&mut block, "te", "trailers");
+    // Whole milliseconds, rounded up: at most 8 digits, as gRPC allows.
+    let millis =
+        timeout.as_millis() + u128::from(!timeout.subsec_nanos().is_multiple_of(1_000_000));
+    hpack::encode(&mut block, "grpc-timeout", &format!("{millis}m"));
+    for (name, value) in call.metadata {
+        hpack::encode(&mut block, name, value);
+    }
+    // Fixed names, a method path and short metadata: far below one frame.
+    debug_assert!(block.len() <= DEFAULT_FRAME);
+    block
 }
 
 /// A timed-out read or write is the deadline; anything else a broken connection.

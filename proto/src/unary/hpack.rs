@@ -288,17 +288,30 @@ fn code_length(symbol: u16) -> usize {
 /// (length, symbol).
 struct Canonical {
     count: [u32; LONGEST + 1],
-    symbols: Vec<u16>,
+    symbols: [u16; EOS as usize + 1],
 }
 
-fn canonical() -> Canonical {
-    let mut count = [0u32; LONGEST + 1];
-    let mut symbols: Vec<u16> = (0..=EOS).collect();
-    symbols.sort_by_key(|&s| (code_length(s), s));
-    for &s in &symbols {
-        count[code_length(s)] += 1;
-    }
-    Canonical { count, symbols }
+/// Built once per process: every Huffman-coded string of a reply reads the same table.
+fn canonical() -> &'static Canonical {
+    static TABLE: std::sync::OnceLock<Canonical> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut count = [0u32; LONGEST + 1];
+        for s in 0..=EOS {
+            count[code_length(s)] += 1;
+        }
+        // Each length's symbols start after those of the shorter lengths, in symbol order.
+        let mut next = [0usize; LONGEST + 1];
+        for len in 1..=LONGEST {
+            next[len] = next[len - 1] + count[len - 1] as usize;
+        }
+        let mut symbols = [0u16; EOS as usize + 1];
+        for s in 0..=EOS {
+            let len = code_length(s);
+            symbols[next[len]] = s;
+            next[len] += 1;
+        }
+        Canonical { count, symbols }
+    })
 }
 
 fn huffman_decode(bits: &[u8]) -> Result<Vec<u8>, Error> {

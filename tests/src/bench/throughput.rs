@@ -68,20 +68,16 @@ pub fn cycles(
             .map(|name| ctx.attachment(name, "eth0"))
             .collect();
         offset += count;
-        let done = AtomicUsize::new(0);
-        let started = Instant::now();
-        parallel(ctx, &attachments, threads, |a| {
+        let rate = timed_cycles(ctx, &attachments, threads, |a| {
             let Some((_, added)) = plugin.add(a, &add_conf[p]) else {
-                return;
+                return false;
             };
             let ok = plugin.verify_added(a, &added);
             let prev = with_prev_result(confs[p], &added.result);
-            if plugin.quiet("DEL", a, &prev).is_some() && plugin.verify_deleted(a, &added) && ok {
-                done.fetch_add(1, Ordering::SeqCst);
-            }
+            plugin.quiet("DEL", a, &prev).is_some() && plugin.verify_deleted(a, &added) && ok
         });
-        rates[p].wall += started.elapsed();
-        rates[p].cycles += done.load(Ordering::SeqCst);
+        rates[p].wall += rate.wall;
+        rates[p].cycles += rate.cycles;
     }
     drop(netns);
     rates
@@ -111,22 +107,35 @@ pub fn cycles_without_process(
         .iter()
         .map(|name| ctx.attachment(name, "eth0"))
         .collect();
-    let done = AtomicUsize::new(0);
-    let started = Instant::now();
-    parallel(ctx, &attachments, threads, |a| {
+    let rate = timed_cycles(ctx, &attachments, threads, |a| {
         let Some(added) = plugin.add_without_process(socket, a, &add_conf) else {
-            return;
+            return false;
         };
         let ok = plugin.verify_added(a, &added);
         let prev = with_prev_result(conf, &added.result);
-        if plugin.del_without_process(socket, a, &prev) && plugin.verify_deleted(a, &added) && ok {
+        plugin.del_without_process(socket, a, &prev) && plugin.verify_deleted(a, &added) && ok
+    });
+    drop(netns);
+    rate
+}
+
+/// Runs `cycle` on every attachment with `threads` workers: the cycles that succeeded (`cycle`
+/// returned `true`: both calls and both checks) and the wall time of them all.
+fn timed_cycles(
+    ctx: &Ctx,
+    attachments: &[Attachment],
+    threads: usize,
+    cycle: impl Fn(&Attachment) -> bool + Sync,
+) -> Rate {
+    let done = AtomicUsize::new(0);
+    let started = Instant::now();
+    parallel(ctx, attachments, threads, |a| {
+        if cycle(a) {
             done.fetch_add(1, Ordering::SeqCst);
         }
     });
-    let rate = Rate {
+    Rate {
         cycles: done.load(Ordering::SeqCst),
         wall: started.elapsed(),
-    };
-    drop(netns);
-    rate
+    }
 }
